@@ -1,0 +1,1 @@
+"""NUGGETS instruction-data selection as a Dagster asset graph."""

@@ -1,0 +1,1 @@
+"""The numerical core: plain Python and PyTorch, no Dagster imports."""
