@@ -158,10 +158,7 @@ def _read_hf_disk(path: Path) -> Iterator[RawRecord]:
     import datasets
 
     loaded = datasets.load_from_disk(str(path))
-    if isinstance(loaded, datasets.DatasetDict):
-        splits = list(loaded.values())
-    else:
-        splits = [loaded]
+    splits = list(loaded.values()) if isinstance(loaded, datasets.DatasetDict) else [loaded]
     number = 0
     for split in splits:
         for row in split:
@@ -212,9 +209,7 @@ def _from_conversations(turns: Any) -> tuple[Any, Any] | str:
     human = next((i for i, t in enumerate(turns) if isinstance(t, dict) and t.get("from") in ("human", "user")), None)
     if human is None:
         return "malformed_conversations: no human turn"
-    reply = next(
-        (t for t in turns[human + 1 :] if isinstance(t, dict) and t.get("from") in ("gpt", "assistant")), None
-    )
+    reply = next((t for t in turns[human + 1 :] if isinstance(t, dict) and t.get("from") in ("gpt", "assistant")), None)
     if reply is None:
         return "malformed_conversations: no assistant turn after the first human turn"
     return turns[human].get("value"), reply.get("value")
@@ -252,8 +247,9 @@ def normalise(records: Iterable[RawRecord], fields: FieldMap = FieldMap(), max_c
     reasons: Counter = Counter()
 
     def reject(record: RawRecord, reason: str) -> None:
-        bad.append({"source": record.source, "row_number": record.row_number, "reason": reason,
-                    "raw": _preview(record.raw)})
+        bad.append(
+            {"source": record.source, "row_number": record.row_number, "reason": reason, "raw": _preview(record.raw)}
+        )
         reasons[reason.split(":")[0]] += 1
 
     for record in records:
@@ -280,9 +276,16 @@ def normalise(records: Iterable[RawRecord], fields: FieldMap = FieldMap(), max_c
             reject(record, f"duplicate: same content as id {identifier}")
             continue
         seen.add(identifier)
-        rows.append({"id": identifier, "instruction": instruction, "input": input_text, "output": output,
-                     "source": Path(record.source).name if "://" not in record.source else record.source,
-                     "row_number": record.row_number})
+        rows.append(
+            {
+                "id": identifier,
+                "instruction": instruction,
+                "input": input_text,
+                "output": output,
+                "source": Path(record.source).name if "://" not in record.source else record.source,
+                "row_number": record.row_number,
+            }
+        )
     instructions = pd.DataFrame(rows, columns=INSTRUCTION_COLUMNS).astype({"row_number": "int64"})
     quarantined = pd.DataFrame(bad, columns=QUARANTINE_COLUMNS).astype({"row_number": "int64"})
     return IngestResult(instructions=instructions, quarantined=quarantined, reasons=reasons)
@@ -311,10 +314,17 @@ def ingest(
     if known_ids:
         already = result.instructions["id"].isin(known_ids)
         moved = result.instructions[already]
-        extra = pd.DataFrame({"source": moved["source"], "row_number": moved["row_number"],
-                              "reason": "duplicate: already ingested earlier",
-                              "raw": [json.dumps({"instruction": r.instruction, "input": r.input, "output": r.output},
-                                                 ensure_ascii=False) for r in moved.itertuples()]})
+        extra = pd.DataFrame(
+            {
+                "source": moved["source"],
+                "row_number": moved["row_number"],
+                "reason": "duplicate: already ingested earlier",
+                "raw": [
+                    json.dumps({"instruction": r.instruction, "input": r.input, "output": r.output}, ensure_ascii=False)
+                    for r in moved.itertuples()
+                ],
+            }
+        )
         result.quarantined = pd.concat([result.quarantined, extra], ignore_index=True)
         result.instructions = result.instructions[~already].reset_index(drop=True)
         if len(moved):

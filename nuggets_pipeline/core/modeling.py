@@ -187,9 +187,7 @@ def fingerprint(name: str, model: PreTrainedModel, dtype: torch.dtype) -> str:
     return digest.hexdigest()[:16]
 
 
-def load_model(
-    name_or_path: str = SMOLLM2, dtype: str = "float32", device: str = "cpu", seed: int = 0
-) -> LoadedModel:
+def load_model(name_or_path: str = SMOLLM2, dtype: str = "float32", device: str = "cpu", seed: int = 0) -> LoadedModel:
     """Load a causal LM for scoring, training or generation, in eval mode."""
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device)

@@ -1,0 +1,1 @@
+"""Assets grouped by stage: ingestion, anchors, scoring, training, evaluation."""

@@ -1,0 +1,136 @@
+"""Stage 2: the anchor set and the candidate pool that later stages score, split into shards."""
+
+from pathlib import Path
+from typing import Literal
+
+import dagster as dg
+import pandas as pd
+from pydantic import Field
+
+from nuggets_pipeline import metadata as md
+from nuggets_pipeline.core.anchors import (
+    anchor_set_hash,
+    candidate_pool,
+    file_anchors,
+    kmeans_anchors,
+    random_anchors,
+)
+from nuggets_pipeline.core.data import ingest
+from nuggets_pipeline.core.embedding import embed_texts
+from nuggets_pipeline.core.paths import KMEANS_100_ANCHORS, data_dir
+from nuggets_pipeline.core.templates import get_template
+from nuggets_pipeline.partitions import CANDIDATE_SHARDS
+from nuggets_pipeline.resources import ModelResource
+from nuggets_pipeline.schemas import AnchorSetSchema, AnchorSetType, CandidatesSchema, CandidatesType
+
+BASE_BATCH = "base"
+
+
+class AnchorConfig(dg.Config):
+    method: Literal["random", "kmeans", "file"] = Field(default="kmeans")
+    n: int = Field(default=16, gt=0, description="anchors to choose (k for KMeans)")
+    seed: int = 0
+    file: str = Field(default=KMEANS_100_ANCHORS, description="JSON/JSONL of examples, for method=file")
+    kmeans_pool_size: int = Field(
+        default=800, ge=0, description="embed a seeded sample of this many pool rows for KMeans (0 = all)"
+    )
+    embed_max_tokens: int = Field(default=256, gt=0, description="tokens of each text used for its embedding")
+
+
+@dg.asset(
+    group_name="anchors",
+    dagster_type=AnchorSetType,
+    code_version="anchors-v1",
+    description="A small, diverse set of examples whose log-probs measure each candidate's one-shot effect.",
+)
+def anchor_set(
+    context: dg.AssetExecutionContext, config: AnchorConfig, instructions: pd.DataFrame, scoring_model: ModelResource
+) -> dg.Output[pd.DataFrame]:
+    extra: dict[str, dg.RawMetadataValue] = {}
+    if config.method == "random":
+        choice = random_anchors(instructions, config.n, config.seed)
+    elif config.method == "file":
+        path = Path(config.file).expanduser()
+        path = path if path.exists() else data_dir() / config.file
+        loaded = ingest([path])
+        if len(loaded.quarantined):
+            context.log.warning(
+                f"anchor file {path}: {len(loaded.quarantined)} rows quarantined {dict(loaded.reasons)}"
+            )
+        choice = file_anchors(loaded.instructions)
+        extra["anchor_file"] = str(path)
+    else:
+        pool = instructions
+        if 0 < config.kmeans_pool_size < len(pool):
+            pool = pool.sample(n=config.kmeans_pool_size, random_state=config.seed)
+        loaded_model = scoring_model.load()
+        template = get_template(scoring_model.template)
+        texts = [template.full(r.instruction, r.input, r.output) for r in pool.itertuples()]
+        context.log.info(f"embedding {len(texts)} examples with {loaded_model.name} for KMeans (k={config.n})")
+        logged = [0]
+
+        def report(done: int, total: int) -> None:
+            # Log about every tenth of the way: Dagster's log shows progress without flooding it.
+            if done - logged[0] >= max(total // 10, 1) or done == total:
+                logged[0] = done
+                context.log.info(f"embedded {done}/{total}")
+
+        embeddings = embed_texts(loaded_model, texts, max_tokens=config.embed_max_tokens, progress=report)
+        choice = kmeans_anchors(pool.reset_index(drop=True), embeddings, config.n, config.seed)
+        extra["embedding_model"] = loaded_model.name
+        extra["embedding_model_fingerprint"] = loaded_model.fingerprint
+        extra["kmeans_pool_size"] = len(pool)
+        extra["cluster_sizes"] = md.table(
+            pd.DataFrame({"cluster": range(len(choice.cluster_sizes)), "size": choice.cluster_sizes})
+        )
+    anchors = choice.anchors
+    AnchorSetSchema.validate(anchors)
+    return dg.Output(
+        anchors,
+        metadata={
+            "dagster/row_count": len(anchors),
+            "method": choice.method,
+            "anchor_set_hash": anchor_set_hash(anchors),
+            "preview": md.preview(anchors, ["id", "cluster", "cluster_size", "instruction", "output"], rows=10),
+            "response_chars_mean": float(anchors["output"].str.len().mean()),
+            **extra,
+        },
+        data_version=dg.DataVersion(anchor_set_hash(anchors)),
+    )
+
+
+class CandidatesConfig(dg.Config):
+    shards: int = Field(default=4, gt=0, le=999, description="shards for the base pool (fixed once chosen)")
+    limit: int | None = Field(
+        default=200, ge=1, description="score only a stable pseudo-random slice of this many (None = all)"
+    )
+
+
+@dg.asset(
+    group_name="anchors",
+    dagster_type=CandidatesType,
+    code_version="candidates-v1",
+    description="The pool minus the anchors, each candidate assigned to a stable shard (a scoring partition).",
+)
+def candidates(
+    context: dg.AssetExecutionContext, config: CandidatesConfig, instructions: pd.DataFrame, anchor_set: pd.DataFrame
+) -> dg.Output[pd.DataFrame]:
+    pool = candidate_pool(instructions, anchor_set, BASE_BATCH, config.shards, config.limit)
+    CandidatesSchema.validate(pool)
+    shards = sorted(pool["shard"].unique())
+    known = set(context.instance.get_dynamic_partitions(CANDIDATE_SHARDS))
+    new = [s for s in shards if s not in known]
+    if new:
+        context.instance.add_dynamic_partitions(CANDIDATE_SHARDS, new)
+    sizes = pool.groupby("shard").size().rename("candidates").reset_index()
+    context.log.info(f"{len(pool)} candidates in {len(shards)} shards ({len(new)} new shard partitions)")
+    return dg.Output(
+        pool,
+        metadata={
+            "dagster/row_count": len(pool),
+            "anchors_removed": int(instructions["id"].isin(set(anchor_set["id"])).sum()),
+            "shards": md.table(sizes),
+            "preview": md.preview(pool, ["id", "shard", "instruction"]),
+        },
+        data_version=dg.DataVersion(str(pd.util.hash_pandas_object(pool[["id", "shard"]], index=False).sum())),
+    )

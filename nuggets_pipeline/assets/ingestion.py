@@ -1,0 +1,80 @@
+"""Stage 1: the raw instruction pool and the rows that could not be used."""
+
+from pathlib import Path
+
+import dagster as dg
+import pandas as pd
+from pydantic import Field
+
+from nuggets_pipeline import metadata as md
+from nuggets_pipeline.core.data import FieldMap, ingest
+from nuggets_pipeline.core.paths import ALPACA_CLEANED, data_dir
+from nuggets_pipeline.resources import WarehouseResource
+from nuggets_pipeline.schemas import InstructionsSchema, InstructionsType, QuarantineSchema, QuarantineType
+
+
+class IngestConfig(dg.Config):
+    sources: list[str] = Field(
+        default=[ALPACA_CLEANED],
+        description="files (JSON, JSONL(.gz), Parquet, CSV), saved `datasets` folders or hub ids; relative "
+        "paths are looked up in the working directory, then in the shipped data/ folder",
+    )
+    instruction_field: str = "instruction"
+    input_field: str = "input"
+    output_field: str = "output"
+    conversations_field: str = Field(default="conversations", description="ShareGPT-style turns, if present")
+    max_chars: int = Field(default=16_384, gt=0, description="longer examples are quarantined, never cut")
+
+    def resolved_sources(self) -> list[str]:
+        resolved = []
+        for source in self.sources:
+            path = Path(source).expanduser()
+            if not path.exists() and (data_dir() / source).exists():
+                path = data_dir() / source
+            resolved.append(str(path) if path.exists() else source)
+        return resolved
+
+    def field_map(self) -> FieldMap:
+        return FieldMap(self.instruction_field, self.input_field, self.output_field, self.conversations_field)
+
+
+@dg.multi_asset(
+    outs={
+        "instructions": dg.AssetOut(dagster_type=InstructionsType, description="normalised, de-duplicated pool"),
+        "quarantined_instructions": dg.AssetOut(
+            dagster_type=QuarantineType, description="rejected rows with their raw text, origin and reason"
+        ),
+    },
+    group_name="ingestion",
+    code_version="ingest-v1",
+)
+def ingest_instructions(context: dg.AssetExecutionContext, config: IngestConfig, warehouse: WarehouseResource):
+    sources = config.resolved_sources()
+    result = ingest(sources, config.field_map(), config.max_chars)
+    instructions, quarantined = result.instructions, result.quarantined
+    InstructionsSchema.validate(instructions)
+    QuarantineSchema.validate(quarantined)
+    lengths = instructions["instruction"].str.len() + instructions["input"].str.len() + instructions["output"].str.len()
+    reasons = pd.DataFrame(sorted(result.reasons.items()), columns=["reason", "rows"])
+    context.log.info(f"ingested {len(instructions)} rows, quarantined {len(quarantined)} from {sources}")
+    yield dg.Output(
+        instructions,
+        output_name="instructions",
+        metadata={
+            "dagster/row_count": len(instructions),
+            "quarantined": len(quarantined),
+            "sources": ", ".join(sources),
+            "preview": md.preview(instructions, ["id", "instruction", "input", "output"]),
+            "length_histogram_chars": md.histogram_md(lengths, bins=12, label="characters"),
+            "with_input_fraction": float((instructions["input"] != "").mean()),
+        },
+    )
+    yield dg.Output(
+        quarantined,
+        output_name="quarantined_instructions",
+        metadata={
+            "dagster/row_count": len(quarantined),
+            "by_reason": md.table(reasons),
+            "preview": md.preview(quarantined, ["source", "row_number", "reason", "raw"]),
+        },
+    )

@@ -1,0 +1,33 @@
+"""The code location: every asset, check, resource, sensor and schedule of nuggets-pipeline."""
+
+from __future__ import annotations
+
+import os
+
+import dagster as dg
+
+from nuggets_pipeline import checks
+from nuggets_pipeline.assets import anchors, ingestion
+from nuggets_pipeline.resources import ModelResource, WarehouseIOManagerFactory, WarehouseResource
+
+warehouse = WarehouseResource()
+
+
+def default_resources() -> dict[str, object]:
+    """Resources with defaults that run offline; environment variables pick other models without code changes."""
+    return {
+        "io_manager": WarehouseIOManagerFactory(warehouse=warehouse),
+        "warehouse": warehouse,
+        "scoring_model": ModelResource(
+            model=os.environ.get("NUGGETS_SCORING_MODEL", "smollm2-135m-instruct"),
+            dtype=os.environ.get("NUGGETS_SCORING_DTYPE", "float32"),
+            device=os.environ.get("NUGGETS_DEVICE", "cpu"),
+        ),
+    }
+
+
+defs = dg.Definitions(
+    assets=dg.load_assets_from_modules([ingestion, anchors]),
+    asset_checks=dg.load_asset_checks_from_modules([checks]),
+    resources=default_resources(),
+)

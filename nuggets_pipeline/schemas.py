@@ -1,0 +1,104 @@
+"""Pandera schemas of every table the pipeline stores; assets use them as Dagster types."""
+
+from __future__ import annotations
+
+import warnings
+
+import dagster as dg
+import pandera.pandas as pa
+from dagster_pandera import pandera_schema_to_dagster_type
+from pandera.typing import Series
+
+ID_PATTERN = r"^[0-9a-f]{16}$"
+
+
+class InstructionsSchema(pa.DataFrameModel):
+    """The normalised instruction pool: one row per unique example."""
+
+    id: Series[str] = pa.Field(str_matches=ID_PATTERN, unique=True, description="content hash of the example")
+    instruction: Series[str] = pa.Field(str_length={"min_value": 1}, description="whitespace-stripped")
+    input: Series[str] = pa.Field(description="optional context; empty string when absent")
+    output: Series[str] = pa.Field(str_length={"min_value": 1}, description="the response")
+    source: Series[str] = pa.Field(description="file (or hub id) the row came from")
+    row_number: Series[int] = pa.Field(ge=0, description="row index inside its source")
+
+    class Config:
+        strict = True
+        coerce = False
+
+
+class QuarantineSchema(pa.DataFrameModel):
+    """Rows that were not ingested, with the reason and the raw text."""
+
+    source: Series[str]
+    row_number: Series[int] = pa.Field(ge=0)
+    reason: Series[str] = pa.Field(str_length={"min_value": 1})
+    raw: Series[str]
+
+    class Config:
+        strict = True
+
+
+class AnchorSetSchema(pa.DataFrameModel):
+    id: Series[str] = pa.Field(str_matches=ID_PATTERN, unique=True)
+    instruction: Series[str] = pa.Field(str_length={"min_value": 1})
+    input: Series[str]
+    output: Series[str] = pa.Field(str_length={"min_value": 1})
+    source: Series[str]
+    cluster: Series[int] = pa.Field(ge=-1, description="KMeans cluster, -1 for random or file anchors")
+    cluster_size: Series[int] = pa.Field(ge=0)
+
+    class Config:
+        strict = True
+
+
+class CandidatesSchema(InstructionsSchema):
+    shard: Series[str] = pa.Field(str_matches=r"^[a-z0-9]+-\d{3}$", description="scoring partition")
+
+
+class ZeroShotSchema(pa.DataFrameModel):
+    anchor_id: Series[str] = pa.Field(str_matches=ID_PATTERN, unique=True)
+    logprob_sum: Series[float] = pa.Field(le=0)
+    logprob_mean: Series[float] = pa.Field(le=0)
+    response_tokens: Series[int] = pa.Field(ge=1)
+    prompt_tokens: Series[int] = pa.Field(ge=1)
+    truncated: Series[bool]
+    model_fingerprint: Series[str]
+    anchor_set_hash: Series[str]
+
+
+class OneShotScoresSchema(pa.DataFrameModel):
+    candidate_id: Series[str] = pa.Field(str_matches=ID_PATTERN, unique=True)
+    shard: Series[str]
+    golden_score: Series[float] = pa.Field(ge=0, le=1, nullable=True, description="NaN when settled early")
+    wins: Series[int] = pa.Field(ge=0)
+    anchors_scored: Series[int] = pa.Field(ge=0)
+    n_anchors: Series[int] = pa.Field(ge=1)
+    verdict: Series[str] = pa.Field(isin=["exact", "accept", "reject"])
+    mean_delta: Series[float] = pa.Field(nullable=True)
+    median_delta: Series[float] = pa.Field(nullable=True)
+    model_fingerprint: Series[str]
+    anchor_set_hash: Series[str]
+
+    @pa.dataframe_check
+    def wins_within_anchors(cls, frame):
+        return frame["wins"] <= frame["anchors_scored"]
+
+
+class GoldenSubsetSchema(pa.DataFrameModel):
+    id: Series[str] = pa.Field(str_matches=ID_PATTERN, unique=True)
+    instruction: Series[str] = pa.Field(str_length={"min_value": 1})
+    input: Series[str]
+    output: Series[str] = pa.Field(str_length={"min_value": 1})
+    golden_score: Series[float] = pa.Field(ge=0, le=1, nullable=True)
+
+
+# dagster-pandera marks the converter beta; the types it builds are what the UI shows as columns and checks.
+warnings.filterwarnings("ignore", category=dg.BetaWarning, module=__name__)
+InstructionsType = pandera_schema_to_dagster_type(InstructionsSchema)
+QuarantineType = pandera_schema_to_dagster_type(QuarantineSchema)
+AnchorSetType = pandera_schema_to_dagster_type(AnchorSetSchema)
+CandidatesType = pandera_schema_to_dagster_type(CandidatesSchema)
+ZeroShotType = pandera_schema_to_dagster_type(ZeroShotSchema)
+OneShotScoresType = pandera_schema_to_dagster_type(OneShotScoresSchema)
+GoldenSubsetType = pandera_schema_to_dagster_type(GoldenSubsetSchema)

