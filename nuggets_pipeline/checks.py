@@ -3,6 +3,9 @@
 import dagster as dg
 import pandas as pd
 
+from nuggets_pipeline.assets.scoring import coverage, scored_shards
+from nuggets_pipeline.resources import WarehouseResource
+
 MAX_QUARANTINE_FRACTION = 0.05
 
 
@@ -30,3 +33,25 @@ def quarantine_rate(instructions: pd.DataFrame, quarantined_instructions: pd.Dat
 def anchors_disjoint_from_candidates(candidates: pd.DataFrame, anchor_set: pd.DataFrame) -> dg.AssetCheckResult:
     overlap = int(candidates["id"].isin(set(anchor_set["id"])).sum())
     return dg.AssetCheckResult(passed=overlap == 0, metadata={"overlapping_ids": overlap})
+
+
+@dg.asset_check(
+    asset="golden_subset",
+    additional_deps=["one_shot_scores"],
+    additional_ins={"candidates": dg.AssetIn(), "zero_shot_losses": dg.AssetIn()},
+    blocking=True,
+    description="Every candidate shard is scored, with the current model, template and anchor set.",
+)
+def golden_subset_scores_complete(
+    candidates: pd.DataFrame, zero_shot_losses: pd.DataFrame, warehouse: WarehouseResource
+) -> dg.AssetCheckResult:
+    cover = coverage(candidates, scored_shards(warehouse.warehouse()), zero_shot_losses)
+    return dg.AssetCheckResult(
+        passed=bool(cover["complete"]),
+        metadata={
+            "shards_expected": cover["shards_expected"],
+            "shards_missing": ", ".join(cover["shards_missing"]) or "none",
+            "shards_stale": ", ".join(cover["shards_stale"]) or "none",
+            "candidates_unscored": cover["candidates_unscored"],
+        },
+    )

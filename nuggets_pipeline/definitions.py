@@ -7,8 +7,8 @@ import os
 import dagster as dg
 
 from nuggets_pipeline import checks
-from nuggets_pipeline.assets import anchors, ingestion
-from nuggets_pipeline.resources import ModelResource, WarehouseIOManagerFactory, WarehouseResource
+from nuggets_pipeline.assets import anchors, ingestion, scoring
+from nuggets_pipeline.resources import ModelResource, ScoringResource, WarehouseIOManagerFactory, WarehouseResource
 
 warehouse = WarehouseResource()
 
@@ -23,11 +23,12 @@ def default_resources() -> dict[str, object]:
             dtype=os.environ.get("NUGGETS_SCORING_DTYPE", "float32"),
             device=os.environ.get("NUGGETS_DEVICE", "cpu"),
         ),
+        "scoring": ScoringResource(),
     }
 
 
 defs = dg.Definitions(
-    assets=dg.load_assets_from_modules([ingestion, anchors]),
+    assets=dg.load_assets_from_modules([ingestion, anchors, scoring]),
     asset_checks=dg.load_asset_checks_from_modules([checks]),
     resources=default_resources(),
 )

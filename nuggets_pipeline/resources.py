@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ from upath import UPath
 
 from nuggets_pipeline.core.modeling import DTYPES, LoadedModel, load_model
 from nuggets_pipeline.core.paths import nuggets_home
+from nuggets_pipeline.core.scoring import ScoringConfig
 from nuggets_pipeline.core.storage import Warehouse, write_parquet_atomic
 from nuggets_pipeline.core.templates import TEMPLATES
 
@@ -46,6 +48,38 @@ class ModelResource(dg.ConfigurableResource):
         if key not in _LOADED:
             _LOADED[key] = load_model(self.model, dtype=self.dtype, device=self.device)
         return _LOADED[key]
+
+
+class ScoringResource(dg.ConfigurableResource):
+    """How scores are computed. Shared by the zero-shot and one-shot assets so both use identical settings."""
+
+    separator: str = Field(default="\n\n", description="text between the in-context example and the anchor")
+    max_length: int | None = Field(default=None, description="cap on tokens per sequence; every cut is counted")
+    batch_tokens: int = Field(default=1024, gt=0, description="padded tokens per forward pass")
+    candidates_per_pass: int = Field(default=1, gt=0, description="candidates sharing one forward pass")
+    checkpoint_every: int = Field(default=16, gt=0, description="candidates between checkpoints inside a shard")
+    keep_pair_deltas: bool = Field(default=True, description="store every (candidate, anchor) delta")
+    decision_threshold: float | None = Field(
+        default=None, description="settle a candidate as soon as its side of this threshold is certain"
+    )
+
+    def core_config(self, template: str) -> ScoringConfig:
+        """The core's settings; the template comes from the model resource (one source of truth)."""
+        return ScoringConfig(
+            template=template,
+            separator=self.separator,
+            max_length=self.max_length,
+            batch_tokens=self.batch_tokens,
+            candidates_per_pass=self.candidates_per_pass,
+            candidates_per_chunk=self.checkpoint_every,
+            keep_pair_deltas=self.keep_pair_deltas,
+            decision_threshold=self.decision_threshold,
+        )
+
+    def fingerprint(self, model_fingerprint: str, template: str) -> str:
+        """Identifies the scoring function: a change of model, dtype, template or separator changes it."""
+        parts = [model_fingerprint, template, self.separator, str(self.max_length)]
+        return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:16]
 
 
 class WarehouseResource(dg.ConfigurableResource):
@@ -90,6 +124,16 @@ class ParquetWarehouseIOManager(dg.UPathIOManager):
             raise TypeError(f"{context.asset_key.to_user_string()}: this IO manager stores DataFrames, got {type(obj)}")
         write_parquet_atomic(obj, Path(path))
         self.warehouse.register_view("__".join(context.asset_key.path))
+
+    def handle_output(self, context: dg.OutputContext, obj: Any) -> None:
+        # One run may materialise a range of partitions (a single-run backfill): it returns {partition: frame}.
+        if context.has_asset_partitions and len(context.asset_partition_keys) > 1:
+            if not isinstance(obj, dict) or set(obj) != set(context.asset_partition_keys):
+                raise TypeError("a multi-partition output must be a dict with one DataFrame per partition key")
+            for key, path in self._get_paths_for_partitions(context).items():
+                self.dump_to_path(context, obj[key], path)
+            return
+        super().handle_output(context, obj)
 
     def load_from_path(self, context: dg.InputContext, path: UPath) -> pd.DataFrame:
         return pd.read_parquet(Path(path))

@@ -1,0 +1,143 @@
+"""`python -m nuggets_pipeline.cli demo`: run the whole graph on the embedded default, stage by stage.
+
+Runs go through the same Dagster instance as `make ui` (DAGSTER_HOME = the repository, storage under the home),
+so every materialisation of the demo is visible in the UI afterwards.
+"""
+
+import argparse
+import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import dagster as dg
+
+from nuggets_pipeline.core.paths import REPO_ROOT, nuggets_home
+
+
+@dataclass
+class Stage:
+    name: str
+    selection: list[str]
+    ops_config: dict[str, Any] = field(default_factory=dict)
+    partitions: Callable[[dg.DagsterInstance], list[str]] | None = None
+    single_run_range: bool = False
+
+
+def demo_stages(args: argparse.Namespace) -> list[Stage]:
+    from nuggets_pipeline.partitions import CANDIDATE_SHARDS
+
+    return [
+        Stage("ingest", ["instructions", "quarantined_instructions"]),
+        Stage(
+            "anchors",
+            ["anchor_set", "candidates"],
+            {
+                "anchor_set": {"config": {"method": "kmeans", "n": args.anchors, "kmeans_pool_size": args.kmeans_pool}},
+                "candidates": {"config": {"shards": args.shards, "limit": args.candidates}},
+            },
+        ),
+        Stage("zero-shot", ["zero_shot_losses"]),
+        Stage(
+            "one-shot",
+            ["one_shot_scores"],
+            partitions=lambda instance: sorted(instance.get_dynamic_partitions(CANDIDATE_SHARDS)),
+            single_run_range=True,
+        ),
+        Stage("select", ["golden_subset"], {"golden_subset": {"config": {"threshold": args.threshold}}}),
+    ]
+
+
+def run_stage(stage: Stage, instance: dg.DagsterInstance, resources: dict[str, Any]) -> float:
+    from nuggets_pipeline.definitions import defs
+
+    started = time.perf_counter()
+    print(f"\n=== {stage.name}: {', '.join(stage.selection)}", flush=True)
+    run_config = {"ops": stage.ops_config, "loggers": {"console": {"config": {"log_level": "INFO"}}}}
+    assets = [*defs.assets, *defs.asset_checks]  # type: ignore[list-item]
+    partitions = stage.partitions(instance) if stage.partitions else [None]
+    tags: dict[str, str] = {"nuggets/launched_by": "demo"}
+    if stage.single_run_range and len(partitions) > 1:
+        # One run scores every shard on this machine (a single-run backfill); a cluster fans them out instead.
+        tags |= {
+            "dagster/asset_partition_range_start": partitions[0],
+            "dagster/asset_partition_range_end": partitions[-1],
+        }
+        partitions = [None]
+    for key in partitions:
+        dg.materialize(
+            assets,
+            selection=stage.selection,
+            instance=instance,
+            resources=resources,
+            run_config=run_config,
+            partition_key=key,
+            tags=tags,
+        )
+    return time.perf_counter() - started
+
+
+def summary(timings: dict[str, float]) -> str:
+    from nuggets_pipeline.core.storage import Warehouse
+
+    warehouse = Warehouse(nuggets_home() / "warehouse")
+    lines = ["", "=== summary"]
+
+    def count(table: str, where: str = "") -> int:
+        return int(warehouse.query(f"select count(*) n from nuggets.{table} {where}")["n"].iloc[0])
+
+    tables = set(warehouse.query("select table_name from information_schema.tables")["table_name"])
+    for label, table in [
+        ("rows ingested", "instructions"),
+        ("rows quarantined", "quarantined_instructions"),
+        ("anchors chosen", "anchor_set"),
+        ("candidates", "candidates"),
+        ("candidates scored", "one_shot_scores"),
+        ("golden subset", "golden_subset"),
+    ]:
+        if table in tables:
+            lines.append(f"{label:>20}: {count(table):,}")
+    if "quarantined_instructions" in tables:
+        reasons = warehouse.query(
+            "select split_part(reason, ':', 1) reason, count(*) n "
+            "from nuggets.quarantined_instructions group by 1 order by 2 desc"
+        )
+        for row in reasons.itertuples():
+            lines.append(f"{'':>20}  {row.reason}: {row.n}")
+    lines.append(f"{'stage timings':>20}: " + ", ".join(f"{k} {v:.0f}s" for k, v in timings.items()))
+    lines.append(f"{'outputs':>20}: {nuggets_home()} (warehouse/*.parquet, DuckDB catalog warehouse/warehouse.duckdb)")
+    lines.append(f"{'browse':>20}: make ui  (Dagster UI on http://127.0.0.1:3000)")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="nuggets", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    demo = sub.add_parser("demo", help="run the whole graph on the embedded default (SmolLM2, small slice)")
+    demo.add_argument("--candidates", type=int, default=160, help="candidates to score")
+    demo.add_argument("--anchors", type=int, default=16, help="KMeans anchors")
+    demo.add_argument("--kmeans-pool", type=int, default=600, help="pool rows embedded for KMeans")
+    demo.add_argument("--shards", type=int, default=4, help="candidate shards")
+    demo.add_argument("--threshold", type=float, default=0.8, help="golden score threshold")
+    demo.add_argument("--until", default=None, help="stop after this stage")
+    args = parser.parse_args(argv)
+
+    os.environ.setdefault("DAGSTER_HOME", str(REPO_ROOT))
+    os.environ.setdefault("NUGGETS_DAGSTER_STORAGE", str(nuggets_home() / "dagster"))
+    from nuggets_pipeline.definitions import default_resources
+
+    instance = dg.DagsterInstance.get()
+    resources = default_resources()
+    timings: dict[str, float] = {}
+    for stage in demo_stages(args):
+        timings[stage.name] = run_stage(stage, instance, resources)
+        if stage.name == args.until:
+            break
+    print(summary(timings), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
