@@ -1,0 +1,94 @@
+"""anchors → zero-shot → shards → golden subset, for real with the tiny model, in a temporary home."""
+
+import json
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from nuggets_pipeline.core.storage import Warehouse
+from nuggets_pipeline.definitions import default_resources, defs
+from nuggets_pipeline.resources import ModelResource
+
+ASSETS = [*defs.assets, *defs.asset_checks]
+
+
+def resources() -> dict:
+    found = default_resources()
+    found["scoring_model"] = ModelResource(model="tiny-random-llama")
+    return found
+
+
+@pytest.fixture
+def prepared(tmp_path: Path, isolated_home: Path) -> dg.DagsterInstance:
+    """A pool of 30 examples, 4 random anchors, 2 shards: everything before one-shot scoring."""
+    rows = [{"instruction": f"Write the number {i} in words.", "input": "", "output": f"It is number {i}."}
+            for i in range(30)]
+    source = tmp_path / "pool.json"
+    source.write_text(json.dumps(rows))
+    instance = dg.DagsterInstance.ephemeral()
+    result = dg.materialize(
+        ASSETS,
+        selection=["instructions", "quarantined_instructions", "anchor_set", "candidates", "zero_shot_losses"],
+        instance=instance,
+        resources=resources(),
+        run_config={"ops": {
+            "ingest_instructions": {"config": {"sources": [str(source)]}},
+            "anchor_set": {"config": {"method": "random", "n": 4}},
+            "candidates": {"config": {"shards": 2, "limit": None}},
+        }},
+    )
+    assert result.success
+    return instance
+
+
+def score(instance: dg.DagsterInstance, shard: str) -> dg.ExecuteInProcessResult:
+    return dg.materialize(ASSETS, selection=["one_shot_scores"], instance=instance, resources=resources(),
+                          partition_key=shard)
+
+
+def select(instance: dg.DagsterInstance, **config: object) -> dg.ExecuteInProcessResult:
+    return dg.materialize(ASSETS, selection=["golden_subset"], instance=instance, resources=resources(),
+                          run_config={"ops": {"golden_subset": {"config": config}}}, raise_on_error=False)
+
+
+def test_end_to_end_golden_subset_with_two_shards(prepared: dg.DagsterInstance, isolated_home: Path) -> None:
+    shards = sorted(prepared.get_dynamic_partitions("candidate_shards"))
+    assert shards == ["base-000", "base-001"]
+    for shard in shards:
+        assert score(prepared, shard).success
+    warehouse = Warehouse(isolated_home / "warehouse")
+    scored = warehouse.query("select * from nuggets.one_shot_scores")
+    assert len(scored) == 26 and scored["candidate_id"].is_unique
+    assert (scored["n_anchors"] == 4).all()
+    pairs = warehouse.query("select count(*) n from nuggets.one_shot_pair_deltas")
+    assert pairs["n"].iloc[0] == 26 * 4
+
+    result = select(prepared, threshold=0.5)
+    assert result.success
+    subset = result.output_for_node("golden_subset")
+    assert len(subset) == int((scored["golden_score"] > 0.5).sum())
+    exported = json.loads((isolated_home / "exports" / "golden_subset.json").read_text())
+    assert len(exported) == len(subset) and set(exported[0]) == {"instruction", "input", "output"}
+    check = next(iter(result.get_asset_check_evaluations()))
+    assert check.passed
+
+    top = select(prepared, threshold=None, top_k=5)
+    assert len(top.output_for_node("golden_subset")) == 5
+
+
+def test_a_shard_rerun_replaces_rather_than_duplicates(prepared: dg.DagsterInstance, isolated_home: Path) -> None:
+    assert score(prepared, "base-000").success
+    first = Warehouse(isolated_home / "warehouse").query("select * from nuggets.one_shot_scores")
+    assert score(prepared, "base-000").success
+    again = Warehouse(isolated_home / "warehouse").query("select * from nuggets.one_shot_scores")
+    assert len(again) == len(first) and again["candidate_id"].is_unique
+    assert set(again["candidate_id"]) == set(first["candidate_id"])
+
+
+def test_the_blocking_coverage_check_fails_on_a_missing_shard(prepared: dg.DagsterInstance) -> None:
+    assert score(prepared, "base-000").success
+    result = select(prepared, threshold=0.5)
+    check = next(iter(result.get_asset_check_evaluations()))
+    assert not check.passed
+    assert check.metadata["shards_missing"].value == "base-001"
