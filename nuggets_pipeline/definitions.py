@@ -7,7 +7,7 @@ import os
 import dagster as dg
 
 from nuggets_pipeline import checks
-from nuggets_pipeline.assets import anchors, ingestion, scoring
+from nuggets_pipeline.assets import anchors, ingestion, scoring, training
 from nuggets_pipeline.resources import ModelResource, ScoringResource, WarehouseIOManagerFactory, WarehouseResource
 
 warehouse = WarehouseResource()
@@ -24,11 +24,16 @@ def default_resources() -> dict[str, object]:
             device=os.environ.get("NUGGETS_DEVICE", "cpu"),
         ),
         "scoring": ScoringResource(),
+        # The model that is fine-tuned is configured apart from the scoring model (weak-to-strong selection).
+        "training_model": ModelResource(
+            model=os.environ.get("NUGGETS_TRAINING_MODEL", "smollm2-135m-instruct"),
+            device=os.environ.get("NUGGETS_DEVICE", "cpu"),
+        ),
     }
 
 
 defs = dg.Definitions(
-    assets=dg.load_assets_from_modules([ingestion, anchors, scoring]),
+    assets=dg.load_assets_from_modules([ingestion, anchors, scoring, training]),
     asset_checks=dg.load_asset_checks_from_modules([checks]),
     resources=default_resources(),
 )
