@@ -1,0 +1,531 @@
+"""The judge layer: verdict parsing, prompts, the OpenAI backend over real HTTP, the local backend, the cache
+and calibration. The HTTP tests talk to a chat-completions server started on 127.0.0.1 by the test itself."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import math
+import threading
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from nuggets_pipeline.core.judges import (
+    BothOrders,
+    JudgmentCache,
+    LocalJudge,
+    OpenAIJudge,
+    PairRequest,
+    PointwiseRequest,
+    RawOutput,
+    SingleRequest,
+    calibrate_judge,
+    calibration_sample,
+    compare_both_orders,
+    compare_pair,
+    grade_single,
+    make_judge,
+    mt_bench_prompt,
+    pair_prompt,
+    parse_pair,
+    parse_rating,
+    pointwise_prompt,
+    rate_pointwise,
+    read_distribution,
+    tally,
+    wilson_interval,
+)
+from nuggets_pipeline.core.judging.types import Judgment
+from nuggets_pipeline.core.modeling import encode
+
+SECRET = "sk-test-0123456789-do-not-leak"
+KEY_ENV = "NUGGETS_TEST_JUDGE_KEY"
+QUESTION = SingleRequest(questions=("What is the capital of France?",), answers=("Paris.",))
+
+# ---------------------------------------------------------------------------------------------- parsing
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("The answer is correct. Rating: [[7]]", 7.0),
+        ("Rating: [[ 7.5 ]]", 7.5),
+        ("Rating: [10]", 10.0),  # FastChat's single-bracket fallback
+        ("[[3]] as said: [[3]]", 3.0),
+        ("Rating: [[1]]", 1.0),
+    ],
+)
+def test_parse_rating_reads_bracketed_ratings(text: str, expected: float) -> None:
+    assert parse_rating(text) == (expected, None)
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ("Rating: [[11]]", "outside 1-10"),
+        ("Rating: [[0]]", "outside 1-10"),
+        ("I would give it a 7 out of 10.", "no [[rating]]"),
+        ("", "empty"),
+        ("   \n", "empty"),
+        (None, "empty"),
+        ("First [[4]], on reflection [[8]]", "conflicting"),
+        ('Format: "[[rating]]"', "no [[rating]]"),
+    ],
+)
+def test_parse_rating_refuses_malformed_output(text: str | None, reason: str) -> None:
+    value, error = parse_rating(text)
+    assert value is None
+    assert reason in error
+
+
+@pytest.mark.parametrize(("text", "expected"), [("Verdict: [[A]]", 1.0), ("[[ B ]]", 0.0), ("It is a tie: [[C]]", 0.5)])
+def test_parse_pair_reads_verdicts(text: str, expected: float) -> None:
+    assert parse_pair(text) == (expected, None)
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ("[[A]] ... actually [[B]]", "conflicting"),
+        ("Assistant A is better.", "no [[A]]"),
+        ("[A]", "no [[A]]"),
+        ("", "empty"),
+    ],
+)
+def test_parse_pair_refuses_malformed_output(text: str, reason: str) -> None:
+    value, error = parse_pair(text)
+    assert value is None
+    assert reason in error
+
+
+def test_distribution_merges_spaced_tokens_and_renormalises() -> None:
+    top = {"8": math.log(0.4), " 8": math.log(0.1), "9": math.log(0.25), "Hello": math.log(0.25)}
+    value, error = read_distribution("rating", RawOutput(top_logprobs=top))
+    assert error is None
+    assert value == pytest.approx((8 * 0.5 + 9 * 0.25) / 0.75)
+
+
+def test_distribution_counts_a_whole_ten_token_as_ten() -> None:
+    top = {"10": math.log(0.5), "1": math.log(0.5)}
+    assert read_distribution("rating", RawOutput(top_logprobs=top))[0] == pytest.approx(5.5)
+
+
+def test_distribution_pair_and_missing_labels() -> None:
+    top = {"A": math.log(0.6), "B": math.log(0.2), "C": math.log(0.2)}
+    assert read_distribution("pair", RawOutput(top_logprobs=top))[0] == pytest.approx(0.75)
+    value, error = read_distribution("pair", RawOutput(top_logprobs={"The": -0.1, "I": -2.0}))
+    assert value is None
+    assert "no verdict token" in error
+
+
+# ---------------------------------------------------------------------------------------------- prompts
+
+
+def test_mt_bench_prompt_uses_the_fastchat_template_for_each_case() -> None:
+    single = mt_bench_prompt(QUESTION, "generate")
+    assert single.template == "single-v1"
+    assert single.system == "You are a helpful assistant."
+    assert "[Question]\nWhat is the capital of France?" in single.user
+    assert single.user.endswith("[The End of Assistant's Answer]")
+    assert single.verdict_prefix == ""
+
+    math_turn2 = SingleRequest(("1+1?", "Times 3?"), ("2", "6"), turn=2, references=("2", "6"))
+    prompt = mt_bench_prompt(math_turn2, "probabilities")
+    assert prompt.template == "single-math-v1-multi-turn"
+    assert "### Reference answer:\n6" in prompt.user
+    assert "### Assistant A:\n6" in prompt.user
+    assert prompt.verdict_prefix == "Rating: [["
+    assert prompt.user.endswith("as a number from 1 to 10.")
+    assert mt_bench_prompt(SingleRequest(("q",), ("a",), references=("r",)), "generate").template == ("single-math-v1")
+
+
+def test_request_validation() -> None:
+    with pytest.raises(ValueError, match="turn 2 needs"):
+        SingleRequest(("only one",), ("answer",), turn=2)
+    with pytest.raises(ValueError, match="mode"):
+        pair_prompt(PairRequest("i", "a", "b"), "vibes")
+
+
+def test_pair_and_pointwise_prompts() -> None:
+    request = PairRequest("Name a colour.", "Blue.", "Seven.")
+    shown, swapped = pair_prompt(request, "generate"), pair_prompt(request.swapped(), "generate")
+    assert shown.user.index("Blue.") < shown.user.index("Seven.")
+    assert swapped.user.index("Seven.") < swapped.user.index("Blue.")
+    assert shown.prompt_hash != swapped.prompt_hash
+    assert "[[C]]" in shown.user
+    assert pair_prompt(request, "probabilities").prompt_hash != shown.prompt_hash
+    rating = pointwise_prompt(PointwiseRequest("Name a colour.", "Blue."), "generate")
+    assert rating.kind == "rating"
+    assert "Rating: [[5]]" in rating.user
+
+
+# ------------------------------------------------------------------------ an OpenAI-compatible test server
+
+
+class ChatServer:
+    """A /v1/chat/completions server on 127.0.0.1 that records every request it receives.
+
+    ``failures``: status codes answered to the first requests, in order, before serving normally.
+    ``reply(body)`` returns the assistant text (generate) or a {token: prob} dict (logprobs requests).
+    """
+
+    def __init__(self, reply: Callable[[dict], Any], failures: list[int] | None = None) -> None:
+        self.reply = reply
+        self.failures = list(failures or [])
+        self.requests: list[dict[str, Any]] = []
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self.gate: threading.Barrier | None = None
+        self._lock = threading.Lock()
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                with server._lock:
+                    server.requests.append({"path": self.path, "headers": dict(self.headers), "body": body})
+                    failure = server.failures.pop(0) if server.failures else None
+                    server.in_flight += 1
+                    server.max_in_flight = max(server.max_in_flight, server.in_flight)
+                try:
+                    if server.gate is not None and not server.gate.broken:
+                        server.gate.wait()  # proves requests overlap: a serial client would break it
+                    if failure is not None:
+                        self._send(failure, {"error": {"message": f"echo {self.headers.get('Authorization')}"}})
+                    else:
+                        self._send(200, server.completion(body))
+                finally:
+                    with server._lock:
+                        server.in_flight -= 1
+
+            def _send(self, status: int, payload: dict) -> None:
+                data = json.dumps(payload).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.base_url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True)
+        self.thread.start()
+
+    def completion(self, body: dict) -> dict:
+        answer = self.reply(body)
+        choice: dict[str, Any] = {"index": 0, "finish_reason": "stop"}
+        if body.get("logprobs"):
+            top = [{"token": t, "logprob": math.log(p), "bytes": None} for t, p in answer.items()]
+            choice["message"] = {"role": "assistant", "content": top[0]["token"]}
+            choice["logprobs"] = {
+                "content": [
+                    {
+                        "token": top[0]["token"],
+                        "logprob": top[0]["logprob"],
+                        "top_logprobs": top[: body["top_logprobs"]],
+                    }
+                ]
+            }
+        else:
+            choice["message"] = {"role": "assistant", "content": answer}
+        return {"id": "test", "object": "chat.completion", "model": body["model"], "choices": [choice]}
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def serve() -> Iterator[Callable[..., ChatServer]]:
+    servers: list[ChatServer] = []
+
+    def start(reply: Callable[[dict], Any], failures: list[int] | None = None) -> ChatServer:
+        servers.append(ChatServer(reply, failures))
+        return servers[-1]
+
+    yield start
+    for server in servers:
+        server.close()
+
+
+def _user_text(body: dict) -> str:
+    return body["messages"][-1]["content"]
+
+
+def _api_judge(server: ChatServer, mode: str = "generate", **options: Any) -> OpenAIJudge:
+    options.setdefault("backoff_s", 0.001)
+    return OpenAIJudge("judge-model", mode, base_url=server.base_url, api_key_env=KEY_ENV, **options)
+
+
+def test_openai_generate_mode_grades_and_compares(serve: Callable[..., ChatServer]) -> None:
+    def reply(body: dict) -> str:
+        if "Response A" in _user_text(body):
+            return "A is clearer. [[A]]"
+        return "Good answer. Rating: [[8]]" if "Paris" in _user_text(body) else "Wrong. Rating: [[2]]"
+
+    server = serve(reply)
+    judge = _api_judge(server)
+    wrong = SingleRequest(QUESTION.questions, ("Berlin.",))
+    ratings = grade_single(judge, [QUESTION, wrong])
+    assert [j.value for j in ratings] == [8.0, 2.0]
+    assert all(j.parsed and j.judge == "judge-model" and j.backend == "openai" for j in ratings)
+    assert compare_pair(judge, [PairRequest("Name a colour.", "Blue.", "Seven.")])[0].value == 1.0
+    body = server.requests[0]["body"]
+    assert server.requests[0]["path"] == "/v1/chat/completions"
+    assert body["temperature"] == 0 and body["max_tokens"] == 1024 and "logprobs" not in body
+    assert body["messages"][0] == {"role": "system", "content": "You are a helpful assistant."}
+
+
+def test_openai_probabilities_mode_reads_top_logprobs(serve: Callable[..., ChatServer]) -> None:
+    def reply(body: dict) -> dict[str, float]:
+        if "Response A" in _user_text(body):
+            return {"B": 0.6, "A": 0.2, "The": 0.2}
+        return {"8": 0.5, " 9": 0.25, "Hello": 0.25}
+
+    server = serve(reply)
+    judge = _api_judge(server, "probabilities")
+    [rating] = grade_single(judge, [QUESTION])
+    assert rating.value == pytest.approx((8 * 0.5 + 9 * 0.25) / 0.75)
+    assert json.loads(rating.raw)["top_logprobs"]["Hello"] == pytest.approx(math.log(0.25))
+    [pair] = compare_pair(judge, [PairRequest("i", "a", "b")])
+    assert pair.value == pytest.approx(0.25)
+    body = server.requests[0]["body"]
+    assert (body["logprobs"], body["top_logprobs"], body["max_tokens"], body["temperature"]) == (
+        True,
+        20,
+        1,
+        0,
+    )
+    assert _user_text(body).endswith("Reply with your rating only, as a number from 1 to 10.")
+
+
+def test_openai_retries_429_and_5xx(serve: Callable[..., ChatServer]) -> None:
+    server = serve(lambda body: "Rating: [[6]]", failures=[500, 429, 503])
+    requests = [SingleRequest((f"Question {i}?",), ("Answer.",)) for i in range(3)]
+    judgments = grade_single(_api_judge(server, concurrency=1), requests)
+    assert [j.value for j in judgments] == [6.0, 6.0, 6.0]
+    assert len(server.requests) == 3 + 3  # every failure was retried once more
+
+
+def test_openai_gives_up_after_retries_and_does_not_cache_failures(serve: Callable[..., ChatServer]) -> None:
+    server = serve(lambda body: "Rating: [[6]]", failures=[503] * 3)
+    judge = _api_judge(server, max_retries=2)
+    [failed] = grade_single(judge, [QUESTION])
+    assert failed.failed and failed.value is None and not failed.parsed
+    assert "3 attempts" in failed.error and "503" in failed.error
+    assert len(server.requests) == 3
+    [retried] = grade_single(judge, [QUESTION])  # the failure was not cached: this run asks again
+    assert retried.value == 6.0 and not retried.cached
+    assert len(server.requests) == 4
+
+
+def test_openai_does_not_retry_a_refused_request(serve: Callable[..., ChatServer]) -> None:
+    server = serve(lambda body: "Rating: [[6]]", failures=[400])
+    [refused] = grade_single(_api_judge(server), [QUESTION])
+    assert refused.failed and "HTTP 400" in refused.error
+    assert len(server.requests) == 1
+
+
+def test_api_key_is_sent_but_never_stored(
+    serve: Callable[..., ChatServer], monkeypatch: pytest.MonkeyPatch, isolated_home: Path
+) -> None:
+    monkeypatch.setenv(KEY_ENV, SECRET)
+    # The first request fails with a body echoing the Authorization header, as a careless proxy might.
+    server = serve(lambda body: "Rating: [[9]]", failures=[400])
+    judge = _api_judge(server)
+    [refused] = grade_single(judge, [QUESTION])
+    [judged] = grade_single(judge, [QUESTION])
+    assert {r["headers"]["Authorization"] for r in server.requests} == {f"Bearer {SECRET}"}
+    assert judged.value == 9.0
+    assert "***" in refused.error
+    for text in (repr(refused), repr(judged), repr(judge), judge.cache_key, repr(vars(judge))):
+        assert SECRET not in text
+    stored = list(isolated_home.rglob("*"))
+    assert any(p.name.startswith("judgments.sqlite") for p in stored)
+    for path in stored:
+        if path.is_file():
+            assert SECRET.encode() not in path.read_bytes()
+
+
+def test_no_authorization_header_without_a_key(serve: Callable[..., ChatServer]) -> None:
+    server = serve(lambda body: "Rating: [[9]]")
+    grade_single(_api_judge(server), [QUESTION])
+    assert "Authorization" not in server.requests[0]["headers"]
+
+
+def test_concurrency_limit(serve: Callable[..., ChatServer]) -> None:
+    server = serve(lambda body: "Rating: [[5]]")
+    server.gate = threading.Barrier(2, timeout=30)
+    requests = [SingleRequest((f"Question {i}?",), ("Answer.",)) for i in range(6)]
+    judgments = grade_single(_api_judge(server, concurrency=2), requests)
+    assert all(j.value == 5.0 for j in judgments)
+    assert not server.gate.broken  # two requests were in flight together
+    assert server.max_in_flight == 2
+
+
+# ---------------------------------------------------------------------------------------------- cache
+
+
+def test_second_run_is_served_from_the_cache(serve: Callable[..., ChatServer]) -> None:
+    server = serve(lambda body: "Rating: [[4]]" if "Paris" in _user_text(body) else "No verdict here.")
+    judge = _api_judge(server)
+    requests = [QUESTION, SingleRequest(QUESTION.questions, ("London.",)), QUESTION]
+    first = grade_single(judge, requests)
+    assert len(server.requests) == 2  # the duplicate prompt is judged once
+    assert [j.value for j in first] == [4.0, None, 4.0]
+    assert first[1].unparseable and "no [[rating]]" in first[1].error
+    assert tally(first) == {"n": 3, "parsed": 2, "unparseable": 1, "failed": 0, "cached": 0}
+
+    again = grade_single(judge, requests)
+    assert len(server.requests) == 2
+    assert all(j.cached for j in again)
+    assert [(j.value, j.parsed, j.raw, j.error) for j in again] == [(j.value, j.parsed, j.raw, j.error) for j in first]
+    # A judge answering in another mode is another judge: nothing is shared.
+    other = grade_single(_api_judge(server, max_tokens=64), [QUESTION])
+    assert not other[0].cached and len(server.requests) == 3
+
+
+def test_cache_survives_concurrent_writers(tmp_path: Path) -> None:
+    path = tmp_path / "shared.sqlite"
+
+    def write(worker: int) -> None:
+        with JudgmentCache(path) as cache:  # each writer has its own connection, as separate processes do
+            for i in range(100):
+                judgment = Judgment("j", "local", "probabilities", f"{worker}-{i}", "{}", 5.0, True)
+                cache.put_many("key", [judgment])
+
+    threads = [threading.Thread(target=write, args=(w,)) for w in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    with JudgmentCache(path) as cache:
+        assert cache.count("key") == 300
+        assert cache.get_many("key", ["2-99"])["2-99"].cached
+
+
+# ---------------------------------------------------------------------------------------------- local backend
+
+
+def test_local_probabilities_mode_gives_values_in_range(tiny_model) -> None:
+    judge = LocalJudge(tiny_model, "probabilities", batch_size=2)
+    requests = [
+        QUESTION,
+        SingleRequest(("A much longer question about the history of France?", "And Spain?"), ("x", "y"), turn=2),
+        SingleRequest(("2+2?",), ("4",), references=("4",)),
+    ]
+    ratings = grade_single(judge, requests)
+    assert all(j.parsed and 1.0 <= j.value <= 10.0 for j in ratings)
+    assert set(json.loads(ratings[0].raw)["candidates"]) == {str(r) for r in range(1, 11)}
+    assert ratings[0].judge == "tiny-random-llama" and ratings[0].backend == "local"
+    pairs = compare_both_orders(judge, [PairRequest("Name a colour.", "Blue.", "Seven.")])
+    assert isinstance(pairs[0], BothOrders)
+    assert 0.0 <= pairs[0].forward.value <= 1.0 and 0.0 <= pairs[0].value <= 1.0
+    points = rate_pointwise(judge, [PointwiseRequest("Name a colour.", "Blue.")])
+    assert 1.0 <= points[0].value <= 10.0
+
+
+def test_local_batching_does_not_change_values(tiny_model) -> None:
+    requests = [QUESTION, SingleRequest(("A far longer question, padded with many more words?",), ("No.",))]
+    alone = [grade_single(LocalJudge(tiny_model, batch_size=1), [r])[0].value for r in requests]
+    batched = [j.value for j in grade_single(LocalJudge(tiny_model, batch_size=2, name="batched"), requests)]
+    assert batched == pytest.approx(alone, abs=1e-4)
+
+
+def test_local_ten_is_read_with_a_second_token(tiny_model) -> None:
+    """The cached two-step reading of "10" equals scoring "1","0" from scratch."""
+    judge = LocalJudge(tiny_model)
+    prompt = mt_bench_prompt(QUESTION, "probabilities")
+    labels = judge.label_tokens(prompt.verdict_prefix, "rating")
+    assert labels["10"] == [labels["1"][0], encode(tiny_model.tokenizer, "0")[0]]
+    [(_, raw)] = list(judge.run([prompt]))
+    ids = encode(tiny_model.tokenizer, judge.render(prompt)) + labels["10"][:1]
+    with torch.no_grad():
+        logits = tiny_model.model(input_ids=torch.tensor([ids])).logits[0, -2:].float()
+    first, second = torch.log_softmax(logits, dim=-1)
+    one, zero = labels["10"]
+    assert raw.candidates["10"] == pytest.approx((first[one] + second[zero]).item(), abs=1e-4)
+    rest = math.log(1.0 - math.exp(second[zero].item()))
+    assert raw.candidates["1"] == pytest.approx(first[one].item() + rest, abs=1e-4)
+
+
+def test_local_generate_mode_never_invents_a_verdict(tiny_model) -> None:
+    judge = LocalJudge(tiny_model, "generate", max_new_tokens=8)
+    judgments = grade_single(judge, [QUESTION]) + compare_pair(judge, [PairRequest("i", "a", "b")])
+    for judgment in judgments:
+        assert isinstance(judgment.raw, str)
+        assert judgment.unparseable and judgment.value is None and judgment.error
+    assert grade_single(judge, [QUESTION])[0].cached
+
+
+def test_make_judge_defaults(tiny_model) -> None:
+    assert make_judge("local", tiny_model).mode == "probabilities"
+    assert make_judge("openai", "gpt-4o", base_url="http://127.0.0.1:9/v1").mode == "generate"
+    with pytest.raises(ValueError, match="backend"):
+        make_judge("carrier-pigeon", "x")
+
+
+# ---------------------------------------------------------------------------------------------- calibration
+
+
+def test_calibration_sample_is_balanced_and_seeded() -> None:
+    sample = calibration_sample(20, seed=3)
+    assert sum(p.gpt4_prefers_reference for p in sample) == 10
+    assert len({p.index for p in sample}) == 20
+    assert [p.index for p in calibration_sample(20, seed=3)] == [p.index for p in sample]
+    assert [p.index for p in calibration_sample(20, seed=4)] != [p.index for p in sample]
+    with pytest.raises(ValueError, match="even"):
+        calibration_sample(7)
+
+
+def test_wilson_interval() -> None:
+    low, high = wilson_interval(8, 16)
+    assert low < 0.5 < high
+    assert wilson_interval(0, 0) == (0.0, 1.0)
+    assert wilson_interval(16, 16)[0] > 0.75
+
+
+@pytest.mark.parametrize("route", ["pairwise", "pointwise"])
+def test_calibration_runs_on_the_tiny_model(tiny_model, route: str) -> None:
+    judge = LocalJudge(tiny_model, batch_size=4)
+    result = calibrate_judge(judge, n=4, seed=0, route=route)
+    assert (result.n, result.judged, result.route, result.unparseable, result.failed) == (4, 4, route, 0, 0)
+    assert result.ci_low <= result.agreement <= result.ci_high
+    assert result.reference_baseline == pytest.approx(584 / 789)
+    assert result.near_chance == (result.ci_low <= 0.5 <= result.ci_high)
+    assert "tiny-random-llama" in result.summary and "%" in result.summary
+    if route == "pairwise":
+        assert 0.0 <= result.position_bias <= 1.0 and result.single_order_agreement is not None
+    else:
+        assert result.position_bias is None and result.single_order_agreement is None
+
+
+@pytest.mark.slow
+def test_smollm2_grades_and_calibrates(smollm2) -> None:
+    judge = LocalJudge(smollm2, batch_size=4)
+    ratings = grade_single(judge, [QUESTION, SingleRequest(QUESTION.questions, ("Bananas are yellow.",))])
+    assert all(j.parsed and 1.0 <= j.value <= 10.0 for j in ratings)
+    result = calibrate_judge(judge, n=4, route="pointwise")
+    assert result.judged == 4 and result.unparseable == 0
+
+
+def test_local_render_folds_the_system_turn_when_the_template_refuses_it(tiny_model) -> None:
+    tokenizer = copy.deepcopy(tiny_model.tokenizer)
+    tokenizer.chat_template = (
+        "{% for m in messages %}{% if m['role'] == 'system' %}{{ raise_exception('no system role') }}{% endif %}"
+        "<user>{{ m['content'] }}</user>{% endfor %}{% if add_generation_prompt %}<model>{% endif %}"
+    )
+    judge = LocalJudge(dataclasses.replace(tiny_model, tokenizer=tokenizer))
+    prompt = mt_bench_prompt(QUESTION, "probabilities")
+    text = judge.render(prompt)
+    assert text.startswith(f"<user>{prompt.system}\n\n{prompt.user}</user><model>")
+    assert text.endswith("<model>Rating: [[")
