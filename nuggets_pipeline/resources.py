@@ -82,6 +82,49 @@ class ScoringResource(dg.ConfigurableResource):
         return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:16]
 
 
+class JudgeResource(dg.ConfigurableResource):
+    """The LLM judge of MT-Bench and AlpacaEval: a local model in-process, or an OpenAI-compatible server.
+
+    The API key is read from the environment variable named by ``api_key_env`` when a request is made; it is
+    never part of this configuration, the logs, metadata or the judgment cache.
+    """
+
+    backend: str = Field(default="local", description="local (in-process HF model) or openai (any compatible API)")
+    model: str = Field(default="smollm2-135m-instruct", description="local preset/path, or the served model name")
+    mode: str | None = Field(default=None, description="generate or probabilities (default: per backend)")
+    base_url: str = Field(default="https://api.openai.com/v1", description="openai backend: the server")
+    api_key_env: str = Field(default="NUGGETS_JUDGE_API_KEY", description="openai backend: env var with the key")
+    concurrency: int = Field(default=4, gt=0, description="openai backend: requests in flight")
+    dtype: str = Field(default="float32", description="local backend: dtype")
+    device: str = Field(default="cpu", description="local backend: device")
+
+    @field_validator("backend")
+    @classmethod
+    def _known_backend(cls, value: str) -> str:
+        if value not in ("local", "openai"):
+            raise ValueError(f"judge backend must be local or openai, got {value!r}")
+        return value
+
+    def build(self):  # type: ignore[no-untyped-def]
+        from nuggets_pipeline.core.judges import make_judge
+
+        if self.backend == "local":
+            loaded = _LOADED.get((self.model, self.dtype, self.device))
+            if loaded is None:
+                loaded = _LOADED[(self.model, self.dtype, self.device)] = load_model(
+                    self.model, dtype=self.dtype, device=self.device
+                )
+            return make_judge("local", loaded, self.mode, name=self.model)
+        return make_judge(
+            "openai",
+            self.model,
+            self.mode,
+            base_url=self.base_url,
+            api_key_env=self.api_key_env,
+            concurrency=self.concurrency,
+        )
+
+
 class WarehouseResource(dg.ConfigurableResource):
     """The home directory's warehouse: Parquet tables and the DuckDB catalog of views over them."""
 
@@ -109,10 +152,9 @@ class ParquetWarehouseIOManager(dg.UPathIOManager):
         super().__init__(base_path=UPath(warehouse.root))
 
     def _get_path_without_extension(self, context: dg.OutputContext | dg.InputContext) -> UPath:
+        # Partitioned assets: the table's folder (each partition is a file in it, see below).
         table = "__".join(context.asset_key.path)
-        if context.has_asset_partitions:
-            return self._base_path / table / context.asset_partition_key
-        return self._base_path / table / "all"
+        return self._base_path / table if context.has_asset_partitions else self._base_path / table / "all"
 
     def _get_paths_for_partitions(self, context):  # type: ignore[no-untyped-def]
         table = "__".join(context.asset_key.path)

@@ -7,7 +7,7 @@ import dagster as dg
 import pytest
 
 from nuggets_pipeline.definitions import default_resources, defs
-from nuggets_pipeline.resources import ModelResource
+from nuggets_pipeline.resources import JudgeResource, ModelResource
 
 ASSETS = [*defs.assets, *defs.asset_checks]
 
@@ -16,6 +16,7 @@ def resources() -> dict:
     found = default_resources()
     found["scoring_model"] = ModelResource(model="tiny-random-llama")
     found["training_model"] = ModelResource(model="tiny-random-llama")
+    found["judge"] = JudgeResource(model="tiny-random-llama")
     return found
 
 

@@ -1,0 +1,309 @@
+"""Stage 5: MT-Bench, AlpacaEval and a judge-free likelihood signal for every variant, and the report."""
+
+import json
+from pathlib import Path
+from typing import Literal
+
+import dagster as dg
+import pandas as pd
+from pydantic import Field
+
+from nuggets_pipeline import metadata as md
+from nuggets_pipeline.assets.training import finetuned_dir, finetuned_model
+from nuggets_pipeline.core import alpaca_eval, mt_bench
+from nuggets_pipeline.core.judges import JudgmentCache, calibrate_judge
+from nuggets_pipeline.core.modeling import LoadedModel, load_model
+from nuggets_pipeline.core.reference_likelihood import score_references, summarize_scores
+from nuggets_pipeline.core.report import JudgeInfo, VariantResults, build_report
+from nuggets_pipeline.partitions import training_variants
+from nuggets_pipeline.resources import JudgeResource, WarehouseResource
+
+ALL_PARTITIONS = {"allow_missing_partitions": True}
+
+
+def variant_model(home: Path, variant: str) -> LoadedModel:
+    path = finetuned_dir(home, variant) / "model"
+    if not (path / "config.json").exists():
+        raise dg.Failure(f"no fine-tuned checkpoint for variant {variant!r} at {path}: materialise finetuned_model")
+    return load_model(str(path))
+
+
+def judgment_cache(warehouse: WarehouseResource) -> JudgmentCache:
+    return JudgmentCache(warehouse.root() / "judgments.sqlite")
+
+
+def progress_logger(context: dg.AssetExecutionContext, what: str):  # type: ignore[no-untyped-def]
+    logged = [0]
+
+    def report(done: int, total: int) -> None:
+        if done - logged[0] >= max(total // 5, 1) or done == total:
+            logged[0] = done
+            context.log.info(f"{what}: {done}/{total}")
+
+    return report
+
+
+class CalibrationConfig(dg.Config):
+    n: int = Field(default=16, ge=2, description="GPT-4-decided pairs to test the judge on (balanced)")
+    route: Literal["pairwise", "pointwise"] = Field(default="pairwise")
+    seed: int = 0
+
+
+@dg.asset(
+    group_name="evaluation",
+    pool="model",
+    code_version="calibration-v1",
+    description="How far the judge agrees with GPT-4 on shipped AlpacaEval annotations: its trust figure.",
+)
+def judge_calibration(
+    context: dg.AssetExecutionContext, config: CalibrationConfig, judge: JudgeResource, warehouse: WarehouseResource
+) -> dg.Output[pd.DataFrame]:
+    result = calibrate_judge(
+        judge.build(), n=config.n, seed=config.seed, route=config.route, cache=judgment_cache(warehouse)
+    )
+    context.log.info(result.summary)
+    row = pd.DataFrame([{k: v for k, v in result.__dict__.items()}])
+    return dg.Output(
+        row,
+        metadata={
+            "judge": result.judge,
+            "agreement_with_gpt4": result.agreement if result.agreement is not None else float("nan"),
+            "ci_95": f"{result.ci_low:.3f} – {result.ci_high:.3f}",
+            "near_chance": result.near_chance,
+            "summary": dg.MetadataValue.md(result.summary),
+            "pairs": result.n,
+            "wall_s": result.elapsed_s,
+        },
+    )
+
+
+class MTBenchConfig(dg.Config):
+    questions: int | None = Field(default=4, gt=0, description="first N of the 80 questions (None: all)")
+    max_new_tokens: int = Field(default=128, gt=0)
+    batch_size: int = Field(default=8, gt=0)
+    seed: int = 0
+
+
+@dg.asset(
+    group_name="evaluation",
+    partitions_def=training_variants,
+    deps=[finetuned_model],
+    pool="model",
+    code_version="mt-bench-v1",
+    description="MT-Bench: two-turn answers graded 1-10 by the judge; one row per (question, turn).",
+)
+def mt_bench_results(
+    context: dg.AssetExecutionContext, config: MTBenchConfig, judge: JudgeResource, warehouse: WarehouseResource
+) -> dg.Output[pd.DataFrame]:
+    variant = context.partition_key
+    loaded = variant_model(warehouse.root(), variant)
+    rows, summary = mt_bench.evaluate(
+        loaded,
+        judge.build(),
+        limit=config.questions,
+        max_new_tokens=config.max_new_tokens,
+        batch_size=config.batch_size,
+        seed=config.seed,
+        cache=judgment_cache(warehouse),
+        progress=progress_logger(context, "MT-Bench answers"),
+    )
+    rows = rows.assign(
+        variant=variant,
+        model_fingerprint=loaded.fingerprint,
+        decoding=json.dumps({"max_new_tokens": config.max_new_tokens, "temperatures": "fastchat"}),
+    )
+    categories = pd.DataFrame(sorted(summary.per_category.items()), columns=["category", "mean_rating"])
+    return dg.Output(
+        rows,
+        metadata={
+            "judge": summary.judge,
+            "score": summary.score,
+            "turn_1": summary.turn_1,
+            "turn_2": summary.turn_2,
+            "standard_error": summary.standard_error,
+            "questions": summary.n_questions,
+            "unparseable_judgments": summary.n_unparseable,
+            "failed_judgments": summary.n_failed,
+            "per_category": md.table(categories),
+        },
+    )
+
+
+class AlpacaEvalConfig(dg.Config):
+    instructions: int | None = Field(default=16, gt=0, description="first N of the 805 instructions (None: all)")
+    version: Literal["alpaca_eval_1", "alpaca_eval_2"] = Field(
+        default="alpaca_eval_1", description="reference: text-davinci-003 (1, the paper's) or gpt-4-1106 (2)"
+    )
+    protocol: Literal["pairwise", "pointwise"] = Field(
+        default="pairwise", description="pointwise rates each output 1-10 (the route for weak judges)"
+    )
+    max_new_tokens: int = Field(default=128, gt=0)
+    batch_size: int = Field(default=8, gt=0)
+    seed: int = 0
+
+
+@dg.asset(
+    group_name="evaluation",
+    partitions_def=training_variants,
+    deps=[finetuned_model],
+    pool="model",
+    code_version="alpaca-eval-v1",
+    description="AlpacaEval: the variant's outputs judged against the reference model's; one row each.",
+)
+def alpaca_eval_results(
+    context: dg.AssetExecutionContext, config: AlpacaEvalConfig, judge: JudgeResource, warehouse: WarehouseResource
+) -> dg.Output[pd.DataFrame]:
+    variant = context.partition_key
+    loaded = variant_model(warehouse.root(), variant)
+    annotations, summary = alpaca_eval.evaluate(
+        loaded,
+        judge.build(),
+        version=config.version,
+        limit=config.instructions,
+        generator=f"nuggets-{variant}",
+        protocol=config.protocol,
+        max_new_tokens=config.max_new_tokens,
+        batch_size=config.batch_size,
+        seed=config.seed,
+        cache=judgment_cache(warehouse),
+        progress=progress_logger(context, "AlpacaEval outputs"),
+    )
+    annotations = annotations.assign(
+        variant=variant,
+        model_fingerprint=loaded.fingerprint,
+        decoding=json.dumps({"max_new_tokens": config.max_new_tokens, "temperature": 0}),
+    )
+    datasets = pd.DataFrame(sorted(summary.per_dataset.items()), columns=["dataset", "win_rate"])
+    return dg.Output(
+        annotations,
+        metadata={
+            "judge": summary.judge,
+            "reference": summary.reference,
+            "win_rate": summary.win_rate,
+            "standard_error": summary.standard_error,
+            "length_controlled_win_rate": summary.length_controlled_win_rate,
+            "avg_output_length": summary.avg_length,
+            "instructions": summary.n_instructions,
+            "unparseable_judgments": summary.n_unparseable,
+            "failed_judgments": summary.n_failed,
+            "per_dataset": md.table(datasets),
+        },
+    )
+
+
+class LikelihoodConfig(dg.Config):
+    alpaca_eval_items: int | None = Field(default=32, gt=0, description="gpt-4-1106 reference answers scored")
+    mt_bench_items: int | None = Field(default=None, gt=0, description="GPT-4 MT-Bench references (None: all 30)")
+
+
+@dg.asset(
+    group_name="evaluation",
+    partitions_def=training_variants,
+    deps=[finetuned_model],
+    pool="model",
+    code_version="likelihood-v1",
+    description="Judge-free: mean per-token log-likelihood of strong reference answers never trained on.",
+)
+def reference_likelihood(
+    context: dg.AssetExecutionContext, config: LikelihoodConfig, warehouse: WarehouseResource
+) -> dg.Output[pd.DataFrame]:
+    variant = context.partition_key
+    loaded = variant_model(warehouse.root(), variant)
+    frames, lines = [], {}
+    for source, limit in (("alpaca_eval", config.alpaca_eval_items), ("mt_bench", config.mt_bench_items)):
+        scores, summary = score_references(loaded, source, limit=limit)
+        frames.append(scores.assign(source=source))
+        lines[f"{source}_mean_logprob"] = summary.mean_logprob
+        lines[f"{source}_items"] = summary.n_items
+    rows = pd.concat(frames, ignore_index=True).assign(variant=variant, model_fingerprint=loaded.fingerprint)
+    return dg.Output(rows, metadata=lines)
+
+
+def by_variant(frames: dict[str, pd.DataFrame] | pd.DataFrame) -> dict[str, pd.DataFrame]:
+    if isinstance(frames, pd.DataFrame):  # a single materialised partition loads as a frame
+        return {str(frames["variant"].iloc[0]): frames} if len(frames) else {}
+    return dict(frames)
+
+
+@dg.asset(
+    group_name="evaluation",
+    ins={
+        "mt_bench_results": dg.AssetIn(metadata=ALL_PARTITIONS),
+        "alpaca_eval_results": dg.AssetIn(metadata=ALL_PARTITIONS),
+        "reference_likelihood": dg.AssetIn(metadata=ALL_PARTITIONS),
+    },
+    code_version="report-v1",
+    description="Golden vs random (vs full) side by side: did the selection help?",
+)
+def evaluation_report(
+    context: dg.AssetExecutionContext,
+    mt_bench_results: dict[str, pd.DataFrame],
+    alpaca_eval_results: dict[str, pd.DataFrame],
+    reference_likelihood: dict[str, pd.DataFrame],
+    judge_calibration: pd.DataFrame,
+    warehouse: WarehouseResource,
+) -> dg.Output[pd.DataFrame]:
+    mt, ae, lk = by_variant(mt_bench_results), by_variant(alpaca_eval_results), by_variant(reference_likelihood)
+    variants = [v for v in training_variants.get_partition_keys() if v in mt or v in ae or v in lk]
+    if not variants:
+        raise dg.Failure("no variant has evaluation results yet: materialise mt_bench_results / alpaca_eval_results")
+    results = []
+    for variant in variants:
+        likelihood = None
+        if variant in lk:
+            likelihood = {s: summarize_scores(g, s) for s, g in lk[variant].groupby("source")}
+        results.append(
+            VariantResults(
+                variant=variant,
+                mt_bench=mt_bench.summarize(mt[variant]) if variant in mt else None,
+                alpaca_eval=alpaca_eval.summarize(ae[variant]) if variant in ae else None,
+                likelihood=likelihood,
+            )
+        )
+    calibration = judge_calibration.iloc[0]
+    judge = JudgeInfo(
+        name=str(calibration["judge"]),
+        backend=str(calibration["backend"]),
+        mode=str(calibration["mode"]),
+        agreement=None if pd.isna(calibration["agreement"]) else float(calibration["agreement"]),
+        ci_low=float(calibration["ci_low"]),
+        ci_high=float(calibration["ci_high"]),
+        near_chance=bool(calibration["near_chance"]),
+    )
+    table, markdown = build_report(results, judge)
+    report_path = warehouse.root() / "exports" / "evaluation_report.md"
+    report_path.parent.mkdir(parents=True, exist_ok=True)
+    report_path.write_text(markdown)
+    context.log.info("\n" + markdown)
+    return dg.Output(
+        table.reset_index(drop=True),
+        metadata={
+            "report": dg.MetadataValue.md(markdown),
+            "variants": ", ".join(variants),
+            "chart": comparison_chart(table, warehouse.root() / "plots" / "evaluation.png"),
+            "report_file": dg.MetadataValue.path(str(report_path)),
+        },
+    )
+
+
+def comparison_chart(table: pd.DataFrame, path: Path) -> dg.MetadataValue:
+    """One bar group per metric, one bar per variant: the answer at a glance."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    variants = [c for c in table.columns if c in training_variants.get_partition_keys()]
+    headline = table[table["headline"].astype(bool)] if "headline" in table else table
+    numeric = headline.set_index("metric")[variants].apply(pd.to_numeric, errors="coerce").dropna(how="all")
+    figure, axes = plt.subplots(1, max(len(numeric), 1), figsize=(3 * max(len(numeric), 1), 3), squeeze=False)
+    for axis, (metric, values) in zip(axes[0], numeric.iterrows(), strict=False):
+        axis.bar(values.index, values.to_numpy(), color=["#d4a017", "#8a8a8a", "#4f6bed"][: len(values)])
+        axis.set_title(str(metric), fontsize=8)
+        lower, upper = values.min(), values.max()
+        margin = (upper - lower) * 0.5 or abs(upper) * 0.05 or 1.0
+        axis.set_ylim(lower - margin, upper + margin)  # small judges differ by hundredths: zoom in, not from 0
+    figure.tight_layout()
+    value = md.save_plot(figure, path)
+    plt.close(figure)
+    return value
