@@ -16,6 +16,8 @@ import dagster as dg
 
 from nuggets_pipeline.core.paths import REPO_ROOT, nuggets_home
 
+VARIANTS = ("golden", "random")
+
 
 @dataclass
 class Stage:
@@ -47,6 +49,30 @@ def demo_stages(args: argparse.Namespace) -> list[Stage]:
             single_run_range=True,
         ),
         Stage("select", ["golden_subset"], {"golden_subset": {"config": {"threshold": args.threshold}}}),
+        Stage(
+            "train",
+            ["finetuned_model"],
+            {"finetuned_model": {"config": {"profile": "cpu-demo"}}},
+            partitions=lambda _: list(VARIANTS),
+        ),
+        Stage(
+            "evaluate",
+            ["mt_bench_results", "alpaca_eval_results", "reference_likelihood"],
+            {
+                "mt_bench_results": {
+                    "config": {"questions": args.mt_bench_questions, "max_new_tokens": args.max_new_tokens}
+                },
+                "alpaca_eval_results": {
+                    "config": {"instructions": args.alpaca_eval_instructions, "max_new_tokens": args.max_new_tokens}
+                },
+            },
+            partitions=lambda _: list(VARIANTS),
+        ),
+        Stage(
+            "report",
+            ["judge_calibration", "evaluation_report"],
+            {"judge_calibration": {"config": {"n": args.calibration_pairs}}},
+        ),
     ]
 
 
@@ -106,6 +132,9 @@ def summary(timings: dict[str, float]) -> str:
         )
         for row in reasons.itertuples():
             lines.append(f"{'':>20}  {row.reason}: {row.n}")
+    report = nuggets_home() / "exports" / "evaluation_report.md"
+    if report.exists():
+        lines += ["", report.read_text(), ""]
     lines.append(f"{'stage timings':>20}: " + ", ".join(f"{k} {v:.0f}s" for k, v in timings.items()))
     lines.append(f"{'outputs':>20}: {nuggets_home()} (warehouse/*.parquet, DuckDB catalog warehouse/warehouse.duckdb)")
     lines.append(f"{'browse':>20}: make ui  (Dagster UI on http://127.0.0.1:3000)")
@@ -121,6 +150,10 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--kmeans-pool", type=int, default=600, help="pool rows embedded for KMeans")
     demo.add_argument("--shards", type=int, default=4, help="candidate shards")
     demo.add_argument("--threshold", type=float, default=0.8, help="golden score threshold")
+    demo.add_argument("--mt-bench-questions", type=int, default=4, help="MT-Bench questions (of 80)")
+    demo.add_argument("--alpaca-eval-instructions", type=int, default=16, help="AlpacaEval instructions (of 805)")
+    demo.add_argument("--max-new-tokens", type=int, default=128, help="generation length for both benchmarks")
+    demo.add_argument("--calibration-pairs", type=int, default=16, help="GPT-4-decided pairs to calibrate the judge")
     demo.add_argument("--until", default=None, help="stop after this stage")
     args = parser.parse_args(argv)
 
