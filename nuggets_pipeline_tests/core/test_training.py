@@ -1,0 +1,287 @@
+"""Supervised fine-tuning: data preparation, real training steps on the tiny model, saving, resuming."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pandas as pd
+import pytest
+import torch
+
+from nuggets_pipeline.core.modeling import SMOLLM2, TINY_RANDOM_LLAMA, encode, load_model
+from nuggets_pipeline.core.paths import REPO_ROOT
+from nuggets_pipeline.core.sft_data import (
+    IGNORE_INDEX,
+    EmptyTrainingSetError,
+    prepare_sft_dataset,
+    random_subset,
+    sft_collator,
+)
+from nuggets_pipeline.core.templates import ALPACA
+from nuggets_pipeline.core.training import (
+    PROFILES,
+    TrainingConfig,
+    TrainingError,
+    get_profile,
+    latest_checkpoint,
+    main,
+    train_sft,
+)
+
+
+def examples(n: int, start: int = 0) -> pd.DataFrame:
+    rows = [
+        {
+            "id": f"ex{i:03d}",
+            "instruction": f"Name the number {i}.",
+            "input": f"digits {i}" if i % 2 else "",
+            "output": f"The number is {i}.",
+        }
+        for i in range(start, start + n)
+    ]
+    return pd.DataFrame(rows)
+
+
+# A few optimizer steps on the tiny model: batches of 4, no warm-up, a learning rate that moves it quickly.
+FAST = TrainingConfig(
+    per_device_batch_size=4, gradient_accumulation_steps=1, learning_rate=2e-3, warmup_ratio=0.0
+)
+
+
+# --- Data ---------------------------------------------------------------------------------------------------
+def test_labels_mask_bos_and_prompt_and_end_with_eos(tiny_model):
+    tokenizer = tiny_model.tokenizer
+    data = prepare_sft_dataset(examples(2), tokenizer, max_length=512)
+    bos, eos = tiny_model.bos_token_id, tokenizer.eos_token_id
+    for row, feature in zip(examples(2).itertuples(), data.features, strict=True):
+        prompt = encode(tokenizer, ALPACA.prompt(row.instruction, row.input))
+        response = encode(tokenizer, ALPACA.response(row.output))
+        assert feature["input_ids"] == [bos, *prompt, *response, eos]
+        assert feature["labels"] == [IGNORE_INDEX] * (1 + len(prompt)) + [*response, eos]
+    # One example without input and one with: both Alpaca templates are used.
+    assert "### Input:" not in tokenizer.decode(data.features[0]["input_ids"])
+    assert "### Input:\ndigits 1" in tokenizer.decode(data.features[1]["input_ids"])
+
+
+def test_collator_pads_right_and_ignores_padded_labels(tiny_model):
+    tokenizer = tiny_model.tokenizer
+    data = prepare_sft_dataset(pd.concat([examples(1), examples(1, start=101)]), tokenizer, max_length=512)
+    short, long = sorted(data.features, key=lambda f: len(f["input_ids"]))
+    assert len(short["input_ids"]) < len(long["input_ids"])
+    batch = sft_collator(tokenizer)([short, long])
+    n = len(short["input_ids"])
+    assert batch["input_ids"][0, :n].tolist() == short["input_ids"]
+    assert batch["labels"][0, :n].tolist() == short["labels"]
+    assert (batch["labels"][0, n:] == IGNORE_INDEX).all()
+    assert (batch["attention_mask"][0, n:] == 0).all() and (batch["attention_mask"][0, :n] == 1).all()
+    # The pad token is EOS here, yet the real EOS closing the response keeps its label.
+    assert batch["labels"][0, n - 1].item() == tokenizer.eos_token_id
+
+
+def test_overlong_examples_are_counted_and_truncated_or_skipped(tiny_model):
+    tokenizer = tiny_model.tokenizer
+    fits = examples(1)
+    limit = len(prepare_sft_dataset(fits, tokenizer, max_length=512).features[0]["input_ids"])
+    long_answer = examples(1, start=2).assign(output="word " * 200)
+    long_prompt = examples(1, start=4).assign(instruction="word " * 200)
+    pool = pd.concat([fits, long_answer, long_prompt], ignore_index=True)
+
+    truncated = prepare_sft_dataset(pool, tokenizer, max_length=limit, overlong="truncate")
+    assert (truncated.overlong, truncated.truncated) == (2, 1)
+    assert [s.id for s in truncated.skipped] == ["ex004"] and "prompt too long" in truncated.skipped[0].reason
+    cut = truncated.features[truncated.ids.index("ex002")]
+    assert len(cut["input_ids"]) == limit
+    assert cut["labels"][-1] != tokenizer.eos_token_id  # the EOS went with the cut: no stop taught mid-answer
+
+    skipped = prepare_sft_dataset(pool, tokenizer, max_length=limit, overlong="skip")
+    assert (skipped.overlong, skipped.truncated, len(skipped)) == (2, 0, 1)
+    assert sorted(s.id for s in skipped.skipped) == ["ex002", "ex004"]
+
+    with pytest.raises(EmptyTrainingSetError, match="all 2 examples were skipped"):
+        prepare_sft_dataset(pool.iloc[1:], tokenizer, max_length=limit, overlong="skip")
+
+
+def test_random_subset_matches_size_and_is_deterministic():
+    pool = examples(50)
+    golden = examples(12)
+    drawn = random_subset(pool, len(golden), seed=7)
+    assert len(drawn) == len(golden)
+    assert drawn["id"].is_unique and set(drawn["id"]) <= set(pool["id"])
+    shuffled = pool.sample(frac=1.0, random_state=1)  # the same pool stored in another order
+    again = random_subset(shuffled, len(golden), seed=7)
+    assert drawn["id"].tolist() == again["id"].tolist()
+    assert drawn["id"].tolist() != random_subset(pool, len(golden), seed=8)["id"].tolist()
+    with pytest.raises(ValueError, match="pool of only 50"):
+        random_subset(pool, 51, seed=0)
+
+
+def test_profiles_and_overrides():
+    paper = get_profile("paper")
+    assert (paper.epochs, paper.learning_rate, paper.lr_scheduler) == (3, 2e-5, "cosine")
+    assert paper.warmup_ratio == 0.03
+    assert (paper.weight_decay, paper.max_length, paper.dtype) == (0.0, 512, "bfloat16")
+    assert paper.global_batch_size(world_size=8) == 128
+    assert get_profile("cpu-demo", max_steps=3).max_steps == 3
+    assert set(PROFILES) == {"paper", "cpu-demo"}
+    with pytest.raises(ValueError, match="unknown training profile"):
+        get_profile("nope")
+    with pytest.raises(ValueError, match="unknown training option"):
+        get_profile("paper", lr=1.0)
+    with pytest.raises(ValueError, match="method='qlora'"):
+        TrainingConfig(method="qlora")
+
+
+def test_latest_checkpoint_passes_over_a_half_written_one(tmp_path):
+    for step, complete in ((2, True), (4, True), (6, False)):
+        folder = tmp_path / f"checkpoint-{step}"
+        folder.mkdir()
+        if complete:
+            (folder / "trainer_state.json").write_text("{}")
+    assert latest_checkpoint(tmp_path) == tmp_path / "checkpoint-4"
+    assert latest_checkpoint(tmp_path / "absent") is None
+
+
+# --- Training -----------------------------------------------------------------------------------------------
+def test_empty_subset_fails_clearly(tmp_path):
+    with pytest.raises(EmptyTrainingSetError, match="training set is empty"):
+        train_sft(TINY_RANDOM_LLAMA, examples(0), tmp_path / "run", FAST, "golden", "none")
+    assert not (tmp_path / "run").exists()
+
+
+def test_checkpoints_of_another_run_are_refused(tmp_path):
+    checkpoint = tmp_path / "run" / "checkpoints" / "checkpoint-2"
+    checkpoint.mkdir(parents=True)
+    (checkpoint / "trainer_state.json").write_text(json.dumps({"global_step": 2}))
+    (checkpoint.parent / "run.json").write_text(json.dumps({"subset_hash": "another subset"}))
+    with pytest.raises(TrainingError, match="checkpoints of a different run"):
+        train_sft(TINY_RANDOM_LLAMA, examples(4), tmp_path / "run", FAST, "golden", "this subset")
+
+
+def test_training_lowers_loss_and_saves_a_reloadable_model(tmp_path):
+    subset = pd.concat([examples(8), examples(1, start=50).assign(output="word " * 200)], ignore_index=True)
+    lines: list[str] = []
+    config = dataclasses.replace(FAST, epochs=3, max_length=96, save_steps=100)
+    run = tmp_path / "run"
+    result = train_sft(TINY_RANDOM_LLAMA, subset, run, config, "golden", "hash123", log=lines.append)
+
+    steps = [step for step, _ in result.losses]
+    assert steps == list(range(1, 10))  # 9 examples in batches of 4: 3 steps an epoch
+    first, last = result.losses[0][1], result.losses[-1][1]
+    assert last < first - 0.3
+    assert (result.overlong, result.truncated, result.skipped) == (1, 1, [])
+    assert result.examples_seen == 27 and result.train_tokens > 0 and result.resumed_from_step == 0
+    assert any(line.startswith("step 9/9 loss") and "examples/s" in line for line in lines)
+
+    folder = tmp_path / "run" / "model"
+    assert result.output_path == folder
+    assert {"model.safetensors", "config.json", "generation_config.json", "README.md"} <= {
+        p.name for p in folder.iterdir()
+    }
+    card = (folder / "README.md").read_text()
+    assert "hash123" in card and "`golden`" in card and "9 examples" in card and f"| 9 | {last:.4f} |" in card
+
+    loaded = load_model(str(folder))
+    tokenizer = loaded.tokenizer
+    question = [{"role": "user", "content": "Name a colour.", "input": "warm"}]
+    single = tokenizer.apply_chat_template(question, tokenize=False, add_generation_prompt=True)
+    assert single == tokenizer.bos_token + ALPACA.prompt("Name a colour.", "warm")
+    multi = tokenizer.apply_chat_template(
+        [
+            {"role": "user", "content": "Name a colour."},
+            {"role": "assistant", "content": "Red."},
+            {"role": "user", "content": "Another?"},
+        ],
+        tokenize=False,
+    )
+    first_turn = tokenizer.bos_token + ALPACA.prompt("Name a colour.") + "Red." + tokenizer.eos_token
+    assert multi.startswith(first_turn)
+    assert multi.endswith("\n\n### Instruction:\nAnother?\n\n### Response:")
+
+    prompt = torch.tensor([encode(tokenizer, single)])
+    with torch.no_grad():
+        generated = loaded.model.generate(prompt, max_new_tokens=4, do_sample=False)
+    assert generated.shape[1] > prompt.shape[1]
+
+
+def test_cli_lora_run_saves_a_merged_plain_model(tmp_path, tiny_model):
+    data_file = tmp_path / "golden.json"
+    data_file.write_text(json.dumps(examples(6).drop(columns="id").to_dict(orient="records")))
+    overrides = ["method=lora", "max_steps=2", "per_device_batch_size=2", "gradient_accumulation_steps=1",
+                 "learning_rate=1e-2", "lora_target_modules=q_proj,v_proj"]
+    code = main([
+        "--base-model", TINY_RANDOM_LLAMA, "--examples", str(data_file), "--output", str(tmp_path / "run"),
+        "--variant", "golden", *(arg for o in overrides for arg in ("--set", o)),
+    ])
+    assert code == 0
+    folder = tmp_path / "run" / "model"
+    assert not (folder / "adapter_config.json").exists()
+    trained = load_model(str(folder)).model.state_dict()
+    base = tiny_model.model.state_dict()
+    name = "model.layers.0.self_attn.{}.weight"
+    assert not torch.equal(trained[name.format("q_proj")], base[name.format("q_proj")])  # LoRA merged in
+    assert torch.equal(trained[name.format("k_proj")], base[name.format("k_proj")])  # not a LoRA target
+
+
+def test_killed_run_resumes_from_its_last_checkpoint(tmp_path):
+    run_dir, marker = tmp_path / "run", tmp_path / "checkpoint-saved"
+    # The child blocks once its first checkpoint is on disk, so the SIGKILL lands mid-run every time.
+    child = textwrap.dedent(f"""
+        import time
+        from pathlib import Path
+        from transformers import TrainerCallback
+        from nuggets_pipeline_tests.core.test_training import KILL_CONFIG, examples
+        from nuggets_pipeline.core.training import train_sft
+
+        class BlockAfterSave(TrainerCallback):
+            def on_save(self, args, state, control, **kwargs):
+                Path({str(marker)!r}).write_text(str(state.global_step))
+                time.sleep(600)
+
+        train_sft("{TINY_RANDOM_LLAMA}", examples(4), Path({str(run_dir)!r}), KILL_CONFIG, "golden", "h",
+                  callbacks=[BlockAfterSave()])
+    """)
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    child_log = tmp_path / "child.log"
+    with child_log.open("w") as output:
+        process = subprocess.Popen([sys.executable, "-c", child], env=env, stdout=output, stderr=output)
+    try:
+        while not marker.exists():
+            if process.poll() is not None:
+                pytest.fail(f"training child exited early ({process.returncode}):\n{child_log.read_text()}")
+            time.sleep(0.1)
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == -signal.SIGKILL
+    assert marker.read_text() == "2" and not (run_dir / "model").exists()
+
+    result = train_sft(TINY_RANDOM_LLAMA, examples(4), run_dir, KILL_CONFIG, "golden", "h")
+    assert result.resumed_from_step == 2
+    assert result.global_step == 4 and [s for s, _ in result.losses] == [1, 2, 3, 4]
+    assert result.examples_seen == 4  # only the two steps after the checkpoint were trained again
+    assert (run_dir / "model" / "model.safetensors").exists()
+
+
+# 4 examples in batches of 2 for 2 epochs: 4 steps, a checkpoint every 2.
+KILL_CONFIG = TrainingConfig(
+    epochs=2, per_device_batch_size=2, gradient_accumulation_steps=1, save_steps=2, max_length=64
+)
+
+
+@pytest.mark.slow
+def test_smollm2_short_run_reloads(tmp_path):
+    config = get_profile("cpu-demo", max_steps=2, per_device_batch_size=2, gradient_accumulation_steps=1)
+    result = train_sft(SMOLLM2, examples(4), tmp_path / "run", config, "golden", "h")
+    assert result.global_step == 2 and all(torch.isfinite(torch.tensor(loss)) for _, loss in result.losses)
+    loaded = load_model(str(result.output_path))
+    assert loaded.tokenizer.bos_token_id == 1 and loaded.tokenizer.eos_token_id == 2
