@@ -52,7 +52,7 @@ def demo_stages(args: argparse.Namespace) -> list[Stage]:
         Stage(
             "train",
             ["finetuned_model"],
-            {"finetuned_model": {"config": {"profile": "cpu-demo"}}},
+            {"finetuned_model": {"config": {"profile": "cpu-demo", "max_steps": args.train_steps, "max_length": 192}}},
             partitions=lambda _: list(VARIANTS),
         ),
         Stage(
@@ -150,6 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--kmeans-pool", type=int, default=600, help="pool rows embedded for KMeans")
     demo.add_argument("--shards", type=int, default=4, help="candidate shards")
     demo.add_argument("--threshold", type=float, default=0.8, help="golden score threshold")
+    demo.add_argument("--train-steps", type=int, default=4, help="optimizer steps per variant (batch 4 x 2)")
     demo.add_argument("--mt-bench-questions", type=int, default=4, help="MT-Bench questions (of 80)")
     demo.add_argument("--alpaca-eval-instructions", type=int, default=16, help="AlpacaEval instructions (of 805)")
     demo.add_argument("--max-new-tokens", type=int, default=128, help="generation length for both benchmarks")
