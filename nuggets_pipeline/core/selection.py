@@ -1,0 +1,86 @@
+"""Pick the golden subset from one-shot scores: by threshold, top-k or top fraction."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+PAPER_THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9)
+
+
+def _above(scores: pd.DataFrame, threshold: float) -> np.ndarray:
+    """golden_score > threshold per row, also for rows that decision mode stopped early.
+
+    An early-stopped row only bounds its final score: at least wins / n, at most (wins + unscored) / n. Both
+    bounds use the same division as the exact score, so a row decided at threshold t is decided the same way here.
+    """
+    exact = scores["verdict"].to_numpy() == "exact"
+    wins = scores["wins"].to_numpy(dtype=np.float64)
+    n = scores["n_anchors"].to_numpy(dtype=np.float64)
+    unscored = n - scores["anchors_scored"].to_numpy(dtype=np.float64)
+    surely_above = ~exact & (wins / n > threshold)
+    surely_not = ~exact & ((wins + unscored) / n <= threshold)
+    undecided = ~exact & ~surely_above & ~surely_not
+    if undecided.any():
+        raise ValueError(
+            f"{int(undecided.sum())} candidates were scored in decision mode at another threshold and cannot be "
+            f"placed against {threshold}; rescore them exactly or at this threshold"
+        )
+    return (exact & (scores["golden_score"].to_numpy() > threshold)) | surely_above
+
+
+def _ranked(scores: pd.DataFrame) -> pd.DataFrame:
+    if (scores["verdict"] != "exact").any():
+        raise ValueError("top-k and top-fraction selection need exact scores; decision-mode rows have no score")
+    # Ties in golden score (common: it is a count over ~100 anchors) fall back to the mean log-prob gain.
+    return scores.sort_values(["golden_score", "mean_delta", "candidate_id"], ascending=[False, False, True])
+
+
+def select_golden(
+    scores: pd.DataFrame,
+    threshold: float | None = None,
+    top_k: int | None = None,
+    top_fraction: float | None = None,
+) -> pd.DataFrame:
+    """The selected rows of ``scores``: exactly one of
+
+    - ``threshold``: golden_score strictly greater than it (rows in input order),
+    - ``top_k``: the k best (ranked by golden score, then mean delta, then id),
+    - ``top_fraction``: the best floor(fraction * n) rows, ranked the same way.
+    """
+    given = [
+        name
+        for name, value in (("threshold", threshold), ("top_k", top_k), ("top_fraction", top_fraction))
+        if value is not None
+    ]
+    if len(given) != 1:
+        raise ValueError(f"give exactly one of threshold, top_k, top_fraction (got {given or 'none'})")
+    if threshold is not None:
+        if not 0.0 <= threshold <= 1.0:
+            raise ValueError(f"threshold must be within [0, 1], got {threshold}")
+        return scores[_above(scores, threshold)]
+    if top_k is not None:
+        if isinstance(top_k, bool) or not isinstance(top_k, int | np.integer) or top_k < 0:
+            raise ValueError(f"top_k must be a non-negative integer, got {top_k!r}")
+        return _ranked(scores).head(int(top_k))
+    if top_fraction is None or not 0.0 < top_fraction <= 1.0:
+        raise ValueError(f"top_fraction must be within (0, 1], got {top_fraction}")
+    # The epsilon keeps 0.29 * 100 (28.999999999999996 in floating point) at 29.
+    return _ranked(scores).head(math.floor(top_fraction * len(scores) + 1e-9))
+
+
+def threshold_table(scores: pd.DataFrame, thresholds: tuple[float, ...] = PAPER_THRESHOLDS) -> pd.DataFrame:
+    """Golden subset size per threshold, the form of the paper's Table 3."""
+    sizes = [len(select_golden(scores, threshold=t)) for t in thresholds]
+    return pd.DataFrame(
+        {
+            "threshold": list(thresholds),
+            "subset_size": sizes,
+            "fraction": [size / len(scores) if len(scores) else float("nan") for size in sizes],
+        }
+    )
+
+
+__all__ = ["PAPER_THRESHOLDS", "select_golden", "threshold_table"]
