@@ -26,6 +26,8 @@ demo: install
 	$(PY) -m nuggets_pipeline.cli demo $(ARGS)
 
 test: install
+	@# The UI test (pytest -m browser) drives Debian's Chromium; installed once, never downloaded by Playwright.
+	command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
 	$(PY) -m ruff check nuggets_pipeline nuggets_pipeline_tests benchmarks
 	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 

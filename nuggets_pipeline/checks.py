@@ -4,6 +4,7 @@ import dagster as dg
 import pandas as pd
 
 from nuggets_pipeline.assets.scoring import coverage, scored_shards
+from nuggets_pipeline.core.incoming import with_increments
 from nuggets_pipeline.resources import WarehouseResource
 
 MAX_QUARANTINE_FRACTION = 0.05
@@ -45,7 +46,9 @@ def anchors_disjoint_from_candidates(candidates: pd.DataFrame, anchor_set: pd.Da
 def golden_subset_scores_complete(
     candidates: pd.DataFrame, zero_shot_losses: pd.DataFrame, warehouse: WarehouseResource
 ) -> dg.AssetCheckResult:
-    cover = coverage(candidates, scored_shards(warehouse.warehouse()), zero_shot_losses)
+    store = warehouse.warehouse()
+    # The pool is the base candidates plus every incoming batch: a new batch's unscored shards count as missing.
+    cover = coverage(with_increments(candidates, store), scored_shards(store), zero_shot_losses)
     return dg.AssetCheckResult(
         passed=bool(cover["complete"]),
         metadata={

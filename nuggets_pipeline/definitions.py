@@ -6,9 +6,15 @@ import os
 
 import dagster as dg
 
-from nuggets_pipeline import checks
-from nuggets_pipeline.assets import anchors, ingestion, scoring, training
-from nuggets_pipeline.resources import ModelResource, ScoringResource, WarehouseIOManagerFactory, WarehouseResource
+from nuggets_pipeline import checks, sensors
+from nuggets_pipeline.assets import anchors, evaluation, incoming, ingestion, scoring, training
+from nuggets_pipeline.resources import (
+    JudgeResource,
+    ModelResource,
+    ScoringResource,
+    WarehouseIOManagerFactory,
+    WarehouseResource,
+)
 
 warehouse = WarehouseResource()
 
@@ -29,11 +35,19 @@ def default_resources() -> dict[str, object]:
             model=os.environ.get("NUGGETS_TRAINING_MODEL", "smollm2-135m-instruct"),
             device=os.environ.get("NUGGETS_DEVICE", "cpu"),
         ),
+        "judge": JudgeResource(
+            backend=os.environ.get("NUGGETS_JUDGE_BACKEND", "local"),
+            model=os.environ.get("NUGGETS_JUDGE_MODEL", "smollm2-135m-instruct"),
+            base_url=os.environ.get("NUGGETS_JUDGE_BASE_URL", "https://api.openai.com/v1"),
+        ),
     }
 
 
 defs = dg.Definitions(
-    assets=dg.load_assets_from_modules([ingestion, anchors, scoring, training]),
+    assets=dg.load_assets_from_modules([ingestion, anchors, incoming, scoring, training, evaluation]),
     asset_checks=dg.load_asset_checks_from_modules([checks]),
     resources=default_resources(),
+    jobs=sensors.JOBS,
+    sensors=sensors.SENSORS,
+    executor=sensors.executor(),
 )

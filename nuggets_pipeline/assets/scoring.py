@@ -12,12 +12,14 @@ from pydantic import Field, model_validator
 
 from nuggets_pipeline import metadata as md
 from nuggets_pipeline.core.anchors import anchor_set_hash
+from nuggets_pipeline.core.incoming import INCREMENTS_TABLE, shard_candidates, with_increments
 from nuggets_pipeline.core.scoring import score_one_shot, score_zero_shot
 from nuggets_pipeline.core.selection import select_golden, threshold_table
 from nuggets_pipeline.core.storage import Warehouse, write_parquet_atomic
-from nuggets_pipeline.partitions import candidate_shards
+from nuggets_pipeline.partitions import candidate_shards, shards_per_run
 from nuggets_pipeline.resources import ModelResource, ScoringResource, WarehouseResource
 from nuggets_pipeline.schemas import GoldenSubsetSchema, GoldenSubsetType, OneShotScoresSchema, ZeroShotSchema
+from nuggets_pipeline.sensors import MODEL_POD_TAGS, selection_condition
 
 PAIR_DELTAS_TABLE = "one_shot_pair_deltas"
 
@@ -32,6 +34,7 @@ def column_schema(schema: type[pa.DataFrameModel]) -> dg.TableSchema:
     group_name="scoring",
     code_version="zero-shot-v1",
     pool="model",
+    op_tags=MODEL_POD_TAGS,
     description="log p(anchor response | BOS + anchor prompt) for every anchor: the baseline of each comparison.",
 )
 def zero_shot_losses(
@@ -63,6 +66,9 @@ def zero_shot_losses(
             "tokens_per_s": tokens / seconds if seconds else 0.0,
             "wall_s": seconds,
         },
+        # The same model, template and anchors give the same version: re-running it leaves the scores current in
+        # the UI, while a change marks every one_shot_scores partition as upstream-changed (stale).
+        data_version=dg.DataVersion(f"{frame['model_fingerprint'].iloc[0]}-{frame['anchor_set_hash'].iloc[0]}"),
     )
 
 
@@ -138,7 +144,9 @@ def score_shard(
     partitions_def=candidate_shards,
     code_version="one-shot-v1",
     pool="model",
-    backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=1),
+    op_tags=MODEL_POD_TAGS,
+    # NUGGETS_SHARDS_PER_RUN: 1 (default) fans a backfill out, one run (pod) per shard; N scores N per run.
+    backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=shards_per_run()),
     description="Golden score of every candidate in a shard: the fraction of anchors its one-shot prefix helps.",
 )
 def one_shot_scores(
@@ -152,13 +160,18 @@ def one_shot_scores(
 ):
     outputs: dict[str, pd.DataFrame] = {}
     rows = []
+    store = warehouse.warehouse()
     for shard in context.partition_keys:
-        shard_candidates = candidates[candidates["shard"] == shard]
-        if shard_candidates.empty:
-            raise dg.Failure(f"shard {shard} has no candidates: re-materialise `candidates` or drop the partition")
+        # Base shards come from `candidates`; a shard of an incoming batch from that batch's stored increment.
+        in_shard = shard_candidates(candidates, shard, store)
+        if in_shard.empty:
+            raise dg.Failure(
+                f"shard {shard} has no candidates: re-materialise `candidates` (or its incoming batch) "
+                "or delete the partition"
+            )
         started = time.perf_counter()
         scores, totals = score_shard(
-            context, shard, shard_candidates, anchor_set, zero_shot_losses, scoring_model, scoring, warehouse
+            context, shard, in_shard, anchor_set, zero_shot_losses, scoring_model, scoring, warehouse
         )
         wall = time.perf_counter() - started
         outputs[shard] = scores
@@ -248,9 +261,11 @@ def coverage(candidates: pd.DataFrame, scores: pd.DataFrame, zero_shot: pd.DataF
 
 @dg.asset(
     group_name="scoring",
-    deps=[one_shot_scores],
+    # Increments are read from the warehouse (their candidates join the pool); the dep draws that lineage.
+    deps=[one_shot_scores, dg.AssetDep(INCREMENTS_TABLE)],
     dagster_type=GoldenSubsetType,
     code_version="golden-v1",
+    automation_condition=selection_condition(),
     description="The candidates whose one-shot prefix helps the most anchors; also exported as Alpaca JSON.",
 )
 def golden_subset(
@@ -261,6 +276,7 @@ def golden_subset(
     warehouse: WarehouseResource,
 ) -> dg.Output[pd.DataFrame]:
     store = warehouse.warehouse()
+    candidates = with_increments(candidates, store)
     scores = scored_shards(store)
     if scores.empty:
         raise dg.Failure("no one_shot_scores shard has been materialised yet: score the candidate shards first")

@@ -1,0 +1,133 @@
+"""Incoming batches: a data file dropped into the incoming folder becomes new candidates in new shards.
+
+The `incoming_data` sensor (sensors.py) hashes the files and requests one run per new file; this asset ingests
+the file, stores its candidates and quarantined rows as one partition each, and registers the new shards, which
+the sensor then asks to score. Existing candidates, shards and scores are never touched.
+"""
+
+import json
+import time
+from pathlib import Path
+
+import dagster as dg
+import pandas as pd
+from pydantic import Field
+
+from nuggets_pipeline import metadata as md
+from nuggets_pipeline.core.data import FieldMap
+from nuggets_pipeline.core.incoming import (
+    INCREMENTS_TABLE,
+    QUARANTINED_INCREMENTS_TABLE,
+    batch_key,
+    file_digest,
+    incoming_dir,
+    ingest_increment,
+    read_increments,
+    waiting_files,
+)
+from nuggets_pipeline.partitions import CANDIDATE_SHARDS, incoming_files
+from nuggets_pipeline.resources import WarehouseResource
+from nuggets_pipeline.schemas import CandidatesSchema, CandidatesType, QuarantineSchema, QuarantineType
+
+
+class IncrementConfig(dg.Config):
+    path: str | None = Field(
+        default=None, description="the file; by default the file in the incoming folder whose content hash matches"
+    )
+    shard_size: int = Field(default=64, gt=0, description="candidates per shard of this batch (about)")
+    instruction_field: str = "instruction"
+    input_field: str = "input"
+    output_field: str = "output"
+    conversations_field: str = "conversations"
+    max_chars: int = Field(default=16_384, gt=0, description="longer examples are quarantined, never cut")
+
+
+def find_file(batch: str, configured: str | None) -> tuple[Path, str]:
+    """The file of a batch and its full digest; fails if its content is no longer what the batch was named by."""
+    files = [Path(configured).expanduser()] if configured else waiting_files(incoming_dir())
+    for path in files:
+        if path.is_file():
+            digest = file_digest(path)
+            if batch_key(digest) == batch:
+                return path, digest
+    where = configured or str(incoming_dir())
+    raise dg.Failure(
+        f"no file with content hash {batch} at {where}: the file was removed or changed after it was seen "
+        "(a changed file is a new batch; the sensor picks it up on its next tick)"
+    )
+
+
+@dg.multi_asset(
+    outs={
+        INCREMENTS_TABLE: dg.AssetOut(
+            dagster_type=CandidatesType,
+            description="new candidates of one incoming file, in shards of their own (inc<hash>-NNN)",
+            is_required=True,
+        ),
+        QUARANTINED_INCREMENTS_TABLE: dg.AssetOut(
+            dagster_type=QuarantineType, description="rows of one incoming file that were rejected, with the reason"
+        ),
+    },
+    partitions_def=incoming_files,
+    group_name="incoming",
+    code_version="increments-v1",
+    # One batch at a time: two batches ingested at once could both claim a row that is new to each of them.
+    pool="ingest",
+)
+def ingest_increment_file(
+    context: dg.AssetExecutionContext,
+    config: IncrementConfig,
+    instructions: pd.DataFrame,
+    anchor_set: pd.DataFrame,
+    warehouse: WarehouseResource,
+):
+    batch = context.partition_key
+    path, digest = find_file(batch, config.path)
+    started = time.perf_counter()
+    earlier = read_increments(warehouse.warehouse(), exclude=batch)
+    known = set(instructions["id"]) | set(anchor_set["id"]) | (set(earlier["id"]) if len(earlier) else set())
+    fields = FieldMap(config.instruction_field, config.input_field, config.output_field, config.conversations_field)
+    increment = ingest_increment(path, batch, known, anchor_set, config.shard_size, fields, config.max_chars)
+    seconds = time.perf_counter() - started
+    candidates, quarantined = increment.candidates, increment.quarantined
+    CandidatesSchema.validate(candidates)
+    QuarantineSchema.validate(quarantined)
+    shards = increment.shards
+    registered = set(context.instance.get_dynamic_partitions(CANDIDATE_SHARDS))
+    new = [s for s in shards if s not in registered]
+    if new:
+        context.instance.add_dynamic_partitions(CANDIDATE_SHARDS, new)
+    rows = len(candidates) + len(quarantined)
+    context.log.info(
+        f"{path.name}: {len(candidates)} new candidates in {len(shards)} shards, {len(quarantined)} quarantined"
+    )
+    if candidates.empty:
+        context.log.warning(f"{path.name}: no new candidate; every row was quarantined {increment.reasons}")
+    reasons = pd.DataFrame(sorted(increment.reasons.items()), columns=["reason", "rows"])
+    yield dg.Output(
+        candidates,
+        output_name=INCREMENTS_TABLE,
+        metadata={
+            "dagster/row_count": len(candidates),
+            "source_file": str(path),
+            "sha256": digest,
+            "rows_read": rows,
+            "quarantined": len(quarantined),
+            # The sensor reads this list to request scoring runs for exactly these shards.
+            "new_shards": json.dumps(shards),
+            "shards": md.table(candidates.groupby("shard").size().rename("candidates").reset_index()),
+            "rows_per_s": rows / seconds if seconds else 0.0,
+            "wall_s": seconds,
+            "preview": md.preview(candidates, ["id", "shard", "instruction"]),
+        },
+    )
+    yield dg.Output(
+        quarantined,
+        output_name=QUARANTINED_INCREMENTS_TABLE,
+        metadata={
+            "dagster/row_count": len(quarantined),
+            "source_file": str(path),
+            "by_reason": md.table(reasons),
+            "preview": md.preview(quarantined, ["row_number", "reason", "raw"]),
+        },
+    )

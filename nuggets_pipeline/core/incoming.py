@@ -1,0 +1,169 @@
+"""Incoming batches: data files dropped into a folder become new candidates in shards of their own.
+
+A batch is named by the content of its file (``inc`` + the first 8 hex digits of its SHA-256), so the same bytes
+are never ingested twice, whatever the file is called, and its shards (``inc1a2b3c4d-000`` ...) never collide
+with the base pool's or another batch's. Rows go through the same checks as the base pool (``core.data``);
+rows already stored elsewhere (the base pool, the anchors, earlier batches) are quarantined as duplicates.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from nuggets_pipeline.core.anchors import candidate_pool
+from nuggets_pipeline.core.data import (
+    QUARANTINE_COLUMNS,
+    FieldMap,
+    IngestResult,
+    SourceError,
+    ingest,
+    normalise,
+    read_source,
+)
+from nuggets_pipeline.core.paths import nuggets_home
+from nuggets_pipeline.core.storage import Warehouse
+
+INCOMING_ENV = "NUGGETS_INCOMING_DIR"
+INCREMENTS_TABLE = "candidate_increments"
+QUARANTINED_INCREMENTS_TABLE = "quarantined_increments"
+BATCH_PREFIX = "inc"
+MAX_SHARDS = 999  # the shard key has three digits
+# Names a writer uses while a file is still being written (write under one of these, then rename into place).
+PARTIAL_SUFFIXES = (".tmp", ".part", ".partial", ".crdownload", ".swp")
+
+
+def incoming_dir() -> Path:
+    """The folder watched for new data files: $NUGGETS_INCOMING_DIR, else <home>/incoming."""
+    configured = os.environ.get(INCOMING_ENV)
+    folder = Path(configured).expanduser() if configured else nuggets_home() / "incoming"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def file_digest(path: Path, block: int = 1 << 20) -> str:
+    """SHA-256 of the file's bytes, read in blocks so a large file never sits in memory at once."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(block):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def batch_key(digest: str) -> str:
+    return f"{BATCH_PREFIX}{digest[:8]}"
+
+
+def batch_of(shard: str) -> str:
+    """``inc1a2b3c4d-007`` -> ``inc1a2b3c4d``; ``base-000`` -> ``base``."""
+    return shard.rsplit("-", 1)[0]
+
+
+def waiting_files(folder: Path) -> list[Path]:
+    """Files that look complete: not hidden, not named like a partial download, regular files only.
+
+    Files of an unknown type are listed too, so that dropping one fails a run with a message naming the file
+    instead of being ignored without a word.
+    """
+    if not folder.is_dir():
+        return []
+    return sorted(
+        p
+        for p in folder.iterdir()
+        if p.is_file() and not p.name.startswith((".", "~")) and not p.name.lower().endswith(PARTIAL_SUFFIXES)
+    )
+
+
+@dataclass
+class Increment:
+    candidates: pd.DataFrame  # the candidates schema: instruction columns plus ``shard``
+    quarantined: pd.DataFrame
+    reasons: dict[str, int]
+
+    @property
+    def shards(self) -> list[str]:
+        return sorted(self.candidates["shard"].unique())
+
+
+def _quarantine_known(result: IngestResult) -> pd.DataFrame:
+    """Rows that parsed and passed every check but are already stored: quarantined the way ``ingest`` does it."""
+    moved = result.instructions
+    return pd.DataFrame(
+        {
+            "source": moved["source"],
+            "row_number": moved["row_number"],
+            "reason": "duplicate: already ingested earlier",
+            "raw": [
+                json.dumps({"instruction": r.instruction, "input": r.input, "output": r.output}, ensure_ascii=False)
+                for r in moved.itertuples()
+            ],
+        },
+        columns=QUARANTINE_COLUMNS,
+    )
+
+
+def ingest_increment(
+    path: Path,
+    batch: str,
+    known_ids: set[str],
+    anchors: pd.DataFrame,
+    shard_size: int,
+    fields: FieldMap | None = None,
+    max_chars: int = 16_384,
+) -> Increment:
+    """Ingest one file as a batch of new candidates, split into shards of about ``shard_size`` candidates.
+
+    A file that is unreadable as a whole (missing, empty, unknown type, not JSON) raises ``SourceError``. A file
+    that parses but holds no new valid row is not an error here (a re-sent file with reordered rows, say): it
+    becomes an increment with no candidates and every row in quarantine with its reason.
+    """
+    fields = fields or FieldMap()
+    try:
+        result = ingest([path], fields, max_chars, known_ids=known_ids)
+    except SourceError:
+        # ingest refuses a source without a new valid row; read it again to keep the reasons row by row.
+        records = list(read_source(path))  # a whole-file problem raises again here, with its own message
+        if not records:
+            raise
+        result = normalise(records, fields, max_chars)
+        known = _quarantine_known(result)
+        result.quarantined = pd.concat([result.quarantined, known], ignore_index=True)
+        if len(known):
+            result.reasons["duplicate"] += len(known)
+        result.instructions = result.instructions.iloc[0:0]
+    rows = result.instructions
+    shards = min(MAX_SHARDS, max(1, math.ceil(len(rows) / shard_size)))
+    # An empty batch would get a float ``shard`` column from pandas; the schema wants strings either way.
+    candidates = candidate_pool(rows, anchors, batch, shards).astype({"shard": "object"})
+    return Increment(candidates=candidates, quarantined=result.quarantined, reasons=dict(result.reasons))
+
+
+def read_increments(warehouse: Warehouse, batch: str | None = None, exclude: str | None = None) -> pd.DataFrame:
+    """Candidates of every stored batch (or of one), as written by the increments asset; empty when none."""
+    folder = warehouse.table_dir(INCREMENTS_TABLE)
+    files = [folder / f"{batch}.parquet"] if batch else sorted(folder.glob("*.parquet"))
+    frames = [pd.read_parquet(f) for f in files if f.exists() and f.stem != exclude]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def with_increments(candidates: pd.DataFrame, warehouse: Warehouse) -> pd.DataFrame:
+    """The whole candidate pool: the base candidates and every incoming batch's."""
+    increments = read_increments(warehouse)
+    if increments.empty:
+        return candidates
+    return pd.concat([candidates, increments[candidates.columns]], ignore_index=True)
+
+
+def shard_candidates(candidates: pd.DataFrame, shard: str, warehouse: Warehouse) -> pd.DataFrame:
+    """Candidates of one shard: from the base pool, or from the stored file of the batch the shard belongs to."""
+    found = candidates[candidates["shard"] == shard]
+    if len(found) or not shard.startswith(BATCH_PREFIX):
+        return found
+    increment = read_increments(warehouse, batch_of(shard))
+    return increment[increment["shard"] == shard].reset_index(drop=True) if len(increment) else increment
