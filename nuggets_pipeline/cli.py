@@ -48,7 +48,7 @@ def demo_stages(args: argparse.Namespace) -> list[Stage]:
             partitions=lambda instance: sorted(instance.get_dynamic_partitions(CANDIDATE_SHARDS)),
             single_run_range=True,
         ),
-        Stage("select", ["golden_subset"], {"golden_subset": {"config": {"threshold": args.threshold}}}),
+        Stage("select", ["golden_subset"], {"golden_subset": {"config": selection(args)}}),
         Stage(
             "train",
             ["finetuned_model"],
@@ -74,6 +74,15 @@ def demo_stages(args: argparse.Namespace) -> list[Stage]:
             {"judge_calibration": {"config": {"n": args.calibration_pairs}}},
         ),
     ]
+
+
+def selection(args: argparse.Namespace) -> dict[str, float | None]:
+    """The demo keeps the best quarter: SmolLM2 with 8 anchors rarely gets a candidate above the paper's 0.8
+    (measured: mean one-shot delta -0.71 nats, none of 24 candidates above 0.67), which would leave nothing to
+    train on. `--threshold 0.8` gives the paper's rule."""
+    if args.threshold is not None:
+        return {"threshold": args.threshold}
+    return {"threshold": None, "top_fraction": args.top_fraction}
 
 
 def run_stage(stage: Stage, instance: dg.DagsterInstance, resources: dict[str, Any]) -> float:
@@ -149,7 +158,8 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--anchors", type=int, default=8, help="KMeans anchors")
     demo.add_argument("--kmeans-pool", type=int, default=300, help="pool rows embedded for KMeans")
     demo.add_argument("--shards", type=int, default=4, help="candidate shards")
-    demo.add_argument("--threshold", type=float, default=0.8, help="golden score threshold")
+    demo.add_argument("--threshold", type=float, default=None, help="select golden_score > threshold instead")
+    demo.add_argument("--top-fraction", type=float, default=0.25, help="select the best fraction of candidates")
     demo.add_argument("--train-steps", type=int, default=4, help="optimizer steps per variant (batch 4 x 2)")
     demo.add_argument("--mt-bench-questions", type=int, default=2, help="MT-Bench questions (of 80)")
     demo.add_argument("--alpaca-eval-instructions", type=int, default=8, help="AlpacaEval instructions (of 805)")
