@@ -4,7 +4,9 @@
 
 Candidates are a seeded sample of the shipped Alpaca pool, anchors the first N of the paper's KMeans-100 file.
 Every figure counts the same numerator: anchor tokens (prompt + response) once per candidate. Each timing is the
-best of ``--repeats`` runs, because the machine may be shared. The last line printed is one JSON object.
+best of ``--repeats`` runs, the engine's alternating with the plain forward's so both see the same load on a
+shared machine. ``peak_rss_mb`` is the high-water mark before the reference port runs (its full-vocabulary
+logits need gigabytes). The last line printed is one JSON object.
 
 The reference is a straightforward port of the paper's one-shot scorer (pldlgb/nuggets instruction_main.py,
 do_infer_probs): float32; the candidate's prefix cache expanded over a batch of anchor rows; each row is

@@ -37,7 +37,14 @@ def demo_stages(args: argparse.Namespace) -> list[Stage]:
             "anchors",
             ["anchor_set", "candidates"],
             {
-                "anchor_set": {"config": {"method": "kmeans", "n": args.anchors, "kmeans_pool_size": args.kmeans_pool}},
+                "anchor_set": {
+                    "config": {
+                        "method": "kmeans",
+                        "n": args.anchors,
+                        "kmeans_pool_size": args.kmeans_pool,
+                        "embed_max_tokens": args.embed_max_tokens,
+                    }
+                },
                 "candidates": {"config": {"shards": args.shards, "limit": args.candidates}},
             },
         ),
@@ -64,6 +71,9 @@ def demo_stages(args: argparse.Namespace) -> list[Stage]:
                 },
                 "alpaca_eval_results": {
                     "config": {"instructions": args.alpaca_eval_instructions, "max_new_tokens": args.max_new_tokens}
+                },
+                "reference_likelihood": {
+                    "config": {"alpaca_eval_items": args.likelihood_items, "mt_bench_items": args.likelihood_items}
                 },
             },
             partitions=lambda _: list(VARIANTS),
@@ -150,13 +160,14 @@ def summary(timings: dict[str, float]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nuggets", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="run the whole graph on the embedded default (SmolLM2, small slice)")
     demo.add_argument("--candidates", type=int, default=96, help="candidates to score")
     demo.add_argument("--anchors", type=int, default=8, help="KMeans anchors")
     demo.add_argument("--kmeans-pool", type=int, default=300, help="pool rows embedded for KMeans")
+    demo.add_argument("--embed-max-tokens", type=int, default=128, help="tokens of each pool text embedded for KMeans")
     demo.add_argument("--shards", type=int, default=4, help="candidate shards")
     demo.add_argument("--threshold", type=float, default=None, help="select golden_score > threshold instead")
     demo.add_argument("--top-fraction", type=float, default=0.25, help="select the best fraction of candidates")
@@ -164,9 +175,16 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--mt-bench-questions", type=int, default=2, help="MT-Bench questions (of 80)")
     demo.add_argument("--alpaca-eval-instructions", type=int, default=8, help="AlpacaEval instructions (of 805)")
     demo.add_argument("--max-new-tokens", type=int, default=96, help="generation length for both benchmarks")
+    demo.add_argument(
+        "--likelihood-items", type=int, default=16, help="reference answers per source for the judge-free signal"
+    )
     demo.add_argument("--calibration-pairs", type=int, default=12, help="GPT-4-decided pairs to calibrate the judge")
     demo.add_argument("--until", default=None, help="stop after this stage")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
 
     os.environ.setdefault("DAGSTER_HOME", str(REPO_ROOT))
     os.environ.setdefault("NUGGETS_DAGSTER_STORAGE", str(nuggets_home() / "dagster"))

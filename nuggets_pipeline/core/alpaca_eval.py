@@ -56,8 +56,24 @@ PROTOCOLS = ("pairwise", "both_orders", "pointwise")
 INSTRUCTION_COLUMNS = ["index", "instruction", "dataset", "reference_output", "reference_generator"]
 OUTPUT_COLUMNS = [*INSTRUCTION_COLUMNS, "output", "generator", "temperature", "completion_tokens", "finished"]
 ANNOTATION_COLUMNS = [
-    "index", "instruction", "dataset", "output_1", "generator_1", "output_2", "generator_2", "model_first",
-    "preference", "value", "parsed", "failed", "judge", "mode", "protocol", "prompt_hash", "cached", "error",
+    "index",
+    "instruction",
+    "dataset",
+    "output_1",
+    "generator_1",
+    "output_2",
+    "generator_2",
+    "model_first",
+    "preference",
+    "value",
+    "parsed",
+    "failed",
+    "judge",
+    "mode",
+    "protocol",
+    "prompt_hash",
+    "cached",
+    "error",
 ]
 
 
@@ -203,13 +219,12 @@ def _judge_rows(
         rated = rate_pointwise(judge, requests, cache=cache)
         pairs = list(zip(rated[: len(rows)], rated[len(rows) :], strict=True))
         return [
-            (_pointwise_first_better(m, r, first), (m, r))
-            for (m, r), first in zip(pairs, model_first, strict=True)
+            (_pointwise_first_better(m, r, first), (m, r)) for (m, r), first in zip(pairs, model_first, strict=True)
         ]
     requests = [
-        PairRequest(r["instruction"], *(
-            (r["output"], r["reference_output"]) if first else (r["reference_output"], r["output"])
-        ))
+        PairRequest(
+            r["instruction"], *((r["output"], r["reference_output"]) if first else (r["reference_output"], r["output"]))
+        )
         for r, first in zip(rows, model_first, strict=True)
     ]
     if protocol == "both_orders":
@@ -445,8 +460,14 @@ def evaluate(
     version's reference, summarise. Returns the annotation rows (``ANNOTATION_COLUMNS``) and the summary."""
     instructions = load_instructions(version, limit)
     outputs = generate_outputs(
-        loaded, instructions, generator=generator, temperature=temperature, max_new_tokens=max_new_tokens,
-        batch_size=batch_size, seed=seed, progress=progress,
+        loaded,
+        instructions,
+        generator=generator,
+        temperature=temperature,
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        seed=seed,
+        progress=progress,
     )
     annotations = judge_outputs(judge, outputs, protocol=protocol, seed=seed, cache=cache)
     return annotations, summarize(annotations)

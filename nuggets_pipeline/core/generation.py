@@ -162,8 +162,15 @@ def generate(
     with tqdm(total=len(encoded), desc=description, unit="item", disable=None) as bar:
         for batch in batches:
             generations = _generate_batch(
-                loaded, [encoded[i] for i in batch], temperatures[batch[0]], max_new_tokens,
-                _batch_seed(seed, batch), top_p, top_k, context, stops,
+                loaded,
+                [encoded[i] for i in batch],
+                temperatures[batch[0]],
+                max_new_tokens,
+                _batch_seed(seed, batch),
+                top_p,
+                top_k,
+                context,
+                stops,
             )
             for index, generation in zip(batch, generations, strict=True):
                 results[index] = generation

@@ -40,8 +40,24 @@ REFERENCE_CATEGORIES = ("math", "reasoning", "coding")
 DEFAULT_MAX_NEW_TOKENS = 1024
 
 ROW_COLUMNS = [
-    "question_id", "category", "turn", "question", "answer", "temperature", "completion_tokens", "finished",
-    "reference", "score", "parsed", "failed", "judge", "mode", "prompt_hash", "cached", "error", "raw",
+    "question_id",
+    "category",
+    "turn",
+    "question",
+    "answer",
+    "temperature",
+    "completion_tokens",
+    "finished",
+    "reference",
+    "score",
+    "parsed",
+    "failed",
+    "judge",
+    "mode",
+    "prompt_hash",
+    "cached",
+    "error",
+    "raw",
 ]
 
 
@@ -74,9 +90,7 @@ def load_questions(limit: int | None = None) -> list[Question]:
     if limit is not None and limit < 1:
         raise ValueError(f"limit must be a positive number of questions, got {limit}")
     with shipped(REFERENCE_ANSWERS).open(encoding="utf-8") as lines:
-        references = {
-            row["question_id"]: tuple(row["choices"][0]["turns"]) for row in map(json.loads, lines)
-        }
+        references = {row["question_id"]: tuple(row["choices"][0]["turns"]) for row in map(json.loads, lines)}
     with shipped(QUESTIONS).open(encoding="utf-8") as lines:
         rows = [json.loads(line) for line in lines if line.strip()]
     questions = []

@@ -38,9 +38,12 @@ class LikelihoodSummary:
     token_mean_logprob: float
     n_tokens: int
     n_truncated: int
+    # (answer id, mean per-token log-probability): variants score the same answers, so their difference can be
+    # judged answer by answer (a paired standard error, far tighter than two independent ones).
+    per_item: tuple[tuple[str, float], ...] = ()
 
     def as_dict(self) -> dict[str, object]:
-        return asdict(self)
+        return {k: v for k, v in asdict(self).items() if k != "per_item"}
 
 
 def reference_frame(source: str, limit: int | None = None) -> pd.DataFrame:
@@ -86,6 +89,14 @@ def score_references(
     return scores, summarize_scores(scores, source)
 
 
+def paired_standard_error(first: LikelihoodSummary, second: LikelihoodSummary) -> float:
+    """Standard error of the mean per-answer difference over the answers both scored (NaN if fewer than two)."""
+    shared = pd.concat([pd.Series(dict(first.per_item)), pd.Series(dict(second.per_item))], axis=1).dropna()
+    if len(shared) < 2:
+        return math.nan
+    return float((shared[0] - shared[1]).sem())
+
+
 def summarize_scores(scores: pd.DataFrame, source: str) -> LikelihoodSummary:
     if scores.empty:
         raise ValueError("no reference scores to summarise")
@@ -100,7 +111,15 @@ def summarize_scores(scores: pd.DataFrame, source: str) -> LikelihoodSummary:
         token_mean_logprob=float(scores["logprob_sum"].sum() / tokens),
         n_tokens=tokens,
         n_truncated=int(scores["truncated"].sum()),
+        per_item=tuple(zip(scores["anchor_id"].astype(str), per_answer.tolist(), strict=True)),
     )
 
 
-__all__ = ["SOURCES", "LikelihoodSummary", "reference_frame", "score_references", "summarize_scores"]
+__all__ = [
+    "SOURCES",
+    "LikelihoodSummary",
+    "paired_standard_error",
+    "reference_frame",
+    "score_references",
+    "summarize_scores",
+]

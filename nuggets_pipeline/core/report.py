@@ -17,7 +17,7 @@ import pandas as pd
 from nuggets_pipeline.core.alpaca_eval import AlpacaEvalSummary
 from nuggets_pipeline.core.judges import Calibration
 from nuggets_pipeline.core.mt_bench import MTBenchSummary
-from nuggets_pipeline.core.reference_likelihood import LikelihoodSummary
+from nuggets_pipeline.core.reference_likelihood import LikelihoodSummary, paired_standard_error
 
 VARIANT_ORDER = ("golden", "random", "full")
 # A delta counts as real when it exceeds this many standard errors of the difference (about 95%).
@@ -92,28 +92,54 @@ def _metrics(result: VariantResults, judge_name: str) -> dict[_Metric, tuple[flo
     if result.mt_bench is not None:
         mt = result.mt_bench
         out[_Metric(f"MT-Bench score (1-10, judge {judge_name})", "judge", True, True, 3)] = (
-            mt.score, mt.standard_error)
+            mt.score,
+            mt.standard_error,
+        )
         out[_Metric("MT-Bench turn 1", "judge", True, False, 3)] = (mt.turn_1, nan)
         out[_Metric("MT-Bench turn 2", "judge", True, False, 3)] = (mt.turn_2, nan)
         for category, score in sorted(mt.per_category.items()):
             out[_Metric(f"MT-Bench {category}", "judge", True, False, 3)] = (score, nan)
         out[_Metric("MT-Bench ratings unreadable or failed", "info", None, False, 0)] = (
-            mt.n_unparseable + mt.n_failed, nan)
+            mt.n_unparseable + mt.n_failed,
+            nan,
+        )
     if result.alpaca_eval is not None:
         ae = result.alpaca_eval
         reference = ae.reference
         out[_Metric(f"AlpacaEval win rate % vs {reference} (judge {judge_name})", "judge", True, True, 3)] = (
-            ae.win_rate, ae.standard_error)
+            ae.win_rate,
+            ae.standard_error,
+        )
         out[_Metric("AlpacaEval length-controlled win rate %", "judge", True, True, 3)] = (
-            ae.length_controlled_win_rate, ae.lc_standard_error)
+            ae.length_controlled_win_rate,
+            ae.lc_standard_error,
+        )
         out[_Metric("AlpacaEval discrete win rate %", "judge", True, False, 3)] = (ae.discrete_win_rate, nan)
         out[_Metric("AlpacaEval average output length (chars)", "info", None, False, 1)] = (ae.avg_length, nan)
         out[_Metric("AlpacaEval verdicts unreadable or failed", "info", None, False, 0)] = (
-            ae.n_unparseable + ae.n_failed, nan)
+            ae.n_unparseable + ae.n_failed,
+            nan,
+        )
     for source, summary in sorted((result.likelihood or {}).items()):
-        label = f"Reference log-likelihood, {source} ({summary.reference}; nats/token)"
+        label = _likelihood_label(source, summary)
         out[_Metric(label, "judge-free", True, True, 4)] = (summary.mean_logprob, summary.standard_error)
     return out
+
+
+def _likelihood_label(source: str, summary: LikelihoodSummary) -> str:
+    return f"Reference log-likelihood, {source} ({summary.reference}; nats/token)"
+
+
+def _paired_likelihood_se(golden: VariantResults, other: VariantResults, metric: _Metric) -> float | None:
+    """The answer-by-answer standard error of a likelihood difference, when both variants kept their items."""
+    for source, summary in (golden.likelihood or {}).items():
+        if _likelihood_label(source, summary) != metric.label:
+            continue
+        theirs = (other.likelihood or {}).get(source)
+        if theirs is None or not summary.per_item or not theirs.per_item:
+            return None
+        return paired_standard_error(summary, theirs)
+    return None
 
 
 def comparison_table(results: Sequence[VariantResults], judge: JudgeInfo) -> pd.DataFrame:
@@ -146,7 +172,9 @@ def comparison_table(results: Sequence[VariantResults], judge: JudgeInfo) -> pd.
                     continue
                 value, se = measured[other].get(metric, (math.nan, math.nan))
                 row[f"golden − {other}"] = golden - value
-                row[f"noise golden − {other}"] = NOISE_Z * math.hypot(golden_se, se)
+                paired = _paired_likelihood_se(by_variant["golden"], by_variant[other], metric)
+                noise_se = paired if paired is not None else math.hypot(golden_se, se)
+                row[f"noise golden − {other}"] = NOISE_Z * noise_se
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -181,8 +209,11 @@ def verdict_lines(table: pd.DataFrame, judge: JudgeInfo, other: str = "random") 
             reason = "no standard error"
         else:
             within = abs(delta) <= noise
-            outcome = f"within noise (±{noise:.{decimals}f})" if within else "golden " + (
-                "ahead" if better else "behind") + f" beyond noise (±{noise:.{decimals}f})"
+            outcome = (
+                f"within noise (±{noise:.{decimals}f})"
+                if within
+                else "golden " + ("ahead" if better else "behind") + f" beyond noise (±{noise:.{decimals}f})"
+            )
             counted = row["kind"] == "judge-free" or judge.trusted
             reason = "judge at chance"
             if counted:
@@ -238,7 +269,8 @@ def render_markdown(table: pd.DataFrame, judge: JudgeInfo, title: str = "NUGGETS
     parts += [
         "",
         f"Deltas are golden minus the other variant; ± is {NOISE_Z:g} standard errors of the difference "
-        "(variants treated as independent samples). Judge-based rows use the judge named above and are not "
+        "(paired answer by answer for the reference log-likelihood, whose variants score the same answers; "
+        "independent samples otherwise). Judge-based rows use the judge named above and are not "
         "comparable with GPT-4-judged leaderboards.",
     ]
     return "\n".join(parts) + "\n"

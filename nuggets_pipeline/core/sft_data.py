@@ -149,9 +149,7 @@ def prepare_sft_dataset(
         dataset.truncated += encoded.truncated
         dataset.ids.append(example_id)
         ones = [1] * len(encoded.input_ids)
-        dataset.features.append(
-            {"input_ids": encoded.input_ids, "attention_mask": ones, "labels": encoded.labels}
-        )
+        dataset.features.append({"input_ids": encoded.input_ids, "attention_mask": ones, "labels": encoded.labels})
     if not dataset.features:
         reasons = "; ".join(sorted({s.reason.split(":")[0] for s in dataset.skipped}))
         raise EmptyTrainingSetError(
@@ -165,9 +163,7 @@ def sft_collator(tokenizer: PreTrainedTokenizerBase) -> DataCollatorForSeq2Seq:
     """Pads ids on the right with the pad token and labels with IGNORE_INDEX, as Alpaca's collator does."""
     if tokenizer.padding_side != "right":
         raise ValueError("training pads on the right (Alpaca); set tokenizer.padding_side = 'right' first")
-    return DataCollatorForSeq2Seq(
-        tokenizer, padding=True, label_pad_token_id=IGNORE_INDEX, return_tensors="pt"
-    )
+    return DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=IGNORE_INDEX, return_tensors="pt")
 
 
 def random_subset(pool: pd.DataFrame, size: int, seed: int) -> pd.DataFrame:

@@ -116,8 +116,7 @@ class TrainingConfig:
             "max_steps": (self.max_steps is None or self.max_steps >= 1, "None or >= 1"),
             "logging_steps": (self.logging_steps >= 1, ">= 1"),
         }
-        wrong = [f"{name}={getattr(self, name)!r} (must be {rule})" for name, (ok, rule) in checks.items()
-                 if not ok]
+        wrong = [f"{name}={getattr(self, name)!r} (must be {rule})" for name, (ok, rule) in checks.items() if not ok]
         if wrong:
             raise ValueError("invalid training configuration: " + "; ".join(wrong))
 
@@ -219,9 +218,7 @@ class _SFTTrainer(Trainer):
         super().__init__(*args, **kwargs)
         self.throughput = throughput
 
-    def compute_loss(
-        self, model: torch.nn.Module, inputs: dict[str, torch.Tensor], *args: Any, **kwargs: Any
-    ):
+    def compute_loss(self, model: torch.nn.Module, inputs: dict[str, torch.Tensor], *args: Any, **kwargs: Any):
         if model.training:
             self.throughput.examples += int(inputs["input_ids"].shape[0])
             self.throughput.tokens += int(inputs["attention_mask"].sum())
@@ -243,9 +240,7 @@ class _Progress(TrainerCallback):
         self.throughput.started = time.monotonic()
         self.emit(f"training for {state.max_steps} optimizer steps (from step {state.global_step})")
 
-    def on_log(
-        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, logs=None, **_: Any
-    ):
+    def on_log(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, logs=None, **_: Any):
         if not logs or "loss" not in logs:
             return
         elapsed = max(time.monotonic() - self.throughput.started, 1e-9)
@@ -598,16 +593,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--base-model", required=True, help="preset name, Hugging Face id or local folder")
     parser.add_argument(
-        "--examples", required=True, type=Path,
+        "--examples",
+        required=True,
+        type=Path,
         help="instruction data: .json/.jsonl(.gz)/.parquet/.csv with instruction, input, output",
     )
     parser.add_argument(
-        "--output", type=Path,
+        "--output",
+        type=Path,
         help="output folder for checkpoints/ and model/ (default: $NUGGETS_HOME/training/VARIANT)",
     )
     parser.add_argument("--profile", default="cpu-demo", choices=sorted(PROFILES))
     parser.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="NAME=VALUE",
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
         help="override one configuration field, e.g. --set max_steps=10 --set method=lora (repeatable)",
     )
     parser.add_argument("--variant", default="custom", help="name for the model card (golden, random...)")

@@ -92,8 +92,11 @@ def test_leaderboard_figure_is_reproduced_from_the_shipped_annotations() -> None
     assert summary.discrete_win_rate == pytest.approx(board["discrete_win_rate"], abs=1e-9)
     assert (summary.n_wins, summary.n_wins_base, summary.n_draws, summary.n_total) == (205, 584, 16, 805)
     assert int(summary.avg_length) == board["avg_length"] == 396
-    assert (summary.generator, summary.reference, summary.judge) == ("alpaca-7b", "text_davinci_003",
-                                                                     "alpaca_eval_gpt4")
+    assert (summary.generator, summary.reference, summary.judge) == (
+        "alpaca-7b",
+        "text_davinci_003",
+        "alpaca_eval_gpt4",
+    )
     assert summary.n_unparseable == summary.n_failed == 0
     # Per-dataset win rates weighted by dataset size give back the overall win rate.
     sizes = shipped_annotations()["dataset"].value_counts()

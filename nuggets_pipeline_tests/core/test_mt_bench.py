@@ -48,8 +48,14 @@ def test_questions_and_references() -> None:
 
 def test_fastchat_temperatures_per_category() -> None:
     expected = {
-        "writing": 0.7, "roleplay": 0.7, "stem": 0.1, "humanities": 0.1,
-        "extraction": 0.0, "math": 0.0, "coding": 0.0, "reasoning": 0.0,
+        "writing": 0.7,
+        "roleplay": 0.7,
+        "stem": 0.1,
+        "humanities": 0.1,
+        "extraction": 0.0,
+        "math": 0.0,
+        "coding": 0.0,
+        "reasoning": 0.0,
     }
     assert expected == CATEGORY_TEMPERATURE
     for question in one_per_category():
@@ -77,14 +83,20 @@ def test_generation_runs_turn_by_turn_with_category_temperatures(
 
     def recording_generate(loaded, conversations, **kwargs):
         generations = real_generate(loaded, conversations, **kwargs)
-        calls.append({"conversations": conversations, "temperature": kwargs["temperature"],
-                      "texts": [g.text for g in generations]})
+        calls.append(
+            {
+                "conversations": conversations,
+                "temperature": kwargs["temperature"],
+                "texts": [g.text for g in generations],
+            }
+        )
         return generations
 
     monkeypatch.setattr(mt_bench, "generate", recording_generate)
     progress: list[tuple[int, int]] = []
-    answers = generate_answers(tiny_model, questions, max_new_tokens=3, batch_size=8,
-                               progress=lambda *p: progress.append(p))
+    answers = generate_answers(
+        tiny_model, questions, max_new_tokens=3, batch_size=8, progress=lambda *p: progress.append(p)
+    )
 
     assert len(calls) == 2  # one batched call per turn
     temperatures = [CATEGORY_TEMPERATURE[c] for c in CATEGORIES]
@@ -103,8 +115,14 @@ def test_generation_runs_turn_by_turn_with_category_temperatures(
 
 def _answers(questions: list[mt_bench.Question]) -> list[Answer]:
     return [
-        Answer(q.question_id, q.category, q.temperature, (f"a1 {q.question_id}", f"a2 {q.question_id}"), (3, 4),
-               (True, False))
+        Answer(
+            q.question_id,
+            q.category,
+            q.temperature,
+            (f"a1 {q.question_id}", f"a2 {q.question_id}"),
+            (3, 4),
+            (True, False),
+        )
         for q in questions
     ]
 
@@ -127,22 +145,31 @@ def test_grading_requests_use_references_and_multi_turn() -> None:
 
 def _rows(scores: list[tuple[int, str, int, float | None, bool]]) -> pd.DataFrame:
     rows = [
-        {"question_id": qid, "category": category, "turn": turn, "score": math.nan if score is None else score,
-         "parsed": score is not None, "failed": failed, "judge": "tiny"}
+        {
+            "question_id": qid,
+            "category": category,
+            "turn": turn,
+            "score": math.nan if score is None else score,
+            "parsed": score is not None,
+            "failed": failed,
+            "judge": "tiny",
+        }
         for qid, category, turn, score, failed in scores
     ]
     return pd.DataFrame(rows).reindex(columns=ROW_COLUMNS)
 
 
 def test_aggregation_excludes_and_counts_failed_parses() -> None:
-    rows = _rows([
-        (81, "writing", 1, 8.0, False),
-        (81, "writing", 2, None, False),  # judge answered, no rating readable
-        (101, "reasoning", 1, 3.0, False),
-        (101, "reasoning", 2, 4.5, False),
-        (121, "coding", 1, None, True),  # request failed
-        (121, "coding", 2, 2.25, False),
-    ])
+    rows = _rows(
+        [
+            (81, "writing", 1, 8.0, False),
+            (81, "writing", 2, None, False),  # judge answered, no rating readable
+            (101, "reasoning", 1, 3.0, False),
+            (101, "reasoning", 2, 4.5, False),
+            (121, "coding", 1, None, True),  # request failed
+            (121, "coding", 2, 2.25, False),
+        ]
+    )
     summary = summarize(rows)
     assert summary.score == pytest.approx((8 + 3 + 4.5 + 2.25) / 4)
     assert summary.turn_1 == pytest.approx((8 + 3) / 2)

@@ -44,8 +44,7 @@ def test_signal_on_the_tiny_model_is_deterministic_and_correct(tiny_model: Loade
     frame = reference_frame("mt_bench", limit=3)
     assert scores["anchor_id"].tolist() == frame["id"].tolist()
     for (_, row), mean in zip(frame.iterrows(), scores["logprob_mean"], strict=True):
-        assert mean == pytest.approx(_independent_mean_logprob(tiny_model, row["instruction"], row["output"]),
-                                     abs=1e-4)
+        assert mean == pytest.approx(_independent_mean_logprob(tiny_model, row["instruction"], row["output"]), abs=1e-4)
     assert summary.n_items == 3
     assert summary.mean_logprob == pytest.approx(scores["logprob_mean"].mean())
     assert summary.token_mean_logprob == pytest.approx(scores["logprob_sum"].sum() / scores["response_tokens"].sum())
@@ -80,5 +79,7 @@ def test_a_trained_model_finds_references_far_more_likely_than_a_random_one(
     # A random model sits near -log(vocabulary) = -10.8 nats/token; SmolLM2 predicts GPT-4's text far better.
     assert random.mean_logprob < -9
     assert trained.mean_logprob > random.mean_logprob + 5
-    print(f"reference log-likelihood, AlpacaEval x3: SmolLM2 {trained.mean_logprob:.4f}, "
-          f"tiny random {random.mean_logprob:.4f} nats/token")
+    print(
+        f"reference log-likelihood, AlpacaEval x3: SmolLM2 {trained.mean_logprob:.4f}, "
+        f"tiny random {random.mean_logprob:.4f} nats/token"
+    )

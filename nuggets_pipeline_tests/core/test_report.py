@@ -6,6 +6,7 @@ import copy
 import dataclasses
 import math
 
+import pandas as pd
 import pytest
 import torch
 
@@ -26,18 +27,39 @@ from nuggets_pipeline.core.report import (
 
 def _mt(score: float, se: float = 0.05) -> MTBenchSummary:
     return MTBenchSummary(
-        judge="small-judge", score=score, turn_1=score + 0.01, turn_2=score - 0.01, standard_error=se,
-        per_category={"writing": score + 0.2, "math": score - 0.2}, n_questions=80, n_graded=158,
-        n_unparseable=2, n_failed=0,
+        judge="small-judge",
+        score=score,
+        turn_1=score + 0.01,
+        turn_2=score - 0.01,
+        standard_error=se,
+        per_category={"writing": score + 0.2, "math": score - 0.2},
+        n_questions=80,
+        n_graded=158,
+        n_unparseable=2,
+        n_failed=0,
     )
 
 
 def _ae(win_rate: float, se: float = 1.5) -> AlpacaEvalSummary:
     return AlpacaEvalSummary(
-        generator="g", reference="text_davinci_003", judge="small-judge", protocol="pairwise",
-        win_rate=win_rate, standard_error=se, discrete_win_rate=win_rate, length_controlled_win_rate=win_rate - 1,
-        lc_standard_error=math.nan, lc_glm="length_controlled_minimal", n_wins=1, n_wins_base=1, n_draws=0,
-        n_total=805, n_instructions=805, n_unparseable=0, n_failed=0, avg_length=400.0,
+        generator="g",
+        reference="text_davinci_003",
+        judge="small-judge",
+        protocol="pairwise",
+        win_rate=win_rate,
+        standard_error=se,
+        discrete_win_rate=win_rate,
+        length_controlled_win_rate=win_rate - 1,
+        lc_standard_error=math.nan,
+        lc_glm="length_controlled_minimal",
+        n_wins=1,
+        n_wins_base=1,
+        n_draws=0,
+        n_total=805,
+        n_instructions=805,
+        n_unparseable=0,
+        n_failed=0,
+        avg_length=400.0,
         reference_avg_length=300.0,
     )
 
@@ -51,8 +73,7 @@ RESULTS = [
     VariantResults("golden", _mt(5.1234), _ae(36.0), _ll(-1.40)),
     VariantResults("full", _mt(5.30), _ae(33.0), _ll(-1.45)),
 ]
-TRUSTED = JudgeInfo("small-judge", "local", "probabilities", agreement=0.7, ci_low=0.6, ci_high=0.8,
-                    near_chance=False)
+TRUSTED = JudgeInfo("small-judge", "local", "probabilities", agreement=0.7, ci_low=0.6, ci_high=0.8, near_chance=False)
 AT_CHANCE = dataclasses.replace(TRUSTED, agreement=0.52, ci_low=0.41, ci_high=0.63, near_chance=True)
 
 
@@ -99,8 +120,10 @@ def test_judge_at_chance_is_flagged_and_not_counted() -> None:
     assert "Warning: the judge is near chance" in text
     assert "not counted: judge at chance" in text
     # The judge says golden wins big, but only the judge-free row counts, and it is within noise.
-    assert "golden vs random: Not measurably: every counted headline difference from random is within noise " \
+    assert (
+        "golden vs random: Not measurably: every counted headline difference from random is within noise "
         "(judge-free only: the judge is at chance)." in text
+    )
 
 
 def test_uncalibrated_judge_is_labelled() -> None:
@@ -164,5 +187,48 @@ def test_smollm2_as_candidate_and_judge(smollm2: LoadedModel, tmp_path) -> None:
     assert 1 <= mt_summary.score <= 10 and mt_summary.n_graded == 2
     assert annotations["output_2"].str.len().gt(0).all()
     assert ae_summary.n_total == 2
-    print(f"SmolLM2 on SmolLM2: MT-Bench {mt_summary.score:.3f} (turns {mt_summary.turn_1:.3f}/"
-          f"{mt_summary.turn_2:.3f}); AlpacaEval preferences {annotations['preference'].round(4).tolist()}")
+    print(
+        f"SmolLM2 on SmolLM2: MT-Bench {mt_summary.score:.3f} (turns {mt_summary.turn_1:.3f}/"
+        f"{mt_summary.turn_2:.3f}); AlpacaEval preferences {annotations['preference'].round(4).tolist()}"
+    )
+
+
+def test_likelihood_noise_is_paired_answer_by_answer() -> None:
+    # Answer difficulty varies far more than the variants differ: independent standard errors hide a lead that
+    # every single answer shows.
+    difficulty = [-0.8, -2.4, -1.1, -3.0, -1.7, -0.5]
+
+    def variant(name: str, lead: float, jitter: tuple[float, ...]) -> VariantResults:
+        items = tuple((f"a{i}", d + lead + j) for i, (d, j) in enumerate(zip(difficulty, jitter, strict=True)))
+        values = pd.Series([v for _, v in items])
+        summary = LikelihoodSummary(
+            "alpaca_eval", "gpt4_1106_preview", len(items), values.mean(), values.sem(), values.mean(), 600, 0, items
+        )
+        return VariantResults(name, likelihood={"alpaca_eval": summary})
+
+    golden = variant("golden", 0.05, (0.01, -0.01, 0.0, 0.01, -0.01, 0.0))
+    random = variant("random", 0.0, (0.0, 0.01, -0.01, 0.0, 0.01, -0.01))
+    row = comparison_table([golden, random], TRUSTED).set_index("metric").iloc[0]
+    paired = pd.Series(
+        [
+            g - r
+            for (_, g), (_, r) in zip(
+                golden.likelihood["alpaca_eval"].per_item, random.likelihood["alpaca_eval"].per_item, strict=True
+            )
+        ]
+    )
+    assert row["golden − random"] == pytest.approx(0.05)
+    assert row["noise golden − random"] == pytest.approx(2 * paired.sem())
+    independent = 2 * math.hypot(
+        golden.likelihood["alpaca_eval"].standard_error, random.likelihood["alpaca_eval"].standard_error
+    )
+    assert row["noise golden − random"] < 0.05 < independent
+    assert "golden vs random: Yes" in render_markdown(comparison_table([golden, random], TRUSTED), TRUSTED)
+    # Without per-answer values (older results) the independent band is used.
+    bare = [
+        dataclasses.replace(
+            v, likelihood={"alpaca_eval": dataclasses.replace(v.likelihood["alpaca_eval"], per_item=())}
+        )
+        for v in (golden, random)
+    ]
+    assert comparison_table(bare, TRUSTED).iloc[0]["noise golden − random"] == pytest.approx(independent)

@@ -50,9 +50,7 @@ def examples(n: int, start: int = 0) -> pd.DataFrame:
 
 
 # A few optimizer steps on the tiny model: batches of 4, no warm-up, a learning rate that moves it quickly.
-FAST = TrainingConfig(
-    per_device_batch_size=4, gradient_accumulation_steps=1, learning_rate=2e-3, warmup_ratio=0.0
-)
+FAST = TrainingConfig(per_device_batch_size=4, gradient_accumulation_steps=1, learning_rate=2e-3, warmup_ratio=0.0)
 
 
 # --- Data ---------------------------------------------------------------------------------------------------
@@ -213,12 +211,27 @@ def test_training_lowers_loss_and_saves_a_reloadable_model(tmp_path):
 def test_cli_lora_run_saves_a_merged_plain_model(tmp_path, tiny_model):
     data_file = tmp_path / "golden.json"
     data_file.write_text(json.dumps(examples(6).drop(columns="id").to_dict(orient="records")))
-    overrides = ["method=lora", "max_steps=2", "per_device_batch_size=2", "gradient_accumulation_steps=1",
-                 "learning_rate=1e-2", "lora_target_modules=q_proj,v_proj"]
-    code = main([
-        "--base-model", TINY_RANDOM_LLAMA, "--examples", str(data_file), "--output", str(tmp_path / "run"),
-        "--variant", "golden", *(arg for o in overrides for arg in ("--set", o)),
-    ])
+    overrides = [
+        "method=lora",
+        "max_steps=2",
+        "per_device_batch_size=2",
+        "gradient_accumulation_steps=1",
+        "learning_rate=1e-2",
+        "lora_target_modules=q_proj,v_proj",
+    ]
+    code = main(
+        [
+            "--base-model",
+            TINY_RANDOM_LLAMA,
+            "--examples",
+            str(data_file),
+            "--output",
+            str(tmp_path / "run"),
+            "--variant",
+            "golden",
+            *(arg for o in overrides for arg in ("--set", o)),
+        ]
+    )
     assert code == 0
     folder = tmp_path / "run" / "model"
     assert not (folder / "adapter_config.json").exists()
