@@ -271,6 +271,14 @@ def main() -> None:
         same = wins_matrix(engine["pairs"], candidates, anchors) == wins_matrix(exact["pairs"], candidates, anchors)
         agreement = float(same.mean())
 
+    # The product's default dtype on this device (float32 on a CPU, bfloat16 on CUDA), whatever --dtype measured.
+    default_dtype = str(resolve_dtype(DEFAULT_DTYPE, resolve_device(args.device))).removeprefix("torch.")
+    default_run = {"float32": exact, dtype: engine}.get(default_dtype)
+    if default_run is None:
+        default_model = load_model(args.model, dtype=default_dtype, device=args.device)
+        default_run = run_engine(default_model, anchors, candidates, config, args.repeats, with_raw=False)
+        del default_model
+
     decision_config = ScoringConfig(
         batch_tokens=args.batch_tokens, candidates_per_pass=args.candidates_per_pass, decision_threshold=args.threshold
     )
@@ -307,7 +315,8 @@ def main() -> None:
         "reference_tokens_per_s": reference,
         "reference_full_tokens_per_s": reference_full,
         "speedup_vs_reference_full_fp32": exact["tokens_per_s"] / reference_full,
-        "speedup_default_vs_reference": engine["tokens_per_s"] / reference,
+        "default_dtype": default_dtype,
+        "speedup_default_vs_reference": default_run["tokens_per_s"] / reference,
         "reference_verdict_agreement": float((reference_wins == exact_wins).mean()),
         "verdict_agreement_bf16_vs_fp32": agreement,  # null unless --dtype bfloat16
         "decision_mode_threshold": args.threshold,

@@ -19,6 +19,11 @@ from nuggets_pipeline.resources import (
 warehouse = WarehouseResource()
 
 
+def _threads() -> int | None:
+    value = os.environ.get("NUGGETS_THREADS")
+    return int(value) if value else None
+
+
 def default_resources() -> dict[str, object]:
     """Resources with defaults that run offline; environment variables pick other models without code changes."""
     return {
@@ -28,12 +33,14 @@ def default_resources() -> dict[str, object]:
             model=os.environ.get("NUGGETS_SCORING_MODEL", "smollm2-135m-instruct"),
             dtype=os.environ.get("NUGGETS_SCORING_DTYPE", "float32"),
             device=os.environ.get("NUGGETS_DEVICE", "cpu"),
+            threads=_threads(),
         ),
         "scoring": ScoringResource(),
         # The model that is fine-tuned is configured apart from the scoring model (weak-to-strong selection).
         "training_model": ModelResource(
             model=os.environ.get("NUGGETS_TRAINING_MODEL", "smollm2-135m-instruct"),
             device=os.environ.get("NUGGETS_DEVICE", "cpu"),
+            threads=_threads(),
         ),
         "judge": JudgeResource(
             backend=os.environ.get("NUGGETS_JUDGE_BACKEND", "local"),

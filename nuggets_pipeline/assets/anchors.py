@@ -40,6 +40,7 @@ class AnchorConfig(dg.Config):
 @dg.asset(
     group_name="anchors",
     dagster_type=AnchorSetType,
+    pool="model",  # KMeans embeds the pool with the scoring model
     code_version="anchors-v1",
     description="A small, diverse set of examples whose log-probs measure each candidate's one-shot effect.",
 )
