@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 log = logging.getLogger(__name__)
@@ -291,6 +292,27 @@ def normalise(records: Iterable[RawRecord], fields: FieldMap = FieldMap(), max_c
     return IngestResult(instructions=instructions, quarantined=quarantined, reasons=reasons)
 
 
+def quarantine_known(result: IngestResult, known: np.ndarray) -> None:
+    """Move valid rows already stored elsewhere (``known``: one flag per row) to quarantine as duplicates."""
+    moved = result.instructions[known]
+    extra = pd.DataFrame(
+        {
+            "source": moved["source"],
+            "row_number": moved["row_number"],
+            "reason": "duplicate: already ingested earlier",
+            "raw": [
+                json.dumps({"instruction": r.instruction, "input": r.input, "output": r.output}, ensure_ascii=False)
+                for r in moved.itertuples()
+            ],
+        },
+        columns=QUARANTINE_COLUMNS,
+    )
+    result.quarantined = pd.concat([result.quarantined, extra], ignore_index=True)
+    result.instructions = result.instructions[~known].reset_index(drop=True)
+    if len(moved):
+        result.reasons["duplicate"] += len(moved)
+
+
 def ingest(
     sources: list[str | Path], fields: FieldMap = FieldMap(), max_chars: int = 16_384, known_ids: set[str] | None = None
 ) -> IngestResult:
@@ -312,23 +334,7 @@ def ingest(
 
     result = normalise(all_records(), fields, max_chars)
     if known_ids:
-        already = result.instructions["id"].isin(known_ids)
-        moved = result.instructions[already]
-        extra = pd.DataFrame(
-            {
-                "source": moved["source"],
-                "row_number": moved["row_number"],
-                "reason": "duplicate: already ingested earlier",
-                "raw": [
-                    json.dumps({"instruction": r.instruction, "input": r.input, "output": r.output}, ensure_ascii=False)
-                    for r in moved.itertuples()
-                ],
-            }
-        )
-        result.quarantined = pd.concat([result.quarantined, extra], ignore_index=True)
-        result.instructions = result.instructions[~already].reset_index(drop=True)
-        if len(moved):
-            result.reasons["duplicate"] += len(moved)
+        quarantine_known(result, result.instructions["id"].isin(known_ids).to_numpy())
     if result.instructions.empty:
         top = ", ".join(f"{k}: {v}" for k, v in result.reasons.most_common(3))
         raise SourceError(f"{', '.join(map(str, sources))}: no valid rows (all quarantined; {top})")

@@ -10,20 +10,26 @@ from tqdm.auto import tqdm
 
 from nuggets_pipeline.core.modeling import LoadedModel, encode
 
+CPU_BATCH_TOKENS = 1024
+CUDA_BATCH_TOKENS = 8192
+
 
 @torch.inference_mode()
 def embed_texts(
     loaded: LoadedModel,
     texts: Sequence[str],
     max_tokens: int = 512,
-    batch_tokens: int = 8192,
+    batch_tokens: int | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> np.ndarray:
     """One L2-normalised vector per text. Texts are batched by length so padding stays small.
 
     ``max_tokens`` caps each text for embedding only (the cluster a long text belongs to is decided by its
-    beginning); the cap never touches the stored example.
+    beginning); the cap never touches the stored example. ``batch_tokens`` (padded tokens per forward) defaults
+    by device: measured on 2 CPU cores with SmolLM2, 1,024 embeds 1.6x faster than 8,192.
     """
+    if batch_tokens is None:
+        batch_tokens = CUDA_BATCH_TOKENS if loaded.device.type == "cuda" else CPU_BATCH_TOKENS
     ids = [[loaded.bos_token_id, *encode(loaded.tokenizer, text)][:max_tokens] for text in texts]
     order = np.argsort([len(x) for x in ids], kind="stable")
     hidden_size = loaded.model.config.hidden_size

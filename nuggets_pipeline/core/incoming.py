@@ -9,22 +9,21 @@ rows already stored elsewhere (the base pool, the anchors, earlier batches) are 
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from nuggets_pipeline.core.anchors import candidate_pool
 from nuggets_pipeline.core.data import (
-    QUARANTINE_COLUMNS,
     FieldMap,
-    IngestResult,
     SourceError,
     ingest,
     normalise,
+    quarantine_known,
     read_source,
 )
 from nuggets_pipeline.core.paths import nuggets_home
@@ -91,23 +90,6 @@ class Increment:
         return sorted(self.candidates["shard"].unique())
 
 
-def _quarantine_known(result: IngestResult) -> pd.DataFrame:
-    """Rows that parsed and passed every check but are already stored: quarantined the way ``ingest`` does it."""
-    moved = result.instructions
-    return pd.DataFrame(
-        {
-            "source": moved["source"],
-            "row_number": moved["row_number"],
-            "reason": "duplicate: already ingested earlier",
-            "raw": [
-                json.dumps({"instruction": r.instruction, "input": r.input, "output": r.output}, ensure_ascii=False)
-                for r in moved.itertuples()
-            ],
-        },
-        columns=QUARANTINE_COLUMNS,
-    )
-
-
 def ingest_increment(
     path: Path,
     batch: str,
@@ -132,11 +114,8 @@ def ingest_increment(
         if not records:
             raise
         result = normalise(records, fields, max_chars)
-        known = _quarantine_known(result)
-        result.quarantined = pd.concat([result.quarantined, known], ignore_index=True)
-        if len(known):
-            result.reasons["duplicate"] += len(known)
-        result.instructions = result.instructions.iloc[0:0]
+        # Every valid row was refused as known already: quarantine them as ``ingest`` does.
+        quarantine_known(result, np.ones(len(result.instructions), dtype=bool))
     rows = result.instructions
     shards = min(MAX_SHARDS, max(1, math.ceil(len(rows) / shard_size)))
     # An empty batch would get a float ``shard`` column from pandas; the schema wants strings either way.
