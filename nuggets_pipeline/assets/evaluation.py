@@ -1,6 +1,7 @@
 """Stage 5: MT-Bench, AlpacaEval and a judge-free likelihood signal for every variant, and the report."""
 
 import json
+import time
 from pathlib import Path
 from typing import Literal
 
@@ -211,7 +212,12 @@ def reference_likelihood(
     loaded = variant_model(warehouse.root(), variant)
     frames, lines = [], {}
     for source, limit in (("alpaca_eval", config.alpaca_eval_items), ("mt_bench", config.mt_bench_items)):
+        started = time.perf_counter()
         scores, summary = score_references(loaded, source, limit=limit)
+        context.log.info(
+            f"reference log-likelihood, {source}: {summary.n_items} answers, {summary.n_tokens} answer tokens, "
+            f"mean {summary.mean_logprob:.4f} nats/token in {time.perf_counter() - started:.1f} s"
+        )
         frames.append(scores.assign(source=source))
         lines[f"{source}_mean_logprob"] = summary.mean_logprob
         lines[f"{source}_items"] = summary.n_items

@@ -79,9 +79,10 @@ def score_references(
     *,
     limit: int | None = None,
     max_length: int | None = None,
-    batch_tokens: int = 1024,
+    batch_tokens: int | None = None,
 ) -> tuple[pd.DataFrame, LikelihoodSummary]:
-    """Per-answer zero-shot scores (the scoring engine's columns, ``anchor_id`` = our id) and their summary."""
+    """Per-answer zero-shot scores (the scoring engine's columns, ``anchor_id`` = our id) and their summary;
+    ``batch_tokens`` None batches as the scoring engine does on the model's device."""
     frame = reference_frame(source, limit)
     # The Alpaca template: the variants were fine-tuned on Alpaca-formatted prompts.
     config = ScoringConfig(template="alpaca", max_length=max_length, batch_tokens=batch_tokens)
