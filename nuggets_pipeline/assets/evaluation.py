@@ -3,7 +3,7 @@
 import json
 import time
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, NamedTuple
 
 import dagster as dg
 import pandas as pd
@@ -44,10 +44,39 @@ def progress_logger(context: dg.AssetExecutionContext, what: str):  # type: igno
     return report
 
 
+class EvaluationProfile(NamedTuple):
+    """Subset sizes and decoding lengths; ``None`` means the whole set."""
+
+    mt_bench_questions: int | None
+    mt_bench_max_new_tokens: int
+    alpaca_eval_instructions: int | None
+    alpaca_eval_max_new_tokens: int
+    likelihood_alpaca_eval_items: int | None
+    likelihood_mt_bench_items: int | None
+    calibration_pairs: int
+
+
+# `paper`: the full benchmarks with their authors' generation lengths (FastChat's 1,024 new tokens for MT-Bench,
+# AlpacaEval's 2,048). `cpu-demo`: slices small enough for 2 CPU cores, the asset defaults.
+EVALUATION_PROFILES: dict[str, EvaluationProfile] = {
+    "cpu-demo": EvaluationProfile(4, 128, 16, 128, 32, None, 16),
+    "paper": EvaluationProfile(None, 1024, None, 2048, None, None, 100),
+}
+EvaluationProfileName = Literal["cpu-demo", "paper"]
+
+
+def profile_field() -> Any:
+    return Field(default="cpu-demo", description="cpu-demo (small slices) or paper (full sets); set fields override")
+
+
 class CalibrationConfig(dg.Config):
-    n: int = Field(default=16, ge=2, description="GPT-4-decided pairs to test the judge on (balanced)")
+    profile: EvaluationProfileName = profile_field()
+    n: int | None = Field(default=None, ge=2, description="GPT-4-decided pairs to test the judge on, balanced")
     route: Literal["pairwise", "pointwise"] = Field(default="pairwise")
     seed: int = 0
+
+    def pairs(self) -> int:
+        return self.n or EVALUATION_PROFILES[self.profile].calibration_pairs
 
 
 @dg.asset(
@@ -60,7 +89,7 @@ def judge_calibration(
     context: dg.AssetExecutionContext, config: CalibrationConfig, judge: JudgeResource, warehouse: WarehouseResource
 ) -> dg.Output[pd.DataFrame]:
     result = calibrate_judge(
-        judge.build(), n=config.n, seed=config.seed, route=config.route, cache=judgment_cache(warehouse)
+        judge.build(), n=config.pairs(), seed=config.seed, route=config.route, cache=judgment_cache(warehouse)
     )
     context.log.info(result.summary)
     row = pd.DataFrame([{k: v for k, v in result.__dict__.items()}])
@@ -79,10 +108,16 @@ def judge_calibration(
 
 
 class MTBenchConfig(dg.Config):
-    questions: int | None = Field(default=4, gt=0, description="first N of the 80 questions (None: all)")
-    max_new_tokens: int = Field(default=128, gt=0)
+    profile: EvaluationProfileName = profile_field()
+    questions: int | None = Field(default=None, gt=0, description="first N of the 80 questions (80: all)")
+    max_new_tokens: int | None = Field(default=None, gt=0)
     batch_size: int = Field(default=8, gt=0)
     seed: int = 0
+
+    def settings(self) -> tuple[int | None, int]:
+        """(questions, None for all; max new tokens): set fields win over the profile's."""
+        profile = EVALUATION_PROFILES[self.profile]
+        return self.questions or profile.mt_bench_questions, self.max_new_tokens or profile.mt_bench_max_new_tokens
 
 
 @dg.asset(
@@ -98,11 +133,12 @@ def mt_bench_results(
 ) -> dg.Output[pd.DataFrame]:
     variant = context.partition_key
     loaded = variant_model(warehouse.root(), variant)
+    questions, max_new_tokens = config.settings()
     rows, summary = mt_bench.evaluate(
         loaded,
         judge.build(),
-        limit=config.questions,
-        max_new_tokens=config.max_new_tokens,
+        limit=questions,
+        max_new_tokens=max_new_tokens,
         batch_size=config.batch_size,
         seed=config.seed,
         cache=judgment_cache(warehouse),
@@ -111,7 +147,7 @@ def mt_bench_results(
     rows = rows.assign(
         variant=variant,
         model_fingerprint=loaded.fingerprint,
-        decoding=json.dumps({"max_new_tokens": config.max_new_tokens, "temperatures": "fastchat"}),
+        decoding=json.dumps({"max_new_tokens": max_new_tokens, "temperatures": "fastchat"}),
     )
     categories = pd.DataFrame(sorted(summary.per_category.items()), columns=["category", "mean_rating"])
     return dg.Output(
@@ -131,16 +167,25 @@ def mt_bench_results(
 
 
 class AlpacaEvalConfig(dg.Config):
-    instructions: int | None = Field(default=16, gt=0, description="first N of the 805 instructions (None: all)")
+    profile: EvaluationProfileName = profile_field()
+    instructions: int | None = Field(default=None, gt=0, description="first N of the 805 instructions (805: all)")
     version: Literal["alpaca_eval_1", "alpaca_eval_2"] = Field(
         default="alpaca_eval_1", description="reference: text-davinci-003 (1, the paper's) or gpt-4-1106 (2)"
     )
     protocol: Literal["pairwise", "pointwise"] = Field(
         default="pairwise", description="pointwise rates each output 1-10 (the route for weak judges)"
     )
-    max_new_tokens: int = Field(default=128, gt=0)
+    max_new_tokens: int | None = Field(default=None, gt=0)
     batch_size: int = Field(default=8, gt=0)
     seed: int = 0
+
+    def settings(self) -> tuple[int | None, int]:
+        """(instructions, None for all; max new tokens): set fields win over the profile's."""
+        profile = EVALUATION_PROFILES[self.profile]
+        return (
+            self.instructions or profile.alpaca_eval_instructions,
+            self.max_new_tokens or profile.alpaca_eval_max_new_tokens,
+        )
 
 
 @dg.asset(
@@ -156,14 +201,15 @@ def alpaca_eval_results(
 ) -> dg.Output[pd.DataFrame]:
     variant = context.partition_key
     loaded = variant_model(warehouse.root(), variant)
+    instructions, max_new_tokens = config.settings()
     annotations, summary = alpaca_eval.evaluate(
         loaded,
         judge.build(),
         version=config.version,
-        limit=config.instructions,
+        limit=instructions,
         generator=f"nuggets-{variant}",
         protocol=config.protocol,
-        max_new_tokens=config.max_new_tokens,
+        max_new_tokens=max_new_tokens,
         batch_size=config.batch_size,
         seed=config.seed,
         cache=judgment_cache(warehouse),
@@ -172,7 +218,7 @@ def alpaca_eval_results(
     annotations = annotations.assign(
         variant=variant,
         model_fingerprint=loaded.fingerprint,
-        decoding=json.dumps({"max_new_tokens": config.max_new_tokens, "temperature": 0}),
+        decoding=json.dumps({"max_new_tokens": max_new_tokens, "temperature": 0}),
     )
     datasets = pd.DataFrame(sorted(summary.per_dataset.items()), columns=["dataset", "win_rate"])
     return dg.Output(
@@ -193,8 +239,17 @@ def alpaca_eval_results(
 
 
 class LikelihoodConfig(dg.Config):
-    alpaca_eval_items: int | None = Field(default=32, gt=0, description="gpt-4-1106 reference answers scored")
-    mt_bench_items: int | None = Field(default=None, gt=0, description="GPT-4 MT-Bench references (None: all 30)")
+    profile: EvaluationProfileName = profile_field()
+    alpaca_eval_items: int | None = Field(default=None, gt=0, description="gpt-4-1106 reference answers (805: all)")
+    mt_bench_items: int | None = Field(default=None, gt=0, description="GPT-4 MT-Bench references (30: all)")
+
+    def items(self) -> dict[str, int | None]:
+        """Answers scored per source (None: all): set fields win over the profile's."""
+        profile = EVALUATION_PROFILES[self.profile]
+        return {
+            "alpaca_eval": self.alpaca_eval_items or profile.likelihood_alpaca_eval_items,
+            "mt_bench": self.mt_bench_items or profile.likelihood_mt_bench_items,
+        }
 
 
 @dg.asset(
@@ -211,7 +266,7 @@ def reference_likelihood(
     variant = context.partition_key
     loaded = variant_model(warehouse.root(), variant)
     frames, lines = [], {}
-    for source, limit in (("alpaca_eval", config.alpaca_eval_items), ("mt_bench", config.mt_bench_items)):
+    for source, limit in config.items().items():
         started = time.perf_counter()
         scores, summary = score_references(loaded, source, limit=limit)
         context.log.info(

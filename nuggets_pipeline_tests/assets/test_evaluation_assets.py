@@ -3,7 +3,9 @@
 from pathlib import Path
 
 import dagster as dg
+import pytest
 
+from nuggets_pipeline.assets.evaluation import AlpacaEvalConfig, CalibrationConfig, LikelihoodConfig, MTBenchConfig
 from nuggets_pipeline.core.storage import Warehouse
 from nuggets_pipeline_tests.assets.conftest import ASSETS, resources, score, select
 
@@ -57,3 +59,17 @@ def test_evaluation_report_compares_golden_and_random(prepared: dg.DagsterInstan
     rows = cached.output_for_node("alpaca_eval_results").sort_values("index")
     assert not first["cached"].any() and rows["cached"].all()
     assert rows["preference"].tolist() == first["preference"].tolist()
+
+
+def test_paper_profile_evaluates_the_full_sets_and_set_fields_override_it() -> None:
+    paper = {"profile": "paper"}
+    assert MTBenchConfig().settings() == (4, 128)  # cpu-demo: a slice that finishes on 2 cores
+    assert MTBenchConfig(**paper).settings() == (None, 1024)  # all 80 questions, FastChat's length
+    assert MTBenchConfig(**paper, questions=10).settings() == (10, 1024)
+    assert AlpacaEvalConfig(**paper).settings() == (None, 2048)  # all 805 instructions
+    assert AlpacaEvalConfig(max_new_tokens=64).settings() == (16, 64)
+    assert LikelihoodConfig(**paper).items() == {"alpaca_eval": None, "mt_bench": None}
+    assert CalibrationConfig(**paper).pairs() == 100 and CalibrationConfig(n=8).pairs() == 8
+    job = dg.Definitions(assets=ASSETS, resources=resources()).get_implicit_global_asset_job_def()
+    with pytest.raises(dg.DagsterInvalidConfigError, match="profile"):
+        dg.validate_run_config(job, {"ops": {"mt_bench_results": {"config": {"profile": "full"}}}})
