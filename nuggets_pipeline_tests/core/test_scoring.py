@@ -151,7 +151,9 @@ def test_bos_leads_both_conditions_and_anchor_ids_are_identical(tiny_model: Load
 
 def test_padding_batching_and_order_do_not_change_scores(tiny_model: LoadedModel) -> None:
     anchors, candidates = frame(ANCHORS), frame(CANDIDATES)
-    base_zero, base, base_pairs, _ = run(tiny_model, anchors, candidates, ScoringConfig(batch_tokens=1))
+    base_zero, base, base_pairs, _ = run(
+        tiny_model, anchors, candidates, ScoringConfig(batch_tokens=1, candidates_per_pass=1)
+    )
     shuffled_anchors = anchors.sample(frac=1, random_state=3).reset_index(drop=True)
     shuffled_candidates = candidates.sample(frac=1, random_state=4).reset_index(drop=True)
     variants = [
