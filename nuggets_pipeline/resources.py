@@ -67,7 +67,9 @@ class ScoringResource(dg.ConfigurableResource):
     batch_tokens: int | None = Field(
         default=None, gt=0, description="padded tokens per forward pass (None: 512 on CPU, 16,384 on CUDA)"
     )
-    candidates_per_pass: int = Field(default=4, gt=0, description="candidates whose anchors share forward passes")
+    candidates_per_pass: int = Field(
+        default=ScoringConfig.candidates_per_pass, gt=0, description="candidates whose anchors share forward passes"
+    )
     checkpoint_every: int = Field(default=16, gt=0, description="candidates between checkpoints inside a shard")
     keep_pair_deltas: bool = Field(default=True, description="store every (candidate, anchor) delta")
     decision_threshold: float | None = Field(

@@ -58,11 +58,11 @@ class EvaluationProfile(NamedTuple):
 
 # `paper`: the full benchmarks with their authors' generation lengths (FastChat's 1,024 new tokens for MT-Bench,
 # AlpacaEval's 2,048). `cpu-demo`: slices small enough for 2 CPU cores, the asset defaults.
-EVALUATION_PROFILES: dict[str, EvaluationProfile] = {
+EvaluationProfileName = Literal["cpu-demo", "paper"]
+EVALUATION_PROFILES: dict[EvaluationProfileName, EvaluationProfile] = {
     "cpu-demo": EvaluationProfile(4, 128, 16, 128, 32, None, 16),
     "paper": EvaluationProfile(None, 1024, None, 2048, None, None, 100),
 }
-EvaluationProfileName = Literal["cpu-demo", "paper"]
 
 
 def profile_field() -> Any:
