@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -44,10 +45,27 @@ class JudgmentCache:
         self._lock = threading.Lock()
         self._db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, check_same_thread=False)
         with self._lock:
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.execute(_SCHEMA)
-            self._db.commit()
+            self._initialise()
+
+    def _initialise(self) -> None:
+        # Switching a new file to WAL needs an exclusive lock, and SQLite answers "database is locked" at once
+        # (without the busy handler) when another process is doing the same, so the first open retries.
+        deadline = time.monotonic() + BUSY_TIMEOUT_S
+        delay = 0.005
+        while True:
+            try:
+                if self._db.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+                    self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.execute("PRAGMA synchronous=NORMAL")
+                self._db.execute(_SCHEMA)
+                self._db.commit()
+                return
+            except sqlite3.OperationalError as error:
+                if "locked" not in str(error) or time.monotonic() > deadline:
+                    raise
+                self._db.rollback()
+                time.sleep(delay)
+                delay = min(delay * 2, 0.5)
 
     def get_many(self, judge_key: str, prompt_hashes: Iterable[str]) -> dict[str, Judgment]:
         """Stored judgments by prompt hash (marked ``cached``); hashes never judged are absent."""
