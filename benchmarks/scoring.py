@@ -235,7 +235,7 @@ def main() -> None:
         "--dtype",
         default=DEFAULT_DTYPE,
         choices=["auto", "float32", "bfloat16"],
-        help="engine dtype measured besides float32 (auto: float32 on CPU, bfloat16 on CUDA)",
+        help="engine dtype measured besides float32 (auto: bfloat16 where the hardware has it natively, else float32)",
     )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
@@ -271,7 +271,7 @@ def main() -> None:
         same = wins_matrix(engine["pairs"], candidates, anchors) == wins_matrix(exact["pairs"], candidates, anchors)
         agreement = float(same.mean())
 
-    # The product's default dtype on this device (float32 on a CPU, bfloat16 on CUDA), whatever --dtype measured.
+    # The product's default dtype here ("auto": bfloat16 where native, else float32), whatever --dtype measured.
     default_dtype = str(resolve_dtype(DEFAULT_DTYPE, resolve_device(args.device))).removeprefix("torch.")
     default_run = {"float32": exact, dtype: engine}.get(default_dtype)
     if default_run is None:

@@ -12,13 +12,23 @@ import torch
 from pydantic import Field, field_validator
 from upath import UPath
 
-from nuggets_pipeline.core.modeling import DTYPES, LoadedModel, load_model
+from nuggets_pipeline.core.modeling import DTYPES, LoadedModel, load_model, resolve_device, resolve_dtype
 from nuggets_pipeline.core.paths import nuggets_home
 from nuggets_pipeline.core.scoring import ScoringConfig
 from nuggets_pipeline.core.storage import Warehouse, write_parquet_atomic
 from nuggets_pipeline.core.templates import TEMPLATES
 
 _LOADED: dict[tuple[str, str, str], LoadedModel] = {}
+
+
+def load_shared(model: str, dtype: str, device: str) -> LoadedModel:
+    """Loaded once per process, keyed by the resolved dtype and device, so "auto" and the dtype it resolves to
+    share one copy (the demo's scoring model and judge are the same SmolLM2)."""
+    torch_device = resolve_device(device)
+    key = (model, str(resolve_dtype(dtype, torch_device)), str(torch_device))
+    if key not in _LOADED:
+        _LOADED[key] = load_model(model, dtype=dtype, device=device)
+    return _LOADED[key]
 
 
 class ModelResource(dg.ConfigurableResource):
@@ -53,10 +63,7 @@ class ModelResource(dg.ConfigurableResource):
         """Loaded once per process and shared by every asset that asks for the same model."""
         if self.threads is not None:
             torch.set_num_threads(self.threads)
-        key = (self.model, self.dtype, self.device)
-        if key not in _LOADED:
-            _LOADED[key] = load_model(self.model, dtype=self.dtype, device=self.device)
-        return _LOADED[key]
+        return load_shared(self.model, self.dtype, self.device)
 
 
 class ScoringResource(dg.ConfigurableResource):
@@ -122,12 +129,7 @@ class JudgeResource(dg.ConfigurableResource):
         from nuggets_pipeline.core.judges import make_judge
 
         if self.backend == "local":
-            loaded = _LOADED.get((self.model, self.dtype, self.device))
-            if loaded is None:
-                loaded = _LOADED[(self.model, self.dtype, self.device)] = load_model(
-                    self.model, dtype=self.dtype, device=self.device
-                )
-            return make_judge("local", loaded, self.mode, name=self.model)
+            return make_judge("local", load_shared(self.model, self.dtype, self.device), self.mode, name=self.model)
         return make_judge(
             "openai",
             self.model,

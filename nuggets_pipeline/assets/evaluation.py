@@ -13,7 +13,7 @@ from nuggets_pipeline import metadata as md
 from nuggets_pipeline.assets.training import finetuned_dir, finetuned_model
 from nuggets_pipeline.core import alpaca_eval, mt_bench
 from nuggets_pipeline.core.judges import JudgmentCache, calibrate_judge
-from nuggets_pipeline.core.modeling import LoadedModel, load_model
+from nuggets_pipeline.core.modeling import LoadedModel, load_model, resolve_device
 from nuggets_pipeline.core.reference_likelihood import score_references, summarize_scores
 from nuggets_pipeline.core.report import JudgeInfo, VariantResults, build_report
 from nuggets_pipeline.partitions import training_variants
@@ -26,7 +26,9 @@ def variant_model(home: Path, variant: str) -> LoadedModel:
     path = finetuned_dir(home, variant) / "model"
     if not (path / "config.json").exists():
         raise dg.Failure(f"no fine-tuned checkpoint for variant {variant!r} at {path}: materialise finetuned_model")
-    return load_model(str(path))
+    # On a GPU the variants generate in bfloat16; on CPUs in float32, so answers are the same on every CPU.
+    device = resolve_device("auto")
+    return load_model(str(path), dtype="auto" if device.type == "cuda" else "float32", device=str(device))
 
 
 def judgment_cache(warehouse: WarehouseResource) -> JudgmentCache:

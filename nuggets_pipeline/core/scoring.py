@@ -45,8 +45,8 @@ from transformers import DynamicCache, PreTrainedModel
 from nuggets_pipeline.core.modeling import LoadedModel, encode
 from nuggets_pipeline.core.templates import PromptTemplate, get_template
 
-# Measured on the development CPU (AVX2 only, no bfloat16 instructions): bfloat16 matmuls run ~10x slower than
-# float32 there, so "auto" (modeling.resolve_dtype) picks float32 on CPU and bfloat16 on GPUs that support it.
+# On the development CPU (AVX2 only) bfloat16 matmuls ran ~6x slower than float32; on CPUs with bfloat16
+# instructions and on GPUs they run several times faster. "auto" (modeling.resolve_dtype) picks by the hardware.
 DEFAULT_DTYPE = "auto"
 
 CPU_BATCH_TOKENS = 512

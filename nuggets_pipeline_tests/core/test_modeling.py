@@ -7,6 +7,7 @@ from nuggets_pipeline.core.modeling import (
     bos_token_id,
     encode,
     load_model,
+    resolve_dtype,
     smollm2_gguf_path,
 )
 
@@ -32,6 +33,16 @@ def test_bad_model_config_fails_clearly() -> None:
         load_model("tiny-random-llama", device="tpu")
     with pytest.raises(ModelLoadError, match="not a preset"):
         load_model("/nonexistent/model/folder")
+
+
+@pytest.mark.parametrize(("native", "expected"), [(True, torch.bfloat16), (False, torch.float32)])
+def test_auto_dtype_on_cpu_is_bfloat16_only_where_the_cpu_computes_it_natively(
+    monkeypatch: pytest.MonkeyPatch, native: bool, expected: torch.dtype
+) -> None:
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: native, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
+    assert resolve_dtype("auto", torch.device("cpu")) == expected
+    assert resolve_dtype("float32", torch.device("cpu")) == torch.float32  # explicit choices are never changed
 
 
 def test_gguf_is_found_inside_the_installed_package_without_importing_it() -> None:
