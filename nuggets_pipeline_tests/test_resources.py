@@ -1,9 +1,10 @@
-"""Resource settings that act on the process: torch threads."""
+"""Resource settings that act on the process: torch threads, and models shared within a process."""
 
 import pytest
 import torch
 
-from nuggets_pipeline.resources import ModelResource
+from nuggets_pipeline.core import modeling
+from nuggets_pipeline.resources import JudgeResource, ModelResource
 
 
 def test_threads_sets_torch_intra_op_threads() -> None:
@@ -21,3 +22,12 @@ def test_threads_sets_torch_intra_op_threads() -> None:
 def test_threads_must_be_positive() -> None:
     with pytest.raises(Exception, match="greater than 0"):
         ModelResource(model="tiny-random-llama", threads=0)
+
+
+def test_auto_and_the_dtype_it_resolves_to_share_one_loaded_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(modeling, "cpu_has_native_bfloat16", lambda: False)
+    scoring = ModelResource(model="tiny-random-llama", dtype="auto", device="auto").load()
+    assert scoring is ModelResource(model="tiny-random-llama", dtype="float32", device="cpu").load()
+    assert scoring.model.dtype == torch.float32
+    judge = JudgeResource(model="tiny-random-llama", device="auto").build()
+    assert judge.loaded is scoring
