@@ -26,6 +26,7 @@ def _threads() -> int | None:
 
 def default_resources() -> dict[str, object]:
     """Resources with defaults that run offline; environment variables pick other models without code changes."""
+    device = os.environ.get("NUGGETS_DEVICE", "auto")  # one device for every model: cpu, cuda, cuda:N or auto
     return {
         "io_manager": WarehouseIOManagerFactory(warehouse=warehouse),
         "warehouse": warehouse,
@@ -34,21 +35,21 @@ def default_resources() -> dict[str, object]:
             # "auto": the fastest dtype the hardware computes natively (float32 on AVX2-only CPUs); set float32 to
             # score bit-for-bit the same everywhere.
             dtype=os.environ.get("NUGGETS_SCORING_DTYPE", "auto"),
-            device=os.environ.get("NUGGETS_DEVICE", "auto"),
+            device=device,
             threads=_threads(),
         ),
         "scoring": ScoringResource(),
         # The model that is fine-tuned is configured apart from the scoring model (weak-to-strong selection).
         "training_model": ModelResource(
             model=os.environ.get("NUGGETS_TRAINING_MODEL", "smollm2-135m-instruct"),
-            device=os.environ.get("NUGGETS_DEVICE", "auto"),
+            device=device,
             threads=_threads(),
         ),
         "judge": JudgeResource(
             backend=os.environ.get("NUGGETS_JUDGE_BACKEND", "local"),
             model=os.environ.get("NUGGETS_JUDGE_MODEL", "smollm2-135m-instruct"),
             base_url=os.environ.get("NUGGETS_JUDGE_BASE_URL", "https://api.openai.com/v1"),
-            device=os.environ.get("NUGGETS_DEVICE", "auto"),
+            device=device,
         ),
     }
 
