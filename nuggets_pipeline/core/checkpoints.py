@@ -7,8 +7,11 @@ it) keeps the bytes for a post-mortem.
 
 from __future__ import annotations
 
+import json
 import re
+import struct
 import time
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -19,9 +22,11 @@ CORRUPT_MARK = ".corrupt-"
 _CHUNK = re.compile(r"(?P<kind>[a-z_]+)-(?P<index>\d+)\.parquet")
 
 
-def set_aside(path: Path, reason: str, log: Log) -> Path:
-    """Rename ``path`` to ``<name>.corrupt-<unix time>`` (no longer matched by any checkpoint glob) and say so."""
-    target = path.with_name(f"{path.name}{CORRUPT_MARK}{time.time_ns()}")
+def set_aside(path: Path, reason: str, log: Log, prefix: str = "") -> Path:
+    """Rename ``path`` to ``[prefix]<name>.corrupt-<ns>`` (matched by no checkpoint glob) and say so.
+
+    ``prefix`` keeps a renamed folder out of globs anchored at the start of the name (``checkpoint-*``)."""
+    target = path.with_name(f"{prefix}{path.name}{CORRUPT_MARK}{time.time_ns()}")
     path.rename(target)
     log(f"checkpoint {path} cannot be read ({reason}); set aside as {target.name}, its work will be redone")
     return target
@@ -68,3 +73,44 @@ def read_chunk_checkpoints(
             chunks[index] = frames
     remaining = [i for i, files in by_index.items() if all(p.exists() for p in files.values())]
     return chunks, max(remaining, default=-1) + 1
+
+
+def _safetensors_problem(path: Path) -> str | None:
+    """Why a safetensors file is unusable (a torn header or tensors past the end of the file), else None."""
+    size = path.stat().st_size
+    with path.open("rb") as handle:
+        head = handle.read(8)
+        if len(head) < 8:
+            return "shorter than its header"
+        (length,) = struct.unpack("<Q", head)
+        if length > size - 8:
+            return "header runs past the end of the file"
+        try:
+            header = json.loads(handle.read(length))
+        except ValueError:
+            return "header is not JSON"
+    ends = [entry["data_offsets"][1] for name, entry in header.items() if name != "__metadata__"]
+    return "tensors run past the end of the file (cut short)" if 8 + length + max(ends, default=0) > size else None
+
+
+def trainer_checkpoint_problem(folder: Path) -> str | None:
+    """Why a Trainer checkpoint folder cannot be resumed from, else None: its state must be JSON with a step,
+    its weights complete safetensors and its ``torch.save`` archives (optimizer, scheduler, RNG) intact zips."""
+    try:
+        step = json.loads((folder / "trainer_state.json").read_text())["global_step"]
+        if not isinstance(step, int):
+            return "trainer_state.json: global_step is not a number"
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        return f"trainer_state.json: {type(error).__name__}: {error}"
+    for path in sorted(folder.glob("*.safetensors")):
+        if problem := _safetensors_problem(path):
+            return f"{path.name}: {problem}"
+    for path in sorted([*folder.glob("*.pt"), *folder.glob("*.pth"), *folder.glob("*.bin")]):
+        try:
+            with zipfile.ZipFile(path) as archive:
+                bad = archive.testzip()
+        except (OSError, zipfile.BadZipFile) as error:
+            return f"{path.name}: {error}"
+        if bad is not None:
+            return f"{path.name}: member {bad} fails its checksum"
+    return None
