@@ -124,3 +124,23 @@ def test_links_to_secrets_and_system_files_are_refused_and_copied_nowhere(
             checked += 1
             assert not [s for s in leaked if s in content], path
     assert checked > 5  # the warehouse, the run database and the event log were there to be searched
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_warehouse_files_and_exports_get_the_same_mode(tmp_path: Path, umask: int) -> None:
+    """One rule for every file written: 0666 less the umask (0644 by default, 0600 under umask 077)."""
+    import pandas as pd
+
+    from nuggets_pipeline.core.storage import Warehouse, write_parquet_atomic
+
+    previous = os.umask(umask)
+    try:
+        stored = Warehouse(tmp_path / "warehouse").write("instructions", pd.DataFrame({"id": ["a"]}))
+        write_parquet_atomic(pd.DataFrame({"id": ["b"]}), tmp_path / "checkpoint.parquet")
+        export = tmp_path / "exports" / "golden_subset.json"  # written the way golden_subset writes it
+        export.parent.mkdir()
+        export.write_text("[]")
+    finally:
+        os.umask(previous)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in (stored, tmp_path / "checkpoint.parquet", export)}
+    assert set(modes.values()) == {0o666 & ~umask}, modes
