@@ -155,6 +155,10 @@ def _loads(text: str) -> Any:
         return json.loads(text)
     except RecursionError:
         raise json.JSONDecodeError("nested too deeply", text, 0) from None
+    except json.JSONDecodeError:
+        raise
+    except ValueError as error:  # an integer of more than 4,300 digits, say
+        raise json.JSONDecodeError(f"unreadable value ({error})", text, 0) from None
 
 
 def _read_jsonl(path: Path, data: bytes, problem: str | None = None) -> Iterator[RawRecord]:
@@ -215,7 +219,7 @@ def _resync(text: str, start: int, decoder: json.JSONDecoder) -> int | None:
         candidate = match.end()
         try:
             _, end = decoder.raw_decode(text, candidate)
-        except (json.JSONDecodeError, RecursionError):
+        except (ValueError, RecursionError):
             continue
         rest = text[end:].lstrip()
         if rest[:1] in (",", "]"):
@@ -271,8 +275,10 @@ def _read_json_array(path: Path, data: bytes, problem: str | None = None) -> Ite
             continue
         try:
             value, end = decoder.raw_decode(text, position)
-        except (json.JSONDecodeError, RecursionError) as error:
+        except (ValueError, RecursionError) as error:  # ValueError: JSONDecodeError, or a 5,000-digit integer
             message = error.msg if isinstance(error, json.JSONDecodeError) else "nested too deeply"
+            if not isinstance(error, (json.JSONDecodeError, RecursionError)):
+                message = f"unreadable value ({error})"
             end = _element_end(text, position)
             valid_end = end is not None and (not depth or text[end:].lstrip()[:1] in (",", "]"))
             if not valid_end:
@@ -311,8 +317,8 @@ def _read_table(path: Path, kind: str) -> Iterator[RawRecord]:
             raise SourceError(f"{path}: source file is empty") from None
         except pd.errors.ParserError as error:
             raise SourceError(
-                f"{path}: not a readable CSV file ({error}); look for an unbalanced quote near that row, "
-                "or save it as JSON Lines"
+                f"{path}: not a readable CSV file ({error}); look for an unbalanced quote or a row with "
+                "extra fields near that row, or save it as JSON Lines"
             ) from None
         except UnicodeDecodeError as error:
             raise SourceError(f"{path}: CSV is not UTF-8 ({error}); save it as UTF-8") from None
@@ -407,6 +413,10 @@ def _extract(value: Any, fields: FieldMap) -> tuple[str, str, str] | str:
     for name, text in (("instruction", instruction), ("input", input_text), ("output", output)):
         if not isinstance(text, str):
             return f"non_string_field: {name} is {type(text).__name__}"
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as error:  # a lone surrogate (JSON "\ud800"): no file or tokenizer can hold it
+            return f"invalid_unicode: {name} holds {error.reason} at character {error.start}"
     return instruction.strip(), input_text.strip(), output.strip()
 
 

@@ -304,3 +304,22 @@ def test_devices_fifos_and_system_folders_are_refused(tmp_path: Path) -> None:
         ingest(["/proc/self/environ"])
     with pytest.raises(SourceError, match="/dev"):
         ingest(["/dev/zero"])
+
+
+def test_rows_python_cannot_hold_as_text_are_quarantined_not_a_crash(tmp_path: Path) -> None:
+    """A lone surrogate cannot be encoded (hashing or storing it crashed the run); a 5,000-digit integer is past
+    Python's int parsing limit (json raised a ValueError that failed the run)."""
+    good = json.dumps(example(0))
+    (tmp_path / "odd.jsonl").write_text(
+        "\n".join([good, '{"instruction": "bad \\ud800", "output": "x"}', '{"n": ' + "9" * 5000 + "}"]) + "\n"
+    )
+    (tmp_path / "odd.json").write_text(f'[{json.dumps(example(1))}, {{"n": {"9" * 5000}}}, {json.dumps(example(2))}]')
+    result = ingest([tmp_path / "odd.jsonl", tmp_path / "odd.json"])
+    assert [r.split(":")[0] for r in result.quarantined["reason"]] == [
+        "invalid_unicode",
+        "malformed_json",
+        "malformed_json",
+    ]
+    assert len(result.instructions) == 3
+    assert_rows_accounted(result.instructions, result.quarantined, 6)
+    result.quarantined.to_parquet(tmp_path / "q.parquet")  # what is kept can be stored
