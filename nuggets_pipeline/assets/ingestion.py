@@ -24,6 +24,11 @@ class IngestConfig(dg.Config):
     output_field: str = "output"
     conversations_field: str = Field(default="conversations", description="ShareGPT-style turns, if present")
     max_chars: int = Field(default=16_384, gt=0, description="longer examples are quarantined, never cut")
+    allow_symlinks: bool = Field(
+        default=False,
+        description="read a source that is a symbolic link (refused by default: a link may point at secrets); "
+        "devices, FIFOs and /proc, /sys, /dev stay refused",
+    )
 
     def resolved_sources(self) -> list[str]:
         resolved = []
@@ -50,7 +55,7 @@ class IngestConfig(dg.Config):
 )
 def ingest_instructions(context: dg.AssetExecutionContext, config: IngestConfig, warehouse: WarehouseResource):
     sources = config.resolved_sources()
-    result = ingest(sources, config.field_map(), config.max_chars)
+    result = ingest(sources, config.field_map(), config.max_chars, allow_symlinks=config.allow_symlinks)
     instructions, quarantined = result.instructions, result.quarantined
     InstructionsSchema.validate(instructions)
     QuarantineSchema.validate(quarantined)

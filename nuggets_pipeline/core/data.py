@@ -494,11 +494,16 @@ def quarantine_known(result: IngestResult, known: np.ndarray) -> None:
 
 
 def ingest(
-    sources: list[str | Path], fields: FieldMap = FieldMap(), max_chars: int = 16_384, known_ids: set[str] | None = None
+    sources: list[str | Path],
+    fields: FieldMap = FieldMap(),
+    max_chars: int = 16_384,
+    known_ids: set[str] | None = None,
+    allow_symlinks: bool = False,
 ) -> IngestResult:
     """Read and normalise several sources as one table (duplicates across files are quarantined too).
 
     ``known_ids`` are ids already stored elsewhere (for incremental ingestion): rows with them count as duplicates.
+    ``allow_symlinks``: follow a source that is a symbolic link (refused by default; see ``check_path``).
     """
     if not sources:
         raise SourceError("no source given")
@@ -506,7 +511,7 @@ def ingest(
     def all_records() -> Iterator[RawRecord]:
         for source in sources:
             count = 0
-            for record in read_source(source):
+            for record in read_source(source, allow_symlinks=allow_symlinks):
                 count += 1
                 yield record
             if count == 0:

@@ -323,3 +323,14 @@ def test_rows_python_cannot_hold_as_text_are_quarantined_not_a_crash(tmp_path: P
     assert len(result.instructions) == 3
     assert_rows_accounted(result.instructions, result.quarantined, 6)
     result.quarantined.to_parquet(tmp_path / "q.parquet")  # what is kept can be stored
+
+
+def test_a_linked_source_is_read_only_when_links_are_allowed_explicitly(tmp_path: Path) -> None:
+    real = tmp_path / "real.jsonl"
+    real.write_text(json.dumps(example(0)) + "\n")
+    (tmp_path / "link.jsonl").symlink_to(real)
+    result = ingest([tmp_path / "link.jsonl"], allow_symlinks=True)
+    assert_rows_accounted(result.instructions, result.quarantined, 1)
+    (tmp_path / "env.jsonl").symlink_to("/proc/self/environ")
+    with pytest.raises(SourceError, match="/proc"):  # system paths stay refused, link or not
+        ingest([tmp_path / "env.jsonl"], allow_symlinks=True)
