@@ -27,6 +27,7 @@ def random_seed_offset(variant: str) -> int | None:
     prefix, _, suffix = variant.partition("-")
     return int(suffix) if prefix == "random" and suffix.isdigit() else None
 
+
 SHARDS_PER_RUN_ENV = "NUGGETS_SHARDS_PER_RUN"
 
 

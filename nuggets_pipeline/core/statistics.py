@@ -82,7 +82,7 @@ def side_label(variants: Sequence[str]) -> str:
 
 
 def verdict(ci_low: float, ci_high: float) -> str:
-    """"ahead" when the whole interval is above zero, "behind" when below, else "within noise"."""
+    """Ahead when the whole interval is above zero, behind when below, else within noise."""
     if np.isnan(ci_low) or np.isnan(ci_high):
         return "within noise"
     if ci_low > 0:
@@ -213,9 +213,7 @@ def compare_variants(
         for spec in specs if specs is not None else standard_comparisons(list(by_variant)):
             if all(v in by_variant for v in (*spec.first, *spec.second)):
                 out.append(
-                    paired_difference(
-                        by_variant, spec, source, resamples=resamples, confidence=confidence, seed=seed
-                    )
+                    paired_difference(by_variant, spec, source, resamples=resamples, confidence=confidence, seed=seed)
                 )
     return out
 

@@ -92,9 +92,7 @@ def test_only_shared_answers_are_compared_and_none_shared_is_an_error() -> None:
     )
     assert result.n == 2 and result.difference == pytest.approx(2.5)
     with pytest.raises(ValueError, match="share no scored answer"):
-        paired_difference(
-            {"a": scores([1.0], ["x"]), "b": scores([1.0], ["y"])}, ComparisonSpec(("a",), ("b",)), "s"
-        )
+        paired_difference({"a": scores([1.0], ["x"]), "b": scores([1.0], ["y"])}, ComparisonSpec(("a",), ("b",)), "s")
 
 
 def test_the_study_comparisons_cover_every_pair_the_issue_asks_for() -> None:
