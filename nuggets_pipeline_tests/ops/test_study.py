@@ -68,14 +68,14 @@ def test_the_doc_is_rendered_from_results_and_only_inside_its_blocks() -> None:
         "headline": "Golden is ahead.",
     }
     text = (
-        "# Study\nkept\n<!-- study:headline -->\nold\n<!-- /study:headline -->\n"
+        "# Study\nkept\n<!-- study:headline -->\nSTALE\n<!-- /study:headline -->\n"
         "<!-- study:comparisons -->\n<!-- /study:comparisons -->\nend\n"
     )
     rendered = study.render_study_doc(text, results)
     assert "<!-- study:headline -->\nGolden is ahead.\n<!-- /study:headline -->" in rendered
     assert "| golden vs random | alpaca_eval | 805 | +0.0123 | [+0.0040, +0.0200] | ahead | +0.010 | – |" in rendered
     assert "shown, not evidence" in rendered
-    assert rendered.startswith("# Study\nkept\n") and rendered.endswith("end\n") and "old" not in rendered
+    assert rendered.startswith("# Study\nkept\n") and rendered.endswith("end\n") and "STALE" not in rendered
     assert study.render_study_doc(rendered, results) == rendered  # idempotent
     with pytest.raises(ValueError, match="no closing"):
         study.render_study_doc("<!-- study:headline -->", results)
