@@ -462,10 +462,18 @@ def headline(comparisons: Sequence[dict[str, Any]], model: str) -> str:
         "behind": "scores GPT-4's AlpacaEval reference answers lower than",
         "within noise": "cannot be told apart from",
     }[chosen["verdict"]]
+    spread = chosen.get("seed_spread")
+    caveat = ""
+    if spread is not None and chosen["verdict"] != "within noise":
+        caveat = (
+            f"; larger than the {spread:.4f} between two random seeds"
+            if chosen["beyond_seed_spread"]
+            else f", but no larger than the {spread:.4f} between two random seeds, so not clearly the selection's doing"
+        )
     return (
         f"Fine-tuned on the golden quarter, {model} {words} the same model fine-tuned on {chosen['second']}: "
         f"{chosen['difference']:+.4f} nats/token, 95% interval [{chosen['ci_low']:+.4f}, {chosen['ci_high']:+.4f}] "
-        f"over {chosen['n']} answers."
+        f"over {chosen['n']} reference answers{caveat}."
     )
 
 
@@ -493,7 +501,7 @@ def difference_plot(comparisons: pd.DataFrame, path: Path) -> None:
             )
         axis.axvline(0, color="black", linewidth=0.8)
         axis.set_yticks(list(y), [f"{r.first} − {r.second}" for r in rows.itertuples()], fontsize=8)
-        axis.set_xlabel("difference in reference log-likelihood (nats/token), 95% bootstrap interval")
+        axis.set_xlabel("paired difference (nats/token), 95% interval")
         axis.set_title(f"{source} ({int(rows['n'].iloc[0])} answers)")
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -578,6 +586,16 @@ def study_comparisons(settings: StudySettings, report: dict[str, Any]) -> list[d
         row["judge_counted"] = not report["judge"].get("near_chance", True)
         row["sentence"] = d.sentence()
         rows.append(row)
+    # The bootstrap covers the choice of answers, not the choice of training examples: the gap between two random
+    # seeds is that second noise, so a difference smaller than it is not read as an effect of the selection.
+    for row in rows:
+        floor = [
+            r["difference"]
+            for r in rows
+            if r["source"] == row["source"] and r["first"] == "random" and str(r["second"]).startswith("random-")
+        ]
+        row["seed_spread"] = abs(floor[0]) if floor else None
+        row["beyond_seed_spread"] = None if not floor else abs(row["difference"]) > abs(floor[0])
     return rows
 
 
@@ -611,15 +629,15 @@ def render_blocks(results: dict[str, Any]) -> dict[str, str]:
     total = sum(t.get("wall_s", 0.0) for t in timings.values())
     lines.append(f"| **total** | **{total:,.0f}** ({total / 3600:.2f} h) | {sum(estimated.values()):,} |")
     comparison = [
-        "| comparison | source | answers | difference (nats/token) | 95% interval | verdict | MT-Bench Δ | "
-        "AlpacaEval win-rate Δ |",
-        "|---|---|---:|---:|---|---|---:|---:|",
+        "| comparison | source | answers | difference (nats/token) | 95% interval | verdict | beyond seed spread | "
+        "MT-Bench Δ | AlpacaEval win-rate Δ |",
+        "|---|---|---:|---:|---|---|---|---:|---:|",
     ]
     for c in results["comparisons"]:
         mt, ae = c.get("mt_bench_score_delta"), c.get("alpaca_eval_win_rate_delta")
         comparison.append(
             f"| {c['comparison']} | {c['source']} | {c['n']} | {c['difference']:+.4f} | "
-            f"[{c['ci_low']:+.4f}, {c['ci_high']:+.4f}] | {c['verdict']} | "
+            f"[{c['ci_low']:+.4f}, {c['ci_high']:+.4f}] | {c['verdict']} | {_yes_no(c.get('beyond_seed_spread'))} | "
             f"{'–' if mt is None else f'{mt:+.3f}'} | {'–' if ae is None else f'{ae:+.2f}'} |"
         )
     judge = results["judge"]
@@ -645,6 +663,10 @@ def render_blocks(results: dict[str, Any]) -> dict[str, str]:
         "comparisons": "\n".join(comparison),
         "variants": "\n".join(variants),
     }
+
+
+def _yes_no(value: bool | None) -> str:
+    return "–" if value is None else ("yes" if value else "no")
 
 
 def render_study_doc(text: str, results: dict[str, Any]) -> str:

@@ -63,6 +63,7 @@ def test_the_doc_is_rendered_from_results_and_only_inside_its_blocks() -> None:
                 "verdict": "ahead",
                 "mt_bench_score_delta": 0.01,
                 "alpaca_eval_win_rate_delta": None,
+                "beyond_seed_spread": True,
             }
         ],
         "headline": "Golden is ahead.",
@@ -73,7 +74,8 @@ def test_the_doc_is_rendered_from_results_and_only_inside_its_blocks() -> None:
     )
     rendered = study.render_study_doc(text, results)
     assert "<!-- study:headline -->\nGolden is ahead.\n<!-- /study:headline -->" in rendered
-    assert "| golden vs random | alpaca_eval | 805 | +0.0123 | [+0.0040, +0.0200] | ahead | +0.010 | – |" in rendered
+    row = "| golden vs random | alpaca_eval | 805 | +0.0123 | [+0.0040, +0.0200] | ahead | yes | +0.010 | – |"
+    assert row in rendered
     assert "shown, not evidence" in rendered
     assert rendered.startswith("# Study\nkept\n") and rendered.endswith("end\n") and "STALE" not in rendered
     assert study.render_study_doc(rendered, results) == rendered  # idempotent
@@ -114,6 +116,7 @@ def test_the_tiny_study_runs_end_to_end_resumes_and_reruns_from_its_scored_pool(
         assert c["ci_low"] <= c["difference"] <= c["ci_high"]
         assert c["verdict"] in ("ahead", "behind", "within noise")
         assert c["resamples"] == study.SIZES["tiny"].bootstrap_resamples
+        assert c["seed_spread"] >= 0 and c["beyond_seed_spread"] in (True, False)
     assert {c["source"] for c in results["comparisons"]} == {"alpaca_eval", "mt_bench"}
     sizes = {v: results["variants"][v]["examples"] for v in ("golden", "bottom", "random", "random-1")}
     assert set(sizes.values()) == {6}  # a quarter of 24, the same for every control
@@ -153,3 +156,23 @@ def test_the_tiny_study_runs_end_to_end_resumes_and_reruns_from_its_scored_pool(
     other.to_parquet(tmp_path / "other.parquet")
     with pytest.raises(ValueError, match="re-score instead"):
         study.seed_scoring_checkpoints(tmp_path / "other.parquet")
+
+
+def test_the_headline_does_not_credit_the_selection_with_a_gap_two_random_seeds_also_show() -> None:
+    row = {
+        "source": "alpaca_eval",
+        "first": "golden",
+        "second": "random (pooled random+random-1)",
+        "difference": 0.01,
+        "ci_low": 0.005,
+        "ci_high": 0.015,
+        "n": 805,
+        "verdict": "ahead",
+        "seed_spread": 0.02,
+        "beyond_seed_spread": False,
+    }
+    text = study.headline([row], "SmolLM2")
+    assert "higher than" in text and "+0.0100" in text and "[+0.0050, +0.0150]" in text
+    assert "not clearly the selection's doing" in text
+    assert "larger than the 0.0050" in study.headline([{**row, "seed_spread": 0.005, "beyond_seed_spread": True}], "m")
+    assert "cannot be told apart" in study.headline([{**row, "verdict": "within noise", "ci_low": -0.001}], "m")
