@@ -180,11 +180,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--calibration-pairs", type=int, default=12, help="GPT-4-decided pairs to calibrate the judge")
     demo.add_argument("--until", default=None, help="stop after this stage")
+    from nuggets_pipeline import study
+
+    study.add_parser(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "study":
+        from nuggets_pipeline import study
+
+        return study.run(args)
 
     os.environ.setdefault("DAGSTER_HOME", str(REPO_ROOT))
     os.environ.setdefault("NUGGETS_DAGSTER_STORAGE", str(nuggets_home() / "dagster"))
