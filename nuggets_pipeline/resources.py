@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 from typing import Any
 
 import dagster as dg
 import pandas as pd
 import torch
-from pydantic import Field, field_validator
+from pydantic import Field, PrivateAttr, field_validator
 from upath import UPath
 
+from nuggets_pipeline.core.devices import DeviceClaim
+from nuggets_pipeline.core.devices import claim as claim_device
 from nuggets_pipeline.core.modeling import DTYPES, LoadedModel, load_model, resolve_device, resolve_dtype
 from nuggets_pipeline.core.paths import nuggets_home
 from nuggets_pipeline.core.scoring import ScoringConfig
@@ -59,11 +62,44 @@ class ModelResource(dg.ConfigurableResource):
             raise ValueError(f"template must be one of {sorted(TEMPLATES)}, got {value!r}")
         return value
 
+    # A distinct GPU per model step (core/devices.py, docs/gpus.md): claimed on first use, held until the step's
+    # resources are torn down or its process dies.
+    _claim: DeviceClaim | None = PrivateAttr(default=None)
+    _claimed: bool = PrivateAttr(default=False)
+    _log: Any = PrivateAttr(default=None)
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        self._log = context.log
+
+    def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
+        if self._claim is not None:
+            # Logged before the lock is dropped, so logged holding intervals never overlap when the locks do not.
+            context.log.info(f"releasing device {self._claim.name}")
+            self._claim.release()
+            self._claim = None
+        self._claimed = False
+
+    def device_used(self) -> str:
+        """The device this step computes on: a claimed one (cuda:1, sim:0) for auto/cuda when the machine has GPUs
+        (or simulated ones), else ``device`` as resolved today (cpu, cuda:0 ...). Claims on first call."""
+        if not self._claimed:
+            log = self._log.info if self._log is not None else None
+            self._claim = claim_device(self.device, label=f"{self.model} pid {os.getpid()}", log=log)
+            self._claimed = True
+            if self._claim is not None:
+                if log is not None:
+                    log(f"claimed device {self._claim.name} (waited {self._claim.waited_s:.1f} s)")
+                if self._claim.torch_device.startswith("cuda"):
+                    torch.cuda.set_device(torch.device(self._claim.torch_device))  # for code that says "cuda"
+        return self._claim.name if self._claim is not None else str(resolve_device(self.device))
+
     def load(self) -> LoadedModel:
         """Loaded once per process and shared by every asset that asks for the same model."""
         if self.threads is not None:
             torch.set_num_threads(self.threads)
-        return load_shared(self.model, self.dtype, self.device)
+        self.device_used()
+        device = self._claim.torch_device if self._claim is not None else self.device
+        return load_shared(self.model, self.dtype, device)
 
 
 class ScoringResource(dg.ConfigurableResource):
