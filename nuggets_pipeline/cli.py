@@ -14,6 +14,7 @@ from typing import Any
 
 import dagster as dg
 
+from nuggets_pipeline import plan
 from nuggets_pipeline.core.paths import REPO_ROOT, nuggets_home
 
 VARIANTS = ("golden", "random")
@@ -180,11 +181,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--calibration-pairs", type=int, default=12, help="GPT-4-decided pairs to calibrate the judge")
     demo.add_argument("--until", default=None, help="stop after this stage")
+    plan.add_parser(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "plan":
+        return plan.run(args)
 
     os.environ.setdefault("DAGSTER_HOME", str(REPO_ROOT))
     os.environ.setdefault("NUGGETS_DAGSTER_STORAGE", str(nuggets_home() / "dagster"))
