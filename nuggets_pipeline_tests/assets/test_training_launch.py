@@ -81,6 +81,12 @@ def test_a_two_process_launch_trains_like_one_process(prepared: dg.DagsterInstan
     assert any(m.startswith("step 1/2 loss") for m in logged), logged
     assert any("launching accelerate" in m and "fsdp_8gpu.yaml" in m for m in logged)
 
+    # torchrun, the other launcher, through the same path.
+    shutil.rmtree(finetuned_dir(isolated_home, "golden"))
+    torchrun = metadata(train(prepared, {**LAUNCHED, "launcher": "torchrun"}))
+    assert (torchrun["launcher"], torchrun["processes"]) == ("torchrun", 2)
+    assert losses(torchrun) == pytest.approx(first, abs=LOSS_TOLERANCE)
+
 
 def test_a_launch_that_fails_fails_the_step_with_its_reason(prepared: dg.DagsterInstance) -> None:
     for shard in prepared.get_dynamic_partitions("candidate_shards"):
