@@ -164,6 +164,7 @@ def summary(timings: dict[str, float]) -> str:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nuggets", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
+    plan.add_parser(sub)
     demo = sub.add_parser("demo", help="run the whole graph on the embedded default (SmolLM2, small slice)")
     demo.add_argument("--candidates", type=int, default=96, help="candidates to score")
     demo.add_argument("--anchors", type=int, default=8, help="KMeans anchors")
@@ -181,17 +182,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--calibration-pairs", type=int, default=12, help="GPT-4-decided pairs to calibrate the judge")
     demo.add_argument("--until", default=None, help="stop after this stage")
-    plan.add_parser(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command == "plan":
-        return plan.run(args)
 
     os.environ.setdefault("DAGSTER_HOME", str(REPO_ROOT))
     os.environ.setdefault("NUGGETS_DAGSTER_STORAGE", str(nuggets_home() / "dagster"))
+    if args.command == "plan":
+        return plan.run(args)
     from nuggets_pipeline.definitions import default_resources
 
     instance = dg.DagsterInstance.get()
