@@ -14,6 +14,7 @@ from typing import Any
 
 import dagster as dg
 
+from nuggets_pipeline import plan
 from nuggets_pipeline.core.paths import REPO_ROOT, nuggets_home
 
 VARIANTS = ("golden", "random")
@@ -163,6 +164,7 @@ def summary(timings: dict[str, float]) -> str:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nuggets", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
+    plan.add_parser(sub)
     demo = sub.add_parser("demo", help="run the whole graph on the embedded default (SmolLM2, small slice)")
     demo.add_argument("--candidates", type=int, default=96, help="candidates to score")
     demo.add_argument("--anchors", type=int, default=8, help="KMeans anchors")
@@ -195,6 +197,8 @@ def main(argv: list[str] | None = None) -> int:
 
     os.environ.setdefault("DAGSTER_HOME", str(REPO_ROOT))
     os.environ.setdefault("NUGGETS_DAGSTER_STORAGE", str(nuggets_home() / "dagster"))
+    if args.command == "plan":
+        return plan.run(args)
     from nuggets_pipeline.definitions import default_resources
 
     instance = dg.DagsterInstance.get()

@@ -45,6 +45,8 @@ def default_resources() -> dict[str, object]:
             device=device,
             threads=_threads(),
         ),
+        # Starts multi-process fine-tuning (finetuned_model launcher accelerate/torchrun), reads its Pipes messages.
+        "pipes_subprocess_client": dg.PipesSubprocessClient(),
         "judge": JudgeResource(
             backend=os.environ.get("NUGGETS_JUDGE_BACKEND", "local"),
             model=os.environ.get("NUGGETS_JUDGE_MODEL", "smollm2-135m-instruct"),
