@@ -387,13 +387,19 @@ def export_scored_pool(
 
 def _hub_folder(pool: pd.DataFrame, folder: Path) -> None:
     """The layout of a dataset repository on the hub (``load_dataset(folder)`` reads it; ``save_to_disk``
-    folders it refuses), ready for ``huggingface-cli upload``."""
+    folders it refuses), ready for ``huggingface-cli upload``.
+
+    The data file is named after its content: ``datasets`` caches a local folder under a key that can miss a
+    re-export (measured with datasets' YAML ``configs`` card: a re-exported folder loaded the previous rows), and a
+    new file name is a new key.
+    """
     (folder / "data").mkdir(parents=True)
-    pool.to_parquet(folder / "data" / "train-00000-of-00001.parquet", index=False)
+    digest = hashlib.sha256(pd.util.hash_pandas_object(pool, index=False).to_numpy().tobytes()).hexdigest()[:12]
+    pool.to_parquet(folder / "data" / f"train-{digest}.parquet", index=False)
     (folder / "README.md").write_text(
-        "---\nconfigs:\n- config_name: default\n  data_files:\n  - split: train\n    path: data/train-*.parquet\n---\n"
         "# NUGGETS scored pool\n\nEvery scored candidate ranked by golden score (the fraction of anchors whose "
-        "log-likelihood its one-shot prefix raises); `selected` marks the golden subset.\n",
+        "log-likelihood its one-shot prefix raises); `selected` marks the golden subset. "
+        "`datasets.load_dataset(THIS_FOLDER, split='train')` reads it.\n",
         encoding="utf-8",
     )
 
