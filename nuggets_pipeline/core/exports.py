@@ -37,6 +37,7 @@ ALPACA_EVAL_DIR = Path("alpaca_eval")
 GOLDEN_DIR = Path("golden")
 POOL_COLUMNS = ["id", "instruction", "input", "output", "golden_score", "wins", "anchors_scored", "selected"]
 ALPACA_FIELDS = ["instruction", "input", "output"]
+JUDGE_PROMPTS = "mt_bench/judge_prompts.jsonl"
 
 
 class ExportFormatError(ValueError):
@@ -171,6 +172,10 @@ def export_mt_bench(rows: pd.DataFrame, variant: str, exports: Path) -> dict[str
     if len(judges) != 1:
         raise ValueError(f"MT-Bench rows of {variant} come from {len(judges)} judges, expected one")
     written = {
+        # gen_judgment.py's default --judge-file is data/judge_prompts.jsonl, beside data/mt_bench/.
+        "judge_prompts": write_text_atomic(
+            bench.parent / "judge_prompts.jsonl", shipped(JUDGE_PROMPTS).read_text(encoding="utf-8")
+        ),
         "question": write_text_atomic(bench / "question.jsonl", shipped(QUESTIONS).read_text(encoding="utf-8")),
         "reference_answer": write_text_atomic(
             bench / "reference_answer" / "gpt-4.jsonl", shipped(REFERENCE_ANSWERS).read_text(encoding="utf-8")

@@ -89,6 +89,7 @@ def test_mt_bench_exports_are_read_by_fastchat_show_result(tmp_path: Path) -> No
     # The questions and GPT-4 references sit beside the answers, as FastChat's gen_judgment expects.
     assert (bench / "question.jsonl").read_text() == shipped(mt_bench.QUESTIONS).read_text()
     assert (bench / "reference_answer" / "gpt-4.jsonl").exists()
+    assert (bench.parent / "judge_prompts.jsonl").read_text() == shipped("mt_bench/judge_prompts.jsonl").read_text()
 
 
 def test_mt_bench_answers_follow_fastchat_schema_and_read_back(tmp_path: Path) -> None:
