@@ -175,9 +175,7 @@ def summary(timings: dict[str, float]) -> str:
         lines += ["", report.read_text(), ""]
     lines.append(f"{'stage timings':>20}: " + ", ".join(f"{k} {v:.0f}s" for k, v in timings.items()))
     lines.append(f"{'outputs':>20}: {nuggets_home()} (warehouse/*.parquet, DuckDB catalog warehouse/warehouse.duckdb)")
-    lines.append(
-        f"{'exports':>20}: {nuggets_home() / 'exports'} (FastChat, alpaca_eval, datasets: README 'Use the results elsewhere')"
-    )
+    lines.append(f"{'exports':>20}: {nuggets_home() / 'exports'} (FastChat, alpaca_eval, datasets; see README)")
     lines.append(f"{'browse':>20}: make ui  (Dagster UI on http://127.0.0.1:3000)")
     return "\n".join(lines)
 
