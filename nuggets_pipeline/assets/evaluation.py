@@ -317,6 +317,8 @@ def other_models(
     """Grade other models' FastChat answers with our judge, so their rows are comparable with ours."""
     if not paths:
         return [], []
+    if not questions_asked:
+        raise dg.Failure("mt_bench_answer_files are graded on the questions the variants answered: none has yet")
     built = judge.build()
     questions = [q for q in mt_bench.load_questions() if q.question_id in questions_asked]
     results, names = [], []
