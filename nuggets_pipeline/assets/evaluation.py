@@ -15,7 +15,14 @@ from nuggets_pipeline.core import alpaca_eval, exports, mt_bench
 from nuggets_pipeline.core.judges import JudgmentCache, calibrate_judge
 from nuggets_pipeline.core.modeling import LoadedModel, load_model, resolve_device
 from nuggets_pipeline.core.reference_likelihood import score_references, summarize_scores
-from nuggets_pipeline.core.report import JudgeInfo, VariantResults, build_report
+from nuggets_pipeline.core.report import (
+    JudgeInfo,
+    VariantResults,
+    comparison_rows,
+    comparison_table,
+    likelihood_comparisons,
+    render_markdown,
+)
 from nuggets_pipeline.partitions import training_variants
 from nuggets_pipeline.resources import JudgeResource, WarehouseResource
 
@@ -353,8 +360,8 @@ def other_models(
         "alpaca_eval_results": dg.AssetIn(metadata=ALL_PARTITIONS),
         "reference_likelihood": dg.AssetIn(metadata=ALL_PARTITIONS),
     },
-    code_version="report-v1",
-    description="Golden vs random (vs full) side by side: did the selection help?",
+    code_version="report-v2",
+    description="Every variant side by side, with paired bootstrap comparisons: did the selection help?",
 )
 def evaluation_report(
     context: dg.AssetExecutionContext,
@@ -394,7 +401,7 @@ def evaluation_report(
             exports_dir(warehouse), judge_name, models
         )
     calibration = judge_calibration.iloc[0]
-    judge = JudgeInfo(
+    judge_info = JudgeInfo(
         name=str(calibration["judge"]),
         backend=str(calibration["backend"]),
         mode=str(calibration["mode"]),
@@ -403,10 +410,24 @@ def evaluation_report(
         ci_high=float(calibration["ci_high"]),
         near_chance=bool(calibration["near_chance"]),
     )
-    table, markdown = build_report(results, judge)
+    table = comparison_table(results, judge_info)
+    comparisons = comparison_rows(likelihood_comparisons(results), table, judge_info)
+    markdown = render_markdown(table, judge_info, comparisons=comparisons)
     report_path = warehouse.root() / "exports" / "evaluation_report.md"
     report_path.parent.mkdir(parents=True, exist_ok=True)
     report_path.write_text(markdown)
+    # The same figures, machine-readable: the study command builds its results.json from this file.
+    report_path.with_suffix(".json").write_text(
+        json.dumps(
+            {
+                "variants": variants,
+                "judge": judge_info.__dict__,
+                "metrics": json.loads(table.to_json(orient="records")),
+                "comparisons": json.loads(comparisons.to_json(orient="records")),
+            },
+            indent=1,
+        )
+    )
     context.log.info("\n" + markdown)
     return dg.Output(
         table.reset_index(drop=True),
@@ -415,10 +436,16 @@ def evaluation_report(
             "variants": ", ".join(variants),
             "chart": comparison_chart(table, warehouse.root() / "plots" / "evaluation.png"),
             "report_file": dg.MetadataValue.path(str(report_path)),
+            "comparisons": md.table(comparisons_preview(comparisons)),
             "other_models": ", ".join(other_names) or "none",
             **paths_metadata(written),
         },
     )
+
+
+def comparisons_preview(comparisons: pd.DataFrame) -> pd.DataFrame:
+    columns = ["comparison", "source", "n", "difference", "ci_low", "ci_high", "verdict"]
+    return comparisons[columns] if len(comparisons) else pd.DataFrame(columns=columns)
 
 
 def comparison_chart(table: pd.DataFrame, path: Path) -> dg.MetadataValue:
@@ -433,7 +460,9 @@ def comparison_chart(table: pd.DataFrame, path: Path) -> dg.MetadataValue:
     numeric = headline.set_index("metric")[variants].apply(pd.to_numeric, errors="coerce").dropna(how="all")
     figure, axes = plt.subplots(1, max(len(numeric), 1), figsize=(3 * max(len(numeric), 1), 3), squeeze=False)
     for axis, (metric, values) in zip(axes[0], numeric.iterrows(), strict=False):
-        axis.bar(values.index, values.to_numpy(), color=["#d4a017", "#8a8a8a", "#4f6bed"][: len(values)])
+        palette = ["#d4a017", "#8a8a8a", "#b0b0b0", "#c0504d", "#4f6bed", "#6a9f58"]
+        axis.bar(values.index, values.to_numpy(), color=[palette[i % len(palette)] for i in range(len(values))])
+        axis.tick_params(axis="x", labelsize=7, rotation=30)
         axis.set_title(str(metric), fontsize=8)
         lower, upper = values.min(), values.max()
         margin = (upper - lower) * 0.5 or abs(upper) * 0.05 or 1.0

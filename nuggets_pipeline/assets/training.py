@@ -1,4 +1,5 @@
-"""Stage 4: fine-tune the training model on each variant: golden subset, a same-size random control, or all."""
+"""Stage 4: fine-tune the training model on each variant: the golden subset, same-size bottom and random controls,
+or the whole pool."""
 
 import hashlib
 from pathlib import Path
@@ -8,9 +9,11 @@ import pandas as pd
 from pydantic import Field
 
 from nuggets_pipeline import metadata as md
+from nuggets_pipeline.assets.scoring import scored_shards
+from nuggets_pipeline.core.selection import select_bottom
 from nuggets_pipeline.core.sft_data import random_subset
 from nuggets_pipeline.core.training import PROFILES, TrainingError, get_profile, train_sft
-from nuggets_pipeline.partitions import training_variants
+from nuggets_pipeline.partitions import random_seed_offset, training_variants
 from nuggets_pipeline.resources import ModelResource, WarehouseResource
 
 
@@ -33,7 +36,7 @@ class TrainingAssetConfig(dg.Config):
     gradient_accumulation_steps: int | None = Field(default=None, gt=0)
     method: str | None = Field(default=None, description="full or lora")
     dtype: str | None = Field(default=None, description="float32 or bfloat16")
-    random_seed: int = Field(default=0, description="seed of the random control sample")
+    random_seed: int = Field(default=0, description="seed of `random`; `random-N` draws with seed + N")
     full_limit: int | None = Field(default=None, gt=0, description="cap the `full` variant (None: whole pool)")
 
     def training_config(self):  # type: ignore[no-untyped-def]
@@ -46,20 +49,47 @@ class TrainingAssetConfig(dg.Config):
 
 
 def variant_examples(
-    variant: str, golden: pd.DataFrame, pool: pd.DataFrame, config: TrainingAssetConfig
+    variant: str,
+    golden: pd.DataFrame,
+    pool: pd.DataFrame,
+    config: TrainingAssetConfig,
+    scored: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
+    """The examples of one variant. golden, bottom and every random control have the golden subset's size;
+    ``scored`` (the one_shot_scores rows) is needed for `bottom` only."""
     columns = ["id", "instruction", "input", "output"]
     if variant == "golden":
         return golden[columns]
-    if golden.empty and variant == "random":
+    seed_offset = random_seed_offset(variant)
+    if golden.empty and (variant == "bottom" or seed_offset is not None):
         raise dg.Failure(
-            "the golden subset is empty, so there is no size for the random control to match: "
+            f"the golden subset is empty, so there is no size for the {variant!r} control to match: "
             "lower the selection threshold or score more candidates"
         )
-    if variant == "random":
-        return random_subset(pool[columns], len(golden), config.random_seed)
+    if seed_offset is not None:
+        return random_subset(pool[columns], len(golden), config.random_seed + seed_offset)
+    if variant == "bottom":
+        return bottom_examples(len(golden), pool[columns], scored)
     full = pool[columns].sort_values("id")
     return full.head(config.full_limit) if config.full_limit else full
+
+
+def bottom_examples(size: int, pool: pd.DataFrame, scored: pd.DataFrame | None) -> pd.DataFrame:
+    """The ``size`` lowest-scored candidates of the pool (the mirror image of a top-k golden subset)."""
+    if scored is None or scored.empty:
+        raise dg.Failure("the bottom variant needs one_shot_scores: score the candidate shards first")
+    scored = scored[scored["candidate_id"].isin(set(pool["id"]))]
+    fingerprints = scored[["model_fingerprint", "anchor_set_hash"]].drop_duplicates()
+    if len(fingerprints) > 1 or scored["candidate_id"].duplicated().any():
+        raise dg.Failure(
+            "one_shot_scores mixes scoring models or anchor sets for this pool: re-score every shard before "
+            "training the bottom variant"
+        )
+    try:
+        chosen = select_bottom(scored, size)
+    except ValueError as error:
+        raise dg.Failure(f"cannot build the bottom variant: {error}") from error
+    return pool.set_index("id").loc[chosen["candidate_id"]].reset_index()
 
 
 @dg.asset(
@@ -78,7 +108,8 @@ def finetuned_model(
     warehouse: WarehouseResource,
 ) -> dg.MaterializeResult:
     variant = context.partition_key
-    examples = variant_examples(variant, golden_subset, candidates, config)
+    scored = scored_shards(warehouse.warehouse()) if variant == "bottom" else None
+    examples = variant_examples(variant, golden_subset, candidates, config, scored)
     if examples.empty:
         raise dg.Failure(
             f"variant {variant!r} has no examples to train on (the golden subset is empty): "
