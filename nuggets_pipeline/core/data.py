@@ -10,6 +10,7 @@ import gzip
 import hashlib
 import json
 import logging
+import os
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -45,6 +46,22 @@ class FieldMap:
 
 
 PROMPT_COMPLETION = FieldMap(instruction="prompt", input="input", output="completion")
+
+
+@dataclass(frozen=True)
+class HubOptions:
+    """Which part of a Hugging Face hub dataset to read: ``load_dataset(id, name, split=, revision=)``."""
+
+    split: str = "train"
+    name: str | None = None  # the dataset's configuration ("subset" on the hub page)
+    revision: str | None = None  # a branch, tag or commit: pin it for a reproducible pool
+
+
+def hub_offline() -> bool:
+    """True when huggingface_hub or datasets was told not to use the network."""
+    return any(
+        os.environ.get(v, "").upper() in ("1", "ON", "YES", "TRUE") for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
+    )
 
 
 @dataclass
@@ -158,7 +175,9 @@ def _read_table(path: Path, kind: str) -> Iterator[RawRecord]:
 def _read_hf_disk(path: Path) -> Iterator[RawRecord]:
     import datasets
 
-    loaded = datasets.load_from_disk(str(path))
+    saved = (path / "state.json").exists() or (path / "dataset_dict.json").exists()
+    # A save_to_disk folder, or a dataset repository's layout (data files + README), which only load_dataset reads.
+    loaded = datasets.load_from_disk(str(path)) if saved else datasets.load_dataset(str(path))
     splits = list(loaded.values()) if isinstance(loaded, datasets.DatasetDict) else [loaded]
     number = 0
     for split in splits:
@@ -167,14 +186,22 @@ def _read_hf_disk(path: Path) -> Iterator[RawRecord]:
             number += 1
 
 
-def _read_hub(dataset_id: str, split: str) -> Iterator[RawRecord]:
+def _read_hub(dataset_id: str, hub: HubOptions) -> Iterator[RawRecord]:
     import datasets
 
+    what = f"{dataset_id} (name={hub.name}, split={hub.split}, revision={hub.revision})"
+    if hub_offline():
+        # Fail at once: offline, load_dataset would walk the cache and retry before giving up.
+        raise SourceError(
+            f"{what}: not a local file or folder, and the Hugging Face hub is off (HF_HUB_OFFLINE / "
+            "HF_DATASETS_OFFLINE is set). Download it where the network is allowed with "
+            "datasets.load_dataset(...).save_to_disk(FOLDER) and pass FOLDER as the source."
+        )
     try:
-        loaded = datasets.load_dataset(dataset_id, split=split)
+        loaded = datasets.load_dataset(dataset_id, hub.name, split=hub.split, revision=hub.revision)
     except Exception as error:
         raise SourceError(
-            f"{dataset_id}: not a local file or folder, and loading it from the Hugging Face hub failed "
+            f"{what}: not a local file or folder, and loading it from the Hugging Face hub failed "
             f"(hub datasets need network access; offline, download it elsewhere and pass the saved folder): "
             f"{type(error).__name__}: {error}"
         ) from error
@@ -182,13 +209,13 @@ def _read_hub(dataset_id: str, split: str) -> Iterator[RawRecord]:
         yield RawRecord(f"hf://{dataset_id}", number, row, json.dumps(row, ensure_ascii=False, default=str))
 
 
-def read_source(source: str | Path, hub_split: str = "train") -> Iterator[RawRecord]:
+def read_source(source: str | Path, hub: HubOptions = HubOptions()) -> Iterator[RawRecord]:
     """Yield raw records of one source: a file, a saved `datasets` folder, or a hub dataset id."""
     path = Path(source).expanduser()
     if not path.exists():
         looks_like_hub_id = isinstance(source, str) and source.count("/") == 1 and not source.startswith((".", "/"))
         if looks_like_hub_id and not Path(source).suffix:
-            yield from _read_hub(source, hub_split)
+            yield from _read_hub(source, hub)
             return
         raise SourceError(f"{path}: source file does not exist")
     kind = _format_of(path)
@@ -314,7 +341,11 @@ def quarantine_known(result: IngestResult, known: np.ndarray) -> None:
 
 
 def ingest(
-    sources: list[str | Path], fields: FieldMap = FieldMap(), max_chars: int = 16_384, known_ids: set[str] | None = None
+    sources: list[str | Path],
+    fields: FieldMap = FieldMap(),
+    max_chars: int = 16_384,
+    known_ids: set[str] | None = None,
+    hub: HubOptions = HubOptions(),
 ) -> IngestResult:
     """Read and normalise several sources as one table (duplicates across files are quarantined too).
 
@@ -326,7 +357,7 @@ def ingest(
     def all_records() -> Iterator[RawRecord]:
         for source in sources:
             count = 0
-            for record in read_source(source):
+            for record in read_source(source, hub):
                 count += 1
                 yield record
             if count == 0:
