@@ -8,7 +8,7 @@ export DAGSTER_HOME := $(CURDIR)
 export NUGGETS_DAGSTER_STORAGE ?= $(NUGGETS_HOME)/dagster
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo test lint ui bench clean
+.PHONY: install demo study test lint ui bench clean
 
 install: $(VENV)/.installed
 
@@ -24,6 +24,12 @@ $(VENV)/.installed: pyproject.toml
 
 demo: install
 	$(PY) -m nuggets_pipeline.cli demo $(ARGS)
+
+# The golden-vs-random study (docs/study.md): about 3 hours on 2 cores, resumable (re-run to continue). Its own
+# home, so `make demo` never overwrites its pool; `make ui NUGGETS_HOME=$(STUDY_HOME)` browses it.
+STUDY_HOME ?= $(CURDIR)/.nuggets_study
+study: install
+	NUGGETS_HOME=$(STUDY_HOME) NUGGETS_DAGSTER_STORAGE=$(STUDY_HOME)/dagster $(PY) -m nuggets_pipeline.cli study $(ARGS)
 
 test: install
 	@# The UI test (pytest -m browser) drives Debian's Chromium; installed once, never downloaded by Playwright.

@@ -1,4 +1,5 @@
-"""`python -m nuggets_pipeline.cli demo`: run the whole graph on the embedded default, stage by stage.
+"""`python -m nuggets_pipeline.cli demo`: run the whole graph on the embedded default, stage by stage;
+`... run`: the same stages on your data with your models (see `nuggets_pipeline.launch`).
 
 Runs go through the same Dagster instance as `make ui` (DAGSTER_HOME = the repository, storage under the home),
 so every materialisation of the demo is visible in the UI afterwards.
@@ -9,11 +10,12 @@ import os
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import dagster as dg
 
+from nuggets_pipeline import launch, plan
 from nuggets_pipeline.core.paths import REPO_ROOT, nuggets_home
 
 VARIANTS = ("golden", "random")
@@ -26,6 +28,9 @@ class Stage:
     ops_config: dict[str, Any] = field(default_factory=dict)
     partitions: Callable[[dg.DagsterInstance], list[str]] | None = None
     single_run_range: bool = False
+    # Launchpad `resources` section (run: the models the flags chose); empty: the definitions' resources.
+    resources_config: dict[str, Any] = field(default_factory=dict)
+    launched_by: str = "demo"
 
 
 def demo_stages(args: argparse.Namespace) -> list[Stage]:
@@ -55,7 +60,7 @@ def demo_stages(args: argparse.Namespace) -> list[Stage]:
             partitions=lambda instance: sorted(instance.get_dynamic_partitions(CANDIDATE_SHARDS)),
             single_run_range=True,
         ),
-        Stage("select", ["golden_subset"], {"golden_subset": {"config": selection(args)}}),
+        Stage("select", ["golden_subset", "scored_pool_exports"], {"golden_subset": {"config": selection(args)}}),
         Stage(
             "train",
             ["finetuned_model"],
@@ -86,6 +91,18 @@ def demo_stages(args: argparse.Namespace) -> list[Stage]:
     ]
 
 
+def run_stages(args: argparse.Namespace, bound: dict[str, Any]) -> list[Stage]:
+    """The demo's stages with the run config `nuggets run`'s flags map to (`launch.run_config`)."""
+    config = launch.run_config(args, bound)
+    stages = []
+    for stage in demo_stages(build_parser().parse_args(["demo"])):
+        ops = {"ingest_instructions" if name == "instructions" else name for name in stage.selection}
+        part = launch.for_selection(config, ops)
+        resources = part.get("resources", {})
+        stages.append(replace(stage, ops_config=part["ops"], resources_config=resources, launched_by="run"))
+    return stages
+
+
 def selection(args: argparse.Namespace) -> dict[str, float | None]:
     """The demo keeps the best quarter: SmolLM2 with 8 anchors rarely gets a candidate above the paper's 0.8
     (measured: mean one-shot delta -0.71 nats, none of 24 candidates above 0.67), which would leave nothing to
@@ -101,9 +118,11 @@ def run_stage(stage: Stage, instance: dg.DagsterInstance, resources: dict[str, A
     started = time.perf_counter()
     print(f"\n=== {stage.name}: {', '.join(stage.selection)}", flush=True)
     run_config = {"ops": stage.ops_config, "loggers": {"console": {"config": {"log_level": "INFO"}}}}
+    if stage.resources_config:
+        run_config["resources"] = stage.resources_config
     assets = [*defs.assets, *defs.asset_checks]  # type: ignore[list-item]
     partitions = stage.partitions(instance) if stage.partitions else [None]
-    tags: dict[str, str] = {"nuggets/launched_by": "demo"}
+    tags: dict[str, str] = {"nuggets/launched_by": stage.launched_by}
     if stage.single_run_range and len(partitions) > 1:
         # One run scores every shard on this machine (a single-run backfill); a cluster fans them out instead.
         tags |= {
@@ -156,6 +175,7 @@ def summary(timings: dict[str, float]) -> str:
         lines += ["", report.read_text(), ""]
     lines.append(f"{'stage timings':>20}: " + ", ".join(f"{k} {v:.0f}s" for k, v in timings.items()))
     lines.append(f"{'outputs':>20}: {nuggets_home()} (warehouse/*.parquet, DuckDB catalog warehouse/warehouse.duckdb)")
+    lines.append(f"{'exports':>20}: {nuggets_home() / 'exports'} (FastChat, alpaca_eval, datasets; see README)")
     lines.append(f"{'browse':>20}: make ui  (Dagster UI on http://127.0.0.1:3000)")
     return "\n".join(lines)
 
@@ -163,6 +183,7 @@ def summary(timings: dict[str, float]) -> str:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nuggets", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
+    plan.add_parser(sub)
     demo = sub.add_parser("demo", help="run the whole graph on the embedded default (SmolLM2, small slice)")
     demo.add_argument("--candidates", type=int, default=96, help="candidates to score")
     demo.add_argument("--anchors", type=int, default=8, help="KMeans anchors")
@@ -180,20 +201,42 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--calibration-pairs", type=int, default=12, help="GPT-4-decided pairs to calibrate the judge")
     demo.add_argument("--until", default=None, help="stop after this stage")
+    run = sub.add_parser(
+        "run",
+        help="your data and your models: the same stages, configured by flags (see `run --help`)",
+        description=launch.RUN_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    launch.add_run_arguments(run)
+    from nuggets_pipeline import study
+
+    study.add_parser(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "study":
+        from nuggets_pipeline import study
+
+        return study.run(args)
 
     os.environ.setdefault("DAGSTER_HOME", str(REPO_ROOT))
     os.environ.setdefault("NUGGETS_DAGSTER_STORAGE", str(nuggets_home() / "dagster"))
+    if args.command == "plan":
+        return plan.run(args)
     from nuggets_pipeline.definitions import default_resources
 
-    instance = dg.DagsterInstance.get()
     resources = default_resources()
+    if args.command == "run" and args.print_config:
+        import yaml
+
+        print(yaml.safe_dump(launch.run_config(args, resources), sort_keys=False), end="")
+        return 0
+    instance = dg.DagsterInstance.get()
+    stages = run_stages(args, resources) if args.command == "run" else demo_stages(args)
     timings: dict[str, float] = {}
-    for stage in demo_stages(args):
+    for stage in stages:
         timings[stage.name] = run_stage(stage, instance, resources)
         if stage.name == args.until:
             break

@@ -7,7 +7,7 @@ import os
 import dagster as dg
 
 from nuggets_pipeline import checks, sensors
-from nuggets_pipeline.assets import anchors, evaluation, incoming, ingestion, scoring, training
+from nuggets_pipeline.assets import anchors, evaluation, exports, incoming, ingestion, scoring, training
 from nuggets_pipeline.resources import (
     JudgeResource,
     ModelResource,
@@ -45,6 +45,8 @@ def default_resources() -> dict[str, object]:
             device=device,
             threads=_threads(),
         ),
+        # Starts multi-process fine-tuning (finetuned_model launcher accelerate/torchrun), reads its Pipes messages.
+        "pipes_subprocess_client": dg.PipesSubprocessClient(),
         "judge": JudgeResource(
             backend=os.environ.get("NUGGETS_JUDGE_BACKEND", "local"),
             model=os.environ.get("NUGGETS_JUDGE_MODEL", "smollm2-135m-instruct"),
@@ -55,7 +57,7 @@ def default_resources() -> dict[str, object]:
 
 
 defs = dg.Definitions(
-    assets=dg.load_assets_from_modules([ingestion, anchors, incoming, scoring, training, evaluation]),
+    assets=dg.load_assets_from_modules([ingestion, anchors, incoming, scoring, training, evaluation, exports]),
     asset_checks=dg.load_asset_checks_from_modules([checks]),
     resources=default_resources(),
     jobs=sensors.JOBS,

@@ -14,8 +14,19 @@ candidate_shards = dg.DynamicPartitionsDefinition(name=CANDIDATE_SHARDS)
 INCOMING_FILES = "incoming_files"
 incoming_files = dg.DynamicPartitionsDefinition(name=INCOMING_FILES)
 
-TRAINING_VARIANTS = ("golden", "random", "full")
+# golden: the selected subset; bottom: the same number of the lowest-scored candidates; random / random-1: seeded
+# same-size controls (the seed offset is the key's suffix: their spread is the noise floor); full: the pool.
+TRAINING_VARIANTS = ("golden", "random", "full", "bottom", "random-1")
 training_variants = dg.StaticPartitionsDefinition(list(TRAINING_VARIANTS))
+
+
+def random_seed_offset(variant: str) -> int | None:
+    """0 for `random`, N for `random-N`, None for a variant that is not a random control."""
+    if variant == "random":
+        return 0
+    prefix, _, suffix = variant.partition("-")
+    return int(suffix) if prefix == "random" and suffix.isdigit() else None
+
 
 SHARDS_PER_RUN_ENV = "NUGGETS_SHARDS_PER_RUN"
 

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 from typing import Any
 
 import dagster as dg
 import pandas as pd
 import torch
-from pydantic import Field, field_validator
+from pydantic import Field, PrivateAttr, field_validator
 from upath import UPath
 
 from nuggets_pipeline import pools
+from nuggets_pipeline.core.devices import claim as claim_device
 from nuggets_pipeline.core.modeling import DTYPES, LoadedModel, load_model, resolve_device, resolve_dtype
 from nuggets_pipeline.core.paths import nuggets_home
 from nuggets_pipeline.core.scoring import ScoringConfig
@@ -32,6 +34,34 @@ def load_shared(model: str, dtype: str, device: str) -> LoadedModel:
     if key not in _LOADED:
         _LOADED[key] = load_model(model, dtype=dtype, device=device)
     return _LOADED[key]
+
+
+# One claim per process, shared by its model resources: a run executed in one process (in_process executor,
+# dg.materialize) that scores and trains uses one GPU, as before, instead of waiting for a second one it may never
+# get (a 1-GPU machine would wait on itself). The multiprocess executor runs each step in its own process.
+_PROCESS_CLAIM: dict[str, Any] = {"claim": None, "users": 0}
+
+
+def _claim_for_process(device: str, model: str, log: Any) -> None:
+    if _PROCESS_CLAIM["users"] == 0:
+        held = claim_device(device, label=f"{model} pid {os.getpid()}", log=log)
+        if held is not None:
+            if log is not None:
+                log(f"claimed device {held.name} (waited {held.waited_s:.1f} s)")
+            if held.torch_device.startswith("cuda"):
+                torch.cuda.set_device(torch.device(held.torch_device))  # for code that just says "cuda"
+        _PROCESS_CLAIM["claim"] = held
+    _PROCESS_CLAIM["users"] += 1
+
+
+def _release_process_claim(log: Any) -> None:
+    _PROCESS_CLAIM["users"] -= 1
+    held = _PROCESS_CLAIM["claim"]
+    if _PROCESS_CLAIM["users"] == 0 and held is not None:
+        # Logged before the lock is dropped, so logged holding intervals never overlap when the locks do not.
+        log(f"releasing device {held.name}")
+        held.release()
+        _PROCESS_CLAIM["claim"] = None
 
 
 class ModelResource(dg.ConfigurableResource):
@@ -62,11 +92,37 @@ class ModelResource(dg.ConfigurableResource):
             raise ValueError(f"template must be one of {sorted(TEMPLATES)}, got {value!r}")
         return value
 
+    # A distinct GPU per model step (core/devices.py, docs/gpus.md): claimed on first use, held until the step's
+    # resources are torn down or its process dies.
+    _claimed: bool = PrivateAttr(default=False)
+    _log: Any = PrivateAttr(default=None)
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        self._log = context.log
+
+    def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
+        if self._claimed:
+            _release_process_claim(context.log.info)
+        self._claimed = False
+
+    def device_used(self) -> str:
+        """The device this step computes on: a claimed one (cuda:1, sim:0) for auto/cuda when the machine has GPUs
+        (or simulated ones), else ``device`` as resolved today (cpu, cuda:0 ...). Claims on first call."""
+        if self.device == "cpu":
+            return "cpu"  # claims nothing, as before
+        if not self._claimed:
+            _claim_for_process(self.device, self.model, self._log.info if self._log is not None else None)
+            self._claimed = True
+        held = _PROCESS_CLAIM["claim"]
+        return held.name if held is not None else str(resolve_device(self.device))
+
     def load(self) -> LoadedModel:
         """Loaded once per process and shared by every asset that asks for the same model."""
         if self.threads is not None:
             torch.set_num_threads(self.threads)
-        return load_shared(self.model, self.dtype, self.device)
+        self.device_used()
+        held = _PROCESS_CLAIM["claim"]
+        return load_shared(self.model, self.dtype, held.torch_device if held is not None else self.device)
 
 
 class ScoringResource(dg.ConfigurableResource):

@@ -11,11 +11,18 @@ from pydantic import Field
 
 from nuggets_pipeline import metadata as md
 from nuggets_pipeline.assets.training import finetuned_dir, finetuned_model
-from nuggets_pipeline.core import alpaca_eval, mt_bench
+from nuggets_pipeline.core import alpaca_eval, exports, mt_bench
 from nuggets_pipeline.core.judges import JudgmentCache, calibrate_judge
 from nuggets_pipeline.core.modeling import LoadedModel, load_model, resolve_device
 from nuggets_pipeline.core.reference_likelihood import score_references, summarize_scores
-from nuggets_pipeline.core.report import JudgeInfo, VariantResults, build_report
+from nuggets_pipeline.core.report import (
+    JudgeInfo,
+    VariantResults,
+    comparison_rows,
+    comparison_table,
+    likelihood_comparisons,
+    render_markdown,
+)
 from nuggets_pipeline.partitions import training_variants
 from nuggets_pipeline.resources import JudgeResource, WarehouseResource
 
@@ -33,6 +40,15 @@ def variant_model(home: Path, variant: str) -> LoadedModel:
 
 def judgment_cache(warehouse: WarehouseResource) -> JudgmentCache:
     return JudgmentCache(warehouse.root() / "judgments.sqlite")
+
+
+def exports_dir(warehouse: WarehouseResource) -> Path:
+    return warehouse.root() / "exports"
+
+
+def paths_metadata(written: dict[str, Path]) -> dict[str, dg.MetadataValue]:
+    """Every exported file as a path entry of the asset's metadata (shown, and copyable, in the UI)."""
+    return {f"export_{name}": dg.MetadataValue.path(str(path)) for name, path in written.items()}
 
 
 def progress_logger(context: dg.AssetExecutionContext, what: str):  # type: ignore[no-untyped-def]
@@ -152,9 +168,12 @@ def mt_bench_results(
         decoding=json.dumps({"max_new_tokens": max_new_tokens, "temperatures": "fastchat"}),
     )
     categories = pd.DataFrame(sorted(summary.per_category.items()), columns=["category", "mean_rating"])
+    # FastChat's files: show_result reads the grades, gen_judgment can re-grade the answers with GPT-4.
+    written = exports.export_mt_bench(rows, variant, exports_dir(warehouse))
     return dg.Output(
         rows,
         metadata={
+            **paths_metadata(written),
             "judge": summary.judge,
             "score": summary.score,
             "turn_1": summary.turn_1,
@@ -223,9 +242,12 @@ def alpaca_eval_results(
         decoding=json.dumps({"max_new_tokens": max_new_tokens, "temperature": 0}),
     )
     datasets = pd.DataFrame(sorted(summary.per_dataset.items()), columns=["dataset", "win_rate"])
+    written = exports.export_alpaca_eval(annotations, exports_dir(warehouse))
     return dg.Output(
         annotations,
         metadata={
+            **paths_metadata(written),
+            "lc_glm": summary.lc_glm,
             "judge": summary.judge,
             "reference": summary.reference,
             "win_rate": summary.win_rate,
@@ -288,6 +310,49 @@ def by_variant(frames: dict[str, pd.DataFrame] | pd.DataFrame) -> dict[str, pd.D
     return dict(frames)
 
 
+class ReportConfig(dg.Config):
+    mt_bench_answer_files: list[str] = Field(
+        default=[],
+        description="FastChat model_answer/<model>.jsonl files of other models (e.g. FastChat's published "
+        "answers): graded by the same judge on the questions our variants answered and shown beside them",
+    )
+
+
+def other_models(
+    paths: list[str], questions_asked: set[int], judge: JudgeResource, warehouse: WarehouseResource
+) -> tuple[list[VariantResults], list[str]]:
+    """Grade other models' FastChat answers with our judge, so their rows are comparable with ours."""
+    if not paths:
+        return [], []
+    if not questions_asked:
+        raise dg.Failure("mt_bench_answer_files are graded on the questions the variants answered: none has yet")
+    built = judge.build()
+    questions = [q for q in mt_bench.load_questions() if q.question_id in questions_asked]
+    results, names = [], []
+    for path in paths:
+        name, answers = exports.read_fastchat_answers(path)
+        answered = {a.question_id for a in answers}
+        if missing := sorted(questions_asked - answered):
+            raise dg.Failure(f"{path}: no answer to MT-Bench question(s) {missing} that the variants answered")
+        chosen = [a for a in answers if a.question_id in questions_asked]
+        rows = mt_bench.grade_answers(built, questions, chosen, cache=judgment_cache(warehouse))
+        bench = exports_dir(warehouse) / exports.FASTCHAT_BENCH
+        exports.write_jsonl_atomic(
+            bench / "model_answer" / f"{exports.safe_name(name)}.jsonl",
+            [
+                json.loads(line)
+                for line in Path(path).expanduser().read_text(encoding="utf-8").splitlines()
+                if line.strip()
+            ],
+        )
+        exports.write_jsonl_atomic(
+            exports.judgment_part_path(exports_dir(warehouse), built.name, name), exports.fastchat_judgments(rows, name)
+        )
+        results.append(VariantResults(variant=name, mt_bench=mt_bench.summarize(rows)))
+        names.append(name)
+    return results, names
+
+
 @dg.asset(
     group_name="evaluation",
     ins={
@@ -295,16 +360,18 @@ def by_variant(frames: dict[str, pd.DataFrame] | pd.DataFrame) -> dict[str, pd.D
         "alpaca_eval_results": dg.AssetIn(metadata=ALL_PARTITIONS),
         "reference_likelihood": dg.AssetIn(metadata=ALL_PARTITIONS),
     },
-    code_version="report-v1",
-    description="Golden vs random (vs full) side by side: did the selection help?",
+    code_version="report-v2",
+    description="Every variant side by side, with paired bootstrap comparisons: did the selection help?",
 )
 def evaluation_report(
     context: dg.AssetExecutionContext,
+    config: ReportConfig,
     mt_bench_results: dict[str, pd.DataFrame],
     alpaca_eval_results: dict[str, pd.DataFrame],
     reference_likelihood: dict[str, pd.DataFrame],
     judge_calibration: pd.DataFrame,
     warehouse: WarehouseResource,
+    judge: JudgeResource,
 ) -> dg.Output[pd.DataFrame]:
     mt, ae, lk = by_variant(mt_bench_results), by_variant(alpaca_eval_results), by_variant(reference_likelihood)
     variants = [v for v in training_variants.get_partition_keys() if v in mt or v in ae or v in lk]
@@ -323,8 +390,18 @@ def evaluation_report(
                 likelihood=likelihood,
             )
         )
+    asked = {int(q) for frame in mt.values() for q in frame["question_id"]}
+    others, other_names = other_models(config.mt_bench_answer_files, asked, judge, warehouse)
+    results += others
+    written: dict[str, Path] = {}
+    mt_judges = {str(j) for frame in mt.values() for j in frame["judge"].dropna().unique()}
+    for judge_name in mt_judges:  # one file with every model: what FastChat's show_result reads
+        models = [exports.model_id(v) for v in variants if v in mt] + other_names
+        written[f"mt_bench_judgments_{exports.safe_name(judge_name)}"] = exports.combine_judgments(
+            exports_dir(warehouse), judge_name, models
+        )
     calibration = judge_calibration.iloc[0]
-    judge = JudgeInfo(
+    judge_info = JudgeInfo(
         name=str(calibration["judge"]),
         backend=str(calibration["backend"]),
         mode=str(calibration["mode"]),
@@ -333,10 +410,24 @@ def evaluation_report(
         ci_high=float(calibration["ci_high"]),
         near_chance=bool(calibration["near_chance"]),
     )
-    table, markdown = build_report(results, judge)
+    table = comparison_table(results, judge_info)
+    comparisons = comparison_rows(likelihood_comparisons(results), table, judge_info)
+    markdown = render_markdown(table, judge_info, comparisons=comparisons)
     report_path = warehouse.root() / "exports" / "evaluation_report.md"
     report_path.parent.mkdir(parents=True, exist_ok=True)
     report_path.write_text(markdown)
+    # The same figures, machine-readable: the study command builds its results.json from this file.
+    report_path.with_suffix(".json").write_text(
+        json.dumps(
+            {
+                "variants": variants,
+                "judge": judge_info.__dict__,
+                "metrics": json.loads(table.to_json(orient="records")),
+                "comparisons": json.loads(comparisons.to_json(orient="records")),
+            },
+            indent=1,
+        )
+    )
     context.log.info("\n" + markdown)
     return dg.Output(
         table.reset_index(drop=True),
@@ -345,8 +436,16 @@ def evaluation_report(
             "variants": ", ".join(variants),
             "chart": comparison_chart(table, warehouse.root() / "plots" / "evaluation.png"),
             "report_file": dg.MetadataValue.path(str(report_path)),
+            "comparisons": md.table(comparisons_preview(comparisons)),
+            "other_models": ", ".join(other_names) or "none",
+            **paths_metadata(written),
         },
     )
+
+
+def comparisons_preview(comparisons: pd.DataFrame) -> pd.DataFrame:
+    columns = ["comparison", "source", "n", "difference", "ci_low", "ci_high", "verdict"]
+    return comparisons[columns] if len(comparisons) else pd.DataFrame(columns=columns)
 
 
 def comparison_chart(table: pd.DataFrame, path: Path) -> dg.MetadataValue:
@@ -361,7 +460,9 @@ def comparison_chart(table: pd.DataFrame, path: Path) -> dg.MetadataValue:
     numeric = headline.set_index("metric")[variants].apply(pd.to_numeric, errors="coerce").dropna(how="all")
     figure, axes = plt.subplots(1, max(len(numeric), 1), figsize=(3 * max(len(numeric), 1), 3), squeeze=False)
     for axis, (metric, values) in zip(axes[0], numeric.iterrows(), strict=False):
-        axis.bar(values.index, values.to_numpy(), color=["#d4a017", "#8a8a8a", "#4f6bed"][: len(values)])
+        palette = ["#d4a017", "#8a8a8a", "#b0b0b0", "#c0504d", "#4f6bed", "#6a9f58"]
+        axis.bar(values.index, values.to_numpy(), color=[palette[i % len(palette)] for i in range(len(values))])
+        axis.tick_params(axis="x", labelsize=7, rotation=30)
         axis.set_title(str(metric), fontsize=8)
         lower, upper = values.min(), values.max()
         margin = (upper - lower) * 0.5 or abs(upper) * 0.05 or 1.0

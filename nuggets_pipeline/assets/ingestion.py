@@ -7,7 +7,7 @@ import pandas as pd
 from pydantic import Field
 
 from nuggets_pipeline import metadata as md
-from nuggets_pipeline.core.data import FieldMap, ingest
+from nuggets_pipeline.core.data import FieldMap, HubOptions, ingest
 from nuggets_pipeline.core.paths import ALPACA_CLEANED, data_dir
 from nuggets_pipeline.resources import WarehouseResource
 from nuggets_pipeline.schemas import InstructionsSchema, InstructionsType, QuarantineSchema, QuarantineType
@@ -24,6 +24,9 @@ class IngestConfig(dg.Config):
     output_field: str = "output"
     conversations_field: str = Field(default="conversations", description="ShareGPT-style turns, if present")
     max_chars: int = Field(default=16_384, gt=0, description="longer examples are quarantined, never cut")
+    hub_split: str = Field(default="train", description="hub datasets: the split to read")
+    hub_name: str | None = Field(default=None, description="hub datasets: the configuration (subset) name")
+    hub_revision: str | None = Field(default=None, description="hub datasets: branch, tag or commit to pin")
     allow_symlinks: bool = Field(
         default=False,
         description="read a source that is a symbolic link (refused by default: a link may point at secrets); "
@@ -38,6 +41,9 @@ class IngestConfig(dg.Config):
                 path = data_dir() / source
             resolved.append(str(path) if path.exists() else source)
         return resolved
+
+    def hub_options(self) -> HubOptions:
+        return HubOptions(self.hub_split, self.hub_name, self.hub_revision)
 
     def field_map(self) -> FieldMap:
         return FieldMap(self.instruction_field, self.input_field, self.output_field, self.conversations_field)
@@ -55,7 +61,9 @@ class IngestConfig(dg.Config):
 )
 def ingest_instructions(context: dg.AssetExecutionContext, config: IngestConfig, warehouse: WarehouseResource):
     sources = config.resolved_sources()
-    result = ingest(sources, config.field_map(), config.max_chars, allow_symlinks=config.allow_symlinks)
+    result = ingest(
+        sources, config.field_map(), config.max_chars, hub=config.hub_options(), allow_symlinks=config.allow_symlinks
+    )
     instructions, quarantined = result.instructions, result.quarantined
     InstructionsSchema.validate(instructions)
     QuarantineSchema.validate(quarantined)

@@ -5,18 +5,18 @@ Preferences follow alpaca_eval's encoding throughout: a float in [1, 2] where 1 
 Annotation frames use alpaca_eval's column names, so the shipped GPT-4 annotations of alpaca-7b go through the
 same ``summarize`` as our own judgments (the test suite reproduces the leaderboard that way).
 
-Length-controlled win rate: alpaca_eval's ``length_controlled_v1`` GLM regresses each preference on
-``tanh(std_delta_len)`` (reference minus model length in characters, divided by its standard deviation), a
-per-instruction ``instruction_difficulty`` and a model indicator, regularised towards two "gamed" baselines;
-both the difficulties and the gamed annotations come from a fit over the whole leaderboard that alpaca_eval
-downloads from the Hugging Face hub. We fit one model's (or variant's) annotations on their own, which is
-alpaca_eval's ``length_controlled_minimal`` GLM (``tanh(std_delta_len)`` + model term, no difficulty, no
-regularisation), with the same fitting procedure (L1 liblinear LogisticRegressionCV, 5 group folds,
-probability targets, seed 123). Pass ``instruction_difficulty`` to add the difficulty term (alpaca_eval's
-``length_controlled_noreg``). Without it the model term alone sets the prediction, so the LC win rate is
-logistic(model coefficient) and its per-instruction standard error is undefined (reported as NaN, where
-alpaca_eval would print 0). On the shipped alpaca-7b annotations this gives 25.77 against the leaderboard's
-26.29 (see the tests).
+Metrics come from alpaca_eval's own code (alpaca-eval==0.6.6, ``alpaca_eval.metrics``): ``get_winrate`` and the
+length-controlled GLM. Its leaderboard GLM, ``length_controlled_v1``, regresses each preference on
+``tanh(std_delta_len)``, a per-instruction ``instruction_difficulty`` and a model indicator, regularised towards
+two "gamed" baselines; the difficulties and the gamed annotations come from a fit over the whole leaderboard that
+alpaca_eval downloads from the Hugging Face hub, which this project never reaches. So the length-controlled win
+rate here is alpaca_eval's ``length_controlled_minimal`` GLM (``tanh(std_delta_len)`` + model term, no
+difficulty, no regularisation), built with alpaca_eval's formula and design matrices and fitted by its
+``fit_LogisticRegressionCV`` (L1 liblinear, 5 group folds, probability targets, seed 123). Pass
+``instruction_difficulty`` to add the difficulty term (alpaca_eval's ``length_controlled_noreg``). Without it the
+model term alone sets the prediction, so the LC win rate is logistic(model coefficient) and its per-instruction
+standard error is undefined (reported as NaN, where alpaca_eval would print 0). On the shipped alpaca-7b
+annotations this gives 25.77 against the leaderboard's 26.29 (``length_controlled_v1``; see the tests).
 """
 
 from __future__ import annotations
@@ -24,15 +24,13 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import pandas as pd
 import sklearn
-from sklearn.linear_model import LogisticRegressionCV
-from sklearn.metrics import make_scorer
-from sklearn.model_selection import GroupKFold
 
 from nuggets_pipeline.core.generation import ProgressCallback, generate, user
 from nuggets_pipeline.core.judges import (
@@ -240,6 +238,11 @@ def _pointwise_first_better(model: Judgment, reference: Judgment, model_first: b
 
 
 # --- Metrics -----------------------------------------------------------------------------------------------
+# Computed with alpaca_eval's own code (alpaca-eval==0.6.6, ``alpaca_eval.metrics``): ``get_winrate`` for the
+# win rates and, for the length-controlled one, its GLM formulas (``GLM_INFO``), design matrices
+# (``make_dmatrix_for_model``) and fit (``fit_LogisticRegressionCV``). Its ``get_length_controlled_winrate``
+# wrapper is not called: it downloads ``df_gamed.csv`` from the Hugging Face hub for every GLM, even the
+# minimal one that does not use it, and this project never reaches the hub.
 
 
 def head_to_head(preferences: Sequence[float] | pd.Series) -> dict[str, float]:
@@ -248,21 +251,23 @@ def head_to_head(preferences: Sequence[float] | pd.Series) -> dict[str, float]:
 
     Preferences outside [1, 2] (NaN: no verdict) are dropped from everything but are not draws.
     """
+    from alpaca_eval.metrics import get_winrate
+
     series = pd.Series(preferences, dtype=float)
-    n_draws = int(((series == 1.5) | (series == 0)).sum())
-    series = series.replace({0.0: 1.5})
-    wins = series[series.between(1, 2)] - 1  # between() is False for NaN
-    # Discrete: a soft preference counts as the side it leans to; exactly 0.5 stays a draw.
-    discrete = np.where(wins > 0.5, 1.0, np.where(wins < 0.5, 0.0, 0.5))
-    return {
-        "win_rate": float(wins.mean() * 100),
-        "standard_error": float(wins.sem() * 100),
-        "n_wins": int((wins > 0.5).sum()),
-        "n_wins_base": int((wins < 0.5).sum()),
-        "n_draws": n_draws,
-        "n_total": len(wins),
-        "discrete_win_rate": float(discrete.mean() * 100) if len(wins) else math.nan,
-    }
+    if series.between(1, 2).sum() == 0 and not (series == 0).any():
+        # alpaca_eval divides by zero on an empty set; nothing was decided, so nothing is reported.
+        return {
+            "win_rate": math.nan,
+            "standard_error": math.nan,
+            "n_wins": 0,
+            "n_wins_base": 0,
+            "n_draws": 0,
+            "n_total": 0,
+            "discrete_win_rate": math.nan,
+        }
+    metrics = get_winrate(pd.DataFrame({"preference": series}))
+    counts = ("n_wins", "n_wins_base", "n_draws", "n_total")
+    return {k: int(v) if k in counts else float(v) for k, v in metrics.items()}
 
 
 @dataclass(frozen=True)
@@ -274,6 +279,14 @@ class LengthControlled:
     glm: str
 
 
+# alpaca_eval's term names (patsy) and ours.
+_GLM_TERMS = {
+    "np.tanh(std_delta_len)": "length",
+    "instruction_difficulty": "difficulty",
+    "not_gamed_baseline.astype(float)": "model",
+}
+
+
 def length_controlled_win_rate(
     preferences: Sequence[float] | pd.Series,
     model_lengths: Sequence[int] | pd.Series,
@@ -283,78 +296,52 @@ def length_controlled_win_rate(
 ) -> LengthControlled:
     """The win rate the model would have if its outputs were as long as the reference's (see module docs).
 
-    Lengths are in characters, as alpaca_eval measures them. Rows without a preference are left out of the
-    fit but, as in alpaca_eval, still predicted (which matters only when difficulties are given).
+    alpaca_eval's ``length_controlled_minimal`` GLM, or ``length_controlled_noreg`` when difficulties are
+    given, fitted by alpaca_eval's ``fit_LogisticRegressionCV``. Lengths are in characters, as alpaca_eval
+    measures them. Rows without a preference are left out of the fit but, as in alpaca_eval, still predicted
+    (which matters only when difficulties are given).
     """
+    from alpaca_eval.metrics.glm_winrate import GLM_INFO, fit_LogisticRegressionCV, make_dmatrix_for_model
+
     wins = pd.Series(preferences, dtype=float).replace({0.0: 1.5}).to_numpy() - 1
     reference = np.asarray(reference_lengths, dtype=float)
     model = np.asarray(model_lengths, dtype=float)
     if not len(wins) == len(reference) == len(model):
         raise ValueError("one preference and one pair of lengths per instruction is required")
+    glm = "length_controlled_noreg" if instruction_difficulty is not None else "length_controlled_minimal"
     delta = reference - model
     spread = delta.std(ddof=1) if len(delta) > 1 else 0.0
-    length_term = np.tanh(delta / spread) if spread > 0 else np.zeros_like(delta)
-    columns = {"length": length_term}
-    if instruction_difficulty is not None:
-        columns["difficulty"] = np.asarray(instruction_difficulty, dtype=float)
-    columns["model"] = np.ones_like(delta)  # formula "... - 1": no intercept, the model term stands in for it
-    design = np.column_stack(list(columns.values()))
-    glm = "length_controlled_noreg" if instruction_difficulty is not None else "length_controlled_minimal"
-
+    frame = pd.DataFrame(
+        {
+            "preference": wins,
+            # All lengths equal: alpaca_eval would divide 0 by 0; no length effect is the honest design.
+            "std_delta_len": delta / spread if spread > 0 else np.zeros_like(delta),
+            "instruction_difficulty": (
+                np.zeros_like(delta)
+                if instruction_difficulty is None
+                else np.asarray(instruction_difficulty, dtype=float)
+            ),
+            "not_gamed_baseline": True,
+        }
+    )
     known = ~np.isnan(wins)
     folds = min(n_splits, int(known.sum()))
     if folds < 2 or np.all(wins[known] == wins[known][0]):
         # Nothing to regress on: fewer than two verdicts, or all identical (the GLM would diverge).
         return LengthControlled(math.nan, math.nan, {}, glm)
-    model = _fit_probability_glm(design[known], wins[known], folds)
-    counterfactual = design.copy()
-    counterfactual[:, 0] = 0.0  # equal lengths: tanh(0) = 0
-    predicted = model.predict_proba(counterfactual)[:, 1]
-    spread_of_predictions = float(pd.Series(predicted).sem() * 100) if "difficulty" in columns else math.nan
-    return LengthControlled(
-        win_rate=float(predicted.mean() * 100),
-        standard_error=spread_of_predictions,
-        coefficients=dict(zip(columns, model.coef_[0].tolist(), strict=True)),
-        glm=glm,
-    )
-
-
-def _continuous_log_loss(y_true: np.ndarray, y_pred: np.ndarray, true_prob: np.ndarray) -> float:
-    # Undo the duplication trick: a row labelled 1 carries p, its copy labelled 0 carries 1 - p.
-    target = np.where(y_true == 1, true_prob, 1 - true_prob)
-    predicted = np.clip(y_pred, 1e-15, 1 - 1e-15)
-    return float(-np.mean(target * np.log(predicted) + (1 - target) * np.log(1 - predicted)))
-
-
-def _fit_probability_glm(design: np.ndarray, wins: np.ndarray, n_splits: int) -> LogisticRegressionCV:
-    """Logistic regression on soft labels, as alpaca_eval's ``fit_LogisticRegressionCV(is_ytrue_proba=True)``.
-
-    Each row appears twice, labelled 1 with weight p and 0 with weight 1 - p, which makes the weighted
-    log-loss the cross-entropy against p; the copies share a CV group so they never straddle folds.
-    """
-    n = len(wins)
-    features = np.vstack([design, design])
-    labels = np.r_[np.ones(n), np.zeros(n)]
-    true_prob = np.r_[wins, 1 - wins]
-    groups = np.r_[np.arange(n), np.arange(n)]
-    # Metadata routing passes true_prob to the CV scorer; a context keeps the switch out of global config.
-    with sklearn.config_context(enable_metadata_routing=True):
-        scorer = make_scorer(
-            _continuous_log_loss, response_method="predict_proba", greater_is_better=False
-        ).set_score_request(true_prob=True)
-        model = LogisticRegressionCV(
-            Cs=10,
-            cv=GroupKFold(n_splits=n_splits),
-            l1_ratios=(1.0,),
-            solver="liblinear",
-            fit_intercept=False,
-            random_state=123,
-            scoring=scorer,
-            use_legacy_attributes=False,
-        )
-        model.set_fit_request(sample_weight=True)
-        model.fit(features, labels, sample_weight=true_prob, groups=groups, true_prob=true_prob)
-    return model
+    counterfactual = frame[["instruction_difficulty", "not_gamed_baseline"]].assign(std_delta_len=0.0)
+    train, test = make_dmatrix_for_model(frame, counterfactual, formula=GLM_INFO[glm]["formula"])
+    # fit_LogisticRegressionCV switches sklearn's metadata routing on globally; the context switches it back.
+    with sklearn.config_context(), warnings.catch_warnings():
+        # alpaca_eval 0.6.6 passes sklearn arguments newer sklearn deprecates (penalty=, legacy attributes).
+        warnings.simplefilter("ignore", FutureWarning)
+        fitted = fit_LogisticRegressionCV(train[known], "preference", is_ytrue_proba=True, n_splits=folds)
+    predicted = fitted.predict_proba(test)[:, 1]
+    # Without difficulties every prediction is the same number: its spread is no standard error (NaN, where
+    # alpaca_eval would print 0).
+    spread_of_predictions = float(pd.Series(predicted).sem() * 100) if instruction_difficulty is not None else math.nan
+    coefficients = {_GLM_TERMS[str(name)]: float(c) for name, c in zip(test.columns, fitted.coef_[0], strict=True)}
+    return LengthControlled(float(predicted.mean() * 100), spread_of_predictions, coefficients, glm)
 
 
 @dataclass(frozen=True)

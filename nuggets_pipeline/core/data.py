@@ -56,6 +56,22 @@ class FieldMap:
 PROMPT_COMPLETION = FieldMap(instruction="prompt", input="input", output="completion")
 
 
+@dataclass(frozen=True)
+class HubOptions:
+    """Which part of a Hugging Face hub dataset to read: ``load_dataset(id, name, split=, revision=)``."""
+
+    split: str = "train"
+    name: str | None = None  # the dataset's configuration ("subset" on the hub page)
+    revision: str | None = None  # a branch, tag or commit: pin it for a reproducible pool
+
+
+def hub_offline() -> bool:
+    """True when huggingface_hub or datasets was told not to use the network."""
+    return any(
+        os.environ.get(v, "").upper() in ("1", "ON", "YES", "TRUE") for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
+    )
+
+
 @dataclass
 class RawRecord:
     source: str
@@ -329,7 +345,9 @@ def _read_table(path: Path, kind: str) -> Iterator[RawRecord]:
 def _read_hf_disk(path: Path) -> Iterator[RawRecord]:
     import datasets
 
-    loaded = datasets.load_from_disk(str(path))
+    saved = (path / "state.json").exists() or (path / "dataset_dict.json").exists()
+    # A save_to_disk folder, or a dataset repository's layout (data files + README), which only load_dataset reads.
+    loaded = datasets.load_from_disk(str(path)) if saved else datasets.load_dataset(str(path))
     splits = list(loaded.values()) if isinstance(loaded, datasets.DatasetDict) else [loaded]
     number = 0
     for split in splits:
@@ -338,14 +356,22 @@ def _read_hf_disk(path: Path) -> Iterator[RawRecord]:
             number += 1
 
 
-def _read_hub(dataset_id: str, split: str) -> Iterator[RawRecord]:
+def _read_hub(dataset_id: str, hub: HubOptions) -> Iterator[RawRecord]:
     import datasets
 
+    what = f"{dataset_id} (name={hub.name}, split={hub.split}, revision={hub.revision})"
+    if hub_offline():
+        # Fail at once: offline, load_dataset would walk the cache and retry before giving up.
+        raise SourceError(
+            f"{what}: not a local file or folder, and the Hugging Face hub is off (HF_HUB_OFFLINE / "
+            "HF_DATASETS_OFFLINE is set). Download it where the network is allowed with "
+            "datasets.load_dataset(...).save_to_disk(FOLDER) and pass FOLDER as the source."
+        )
     try:
-        loaded = datasets.load_dataset(dataset_id, split=split)
+        loaded = datasets.load_dataset(dataset_id, hub.name, split=hub.split, revision=hub.revision)
     except Exception as error:
         raise SourceError(
-            f"{dataset_id}: not a local file or folder, and loading it from the Hugging Face hub failed "
+            f"{what}: not a local file or folder, and loading it from the Hugging Face hub failed "
             f"(hub datasets need network access; offline, download it elsewhere and pass the saved folder): "
             f"{type(error).__name__}: {error}"
         ) from error
@@ -353,7 +379,9 @@ def _read_hub(dataset_id: str, split: str) -> Iterator[RawRecord]:
         yield RawRecord(f"hf://{dataset_id}", number, row, json.dumps(row, ensure_ascii=False, default=str))
 
 
-def read_source(source: str | Path, hub_split: str = "train", allow_symlinks: bool = False) -> Iterator[RawRecord]:
+def read_source(
+    source: str | Path, hub: HubOptions = HubOptions(), allow_symlinks: bool = False
+) -> Iterator[RawRecord]:
     """Yield raw records of one source: a file, a saved `datasets` folder, or a hub dataset id.
 
     Records carry the absolute path of their file, so two ``data.jsonl`` in different folders stay apart.
@@ -362,7 +390,7 @@ def read_source(source: str | Path, hub_split: str = "train", allow_symlinks: bo
     if not path.exists() and not path.is_symlink():
         looks_like_hub_id = isinstance(source, str) and source.count("/") == 1 and not source.startswith((".", "/"))
         if looks_like_hub_id and not Path(source).suffix:
-            yield from _read_hub(source, hub_split)
+            yield from _read_hub(source, hub)
             return
         raise SourceError(f"{path}: source file does not exist")
     check_path(path, allow_symlinks)
@@ -498,6 +526,7 @@ def ingest(
     fields: FieldMap = FieldMap(),
     max_chars: int = 16_384,
     known_ids: set[str] | None = None,
+    hub: HubOptions = HubOptions(),
     allow_symlinks: bool = False,
 ) -> IngestResult:
     """Read and normalise several sources as one table (duplicates across files are quarantined too).
@@ -511,7 +540,7 @@ def ingest(
     def all_records() -> Iterator[RawRecord]:
         for source in sources:
             count = 0
-            for record in read_source(source, allow_symlinks=allow_symlinks):
+            for record in read_source(source, hub, allow_symlinks=allow_symlinks):
                 count += 1
                 yield record
             if count == 0:

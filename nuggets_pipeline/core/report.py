@@ -1,5 +1,6 @@
-"""The side-by-side evaluation report: golden vs random (vs full) on every metric, with deltas, and a Markdown
-rendering that answers "did the selection help?" honestly.
+"""The side-by-side evaluation report: golden against every other variant (random controls, bottom, full) on
+every metric, with deltas, paired bootstrap comparisons, and a Markdown rendering that answers "did the
+selection help?" honestly.
 
 Judge-based rows carry the judge's name; when the judge's agreement with GPT-4 is indistinguishable from a
 coin flip they are flagged and left out of the verdict, which then rests on the judge-free rows. Small judges
@@ -18,8 +19,9 @@ from nuggets_pipeline.core.alpaca_eval import AlpacaEvalSummary
 from nuggets_pipeline.core.judges import Calibration
 from nuggets_pipeline.core.mt_bench import MTBenchSummary
 from nuggets_pipeline.core.reference_likelihood import LikelihoodSummary, paired_standard_error
+from nuggets_pipeline.core.statistics import PairedDifference, compare_variants
 
-VARIANT_ORDER = ("golden", "random", "full")
+VARIANT_ORDER = ("golden", "random", "random-1", "random-2", "bottom", "full")
 # A delta counts as real when it exceeds this many standard errors of the difference (about 95%).
 NOISE_Z = 2.0
 
@@ -238,8 +240,79 @@ def verdict_lines(table: pd.DataFrame, judge: JudgeInfo, other: str = "random") 
     return lines, answer
 
 
-def render_markdown(table: pd.DataFrame, judge: JudgeInfo, title: str = "NUGGETS evaluation") -> str:
-    """The report as Markdown: the judge and its reliability, the verdict, then the full table."""
+def likelihood_comparisons(
+    results: Sequence[VariantResults], *, resamples: int = 10_000, seed: int = 0
+) -> list[PairedDifference]:
+    """The study's paired comparisons (core.statistics) on every likelihood source the variants share."""
+    per_item: dict[str, dict[str, pd.Series]] = {}
+    for result in results:
+        for source, summary in (result.likelihood or {}).items():
+            if summary.per_item:
+                per_item.setdefault(source, {})[result.variant] = pd.Series(dict(summary.per_item), dtype=float)
+    return compare_variants(per_item, resamples=resamples, seed=seed)
+
+
+def _judge_delta(table: pd.DataFrame, prefix: str, first: Sequence[str], second: Sequence[str]) -> float:
+    """A judge metric's difference between two sides (a pooled side: the mean of its variants)."""
+    rows = table[table["metric"].str.startswith(prefix) & table["headline"].astype(bool)]
+    if rows.empty or not all(v in table.columns for v in (*first, *second)):
+        return math.nan
+    row = rows.iloc[0]
+    values = [[float(row[v]) for v in side] for side in (first, second)]
+    return sum(values[0]) / len(values[0]) - sum(values[1]) / len(values[1])
+
+
+JUDGE_PREFIXES = {"mt_bench_score_delta": "MT-Bench score", "alpaca_eval_win_rate_delta": "AlpacaEval win rate %"}
+
+
+def comparison_rows(differences: Sequence[PairedDifference], table: pd.DataFrame, judge: JudgeInfo) -> pd.DataFrame:
+    """One row per (comparison, likelihood source): the paired difference, its interval and verdict, and the
+    judge's MT-Bench / AlpacaEval differences beside it (flagged when the judge is at chance)."""
+    rows = []
+    for d in differences:
+        row = d.as_dict()
+        row["comparison"] = f"{d.first} vs {d.second}"
+        for column, prefix in JUDGE_PREFIXES.items():
+            row[column] = _judge_delta(table, prefix, d.first_variants, d.second_variants)
+        row["judge_counted"] = judge.trusted
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def render_comparisons(rows: pd.DataFrame, judge: JudgeInfo) -> list[str]:
+    """The paired-comparison table as Markdown lines."""
+    if rows.empty:
+        return []
+    flag = "" if judge.trusted else " (judge at chance: not evidence)"
+    confidence = float(rows["confidence"].iloc[0])
+    parts = [
+        "## Paired differences (judge-free)",
+        "",
+        f"Reference log-likelihood, first minus second, nats/token per answer averaged over answers; "
+        f"{confidence:.0%} percentile bootstrap interval over answers ({int(rows['resamples'].iloc[0]):,} "
+        f"resamples, seed {int(rows['seed'].iloc[0])}). Verdict: ahead / behind only when the interval excludes 0.",
+        "",
+        f"| comparison | source | answers | difference | {confidence:.0%} interval | verdict | "
+        f"MT-Bench Δ{flag} | AlpacaEval win-rate Δ{flag} |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows.to_dict("records"):
+        parts.append(
+            f"| {row['comparison']} | {row['source']} | {row['n']} | {row['difference']:+.4f} | "
+            f"[{row['ci_low']:+.4f}, {row['ci_high']:+.4f}] | {row['verdict']} | "
+            f"{_signed(row['mt_bench_score_delta'], 3)} | {_signed(row['alpaca_eval_win_rate_delta'], 2)} |"
+        )
+    return [*parts, ""]
+
+
+def render_markdown(
+    table: pd.DataFrame,
+    judge: JudgeInfo,
+    title: str = "NUGGETS evaluation",
+    comparisons: pd.DataFrame | None = None,
+) -> str:
+    """The report as Markdown: the judge and its reliability, the verdict, the paired comparisons, then the
+    full table."""
     variants = [c for c in table.columns if c not in TABLE_COLUMNS and not c.startswith(("golden −", "noise "))]
     deltas = [c for c in table.columns if c.startswith("golden −")]
     parts = [f"# {title}", "", f"Judge: {judge.describe()}."]
@@ -253,6 +326,8 @@ def render_markdown(table: pd.DataFrame, judge: JudgeInfo, title: str = "NUGGETS
     for other in [v for v in variants if v != "golden"]:
         lines, answer = verdict_lines(table, judge, other)
         parts += [f"**golden vs {other}: {answer}**", "", *lines, ""]
+    if comparisons is not None:
+        parts += render_comparisons(comparisons, judge)
 
     header = ["metric", *variants, *deltas]
     parts += ["## All metrics", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -279,9 +354,10 @@ def render_markdown(table: pd.DataFrame, judge: JudgeInfo, title: str = "NUGGETS
 def build_report(
     results: Sequence[VariantResults], judge: JudgeInfo, title: str = "NUGGETS evaluation"
 ) -> tuple[pd.DataFrame, str]:
-    """The comparison table and its Markdown rendering, in one call."""
+    """The comparison table and its Markdown rendering (with the paired comparisons), in one call."""
     table = comparison_table(results, judge)
-    return table, render_markdown(table, judge, title)
+    comparisons = comparison_rows(likelihood_comparisons(results), table, judge)
+    return table, render_markdown(table, judge, title, comparisons)
 
 
 __all__ = [
@@ -289,7 +365,10 @@ __all__ = [
     "JudgeInfo",
     "VariantResults",
     "build_report",
+    "comparison_rows",
     "comparison_table",
+    "likelihood_comparisons",
+    "render_comparisons",
     "render_markdown",
     "verdict_lines",
 ]

@@ -71,6 +71,15 @@ def select_golden(
     return _ranked(scores).head(math.floor(top_fraction * len(scores) + 1e-9))
 
 
+def select_bottom(scores: pd.DataFrame, k: int) -> pd.DataFrame:
+    """The k worst rows by the same ranking as ``top_k`` (the mirror image of the golden subset)."""
+    if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 0:
+        raise ValueError(f"k must be a non-negative integer, got {k!r}")
+    if k > len(scores):
+        raise ValueError(f"cannot take the bottom {k} of only {len(scores)} scored candidates")
+    return _ranked(scores).tail(int(k)).iloc[::-1] if k else scores.head(0)
+
+
 def threshold_table(scores: pd.DataFrame, thresholds: tuple[float, ...] = PAPER_THRESHOLDS) -> pd.DataFrame:
     """Golden subset size per threshold, the form of the paper's Table 3."""
     sizes = [len(select_golden(scores, threshold=t)) for t in thresholds]
@@ -83,4 +92,4 @@ def threshold_table(scores: pd.DataFrame, thresholds: tuple[float, ...] = PAPER_
     )
 
 
-__all__ = ["PAPER_THRESHOLDS", "select_golden", "threshold_table"]
+__all__ = ["PAPER_THRESHOLDS", "select_bottom", "select_golden", "threshold_table"]

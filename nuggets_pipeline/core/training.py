@@ -17,6 +17,7 @@ import argparse
 import dataclasses
 import hashlib
 import json
+import os
 import shutil
 import sys
 import time
@@ -414,6 +415,13 @@ def train_sft(
     args = _training_arguments(config, checkpoints)
     # TrainingArguments sets up the process group (one process, or the launcher's); ask it, not the env.
     state = args.distributed_state or PartialState()
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched > 1 and state.num_processes != launched:
+        # Every process would think it is the only one: train alone, then race to write the same model folder.
+        raise TrainingError(
+            f"started as one of WORLD_SIZE={launched} processes but no process group was set up; on a machine "
+            "without CUDA set ACCELERATE_USE_CPU=true so the processes join a gloo group (finetuned_model does)"
+        )
     emit = _emitter(log, quiet=not state.is_main_process)
     emit(
         f"{variant}: {len(data)} of {len(examples)} examples, {data.tokens} tokens ({data.target_tokens} in "

@@ -112,7 +112,8 @@ def test_length_controlled_win_rate_against_the_leaderboard() -> None:
     board = leaderboard_row("alpaca-7b")
     summary = summarize(shipped_annotations())
     assert summary.lc_glm == "length_controlled_minimal"
-    # The same fit run through alpaca_eval 0.6.6's own fit_LogisticRegressionCV gave 25.77311524982706.
+    # alpaca_eval 0.6.6's own formula, design matrices and fit_LogisticRegressionCV (what summarize now calls)
+    # give the figure this project's re-implementation gave before: 25.77311524982706.
     assert summary.length_controlled_win_rate == pytest.approx(25.77311524982706, abs=1e-6)
     gap = abs(summary.length_controlled_win_rate - board["length_controlled_winrate"])
     assert gap < 0.6

@@ -36,3 +36,139 @@ def test_a_misspelt_field_is_refused() -> None:
     checked = dg.Definitions(assets=list(defs.assets), jobs=[job], resources=dict(defs.resources))
     with pytest.raises(dg.DagsterInvalidConfigError, match="kmeans_pool"):
         dg.validate_run_config(checked.resolve_job_def(job.name), {"ops": stage.ops_config})
+
+
+# --- `nuggets run`: flags mapped onto the launchpad's run config ------------------------------------------
+
+RUN_ARGV = [
+    "run",
+    "--source",
+    "user.jsonl",
+    "--instruction-field",
+    "prompt",
+    "--output-field",
+    "completion",
+    "--hub-split",
+    "test",
+    "--scoring-model",
+    "tiny-random-llama",
+    "--training-model",
+    "some-org/some-model",
+    "--anchor-method",
+    "random",
+    "--anchors",
+    "3",
+    "--top-k",
+    "5",
+    "--export-thresholds",
+    "0.8",
+    "0.85",
+    "--train-profile",
+    "paper",
+    "--eval-profile",
+    "paper",
+]
+
+
+def test_run_flags_map_onto_the_run_config_the_launchpad_takes() -> None:
+    from nuggets_pipeline.definitions import default_resources
+    from nuggets_pipeline.launch import run_config
+
+    bound = default_resources()
+    config = run_config(build_parser().parse_args(RUN_ARGV), bound)
+    ops = config["ops"]
+    assert ops["ingest_instructions"]["config"] == {
+        "sources": ["user.jsonl"],
+        "instruction_field": "prompt",
+        "output_field": "completion",
+        "hub_split": "test",
+    }
+    assert ops["anchor_set"]["config"]["method"] == "random" and ops["anchor_set"]["config"]["n"] == 3
+    assert ops["golden_subset"]["config"] == {"threshold": None, "top_k": 5}
+    assert ops["scored_pool_exports"]["config"] == {"thresholds": [0.8, 0.85]}
+    assert ops["finetuned_model"]["config"]["profile"] == "paper"
+    assert ops["mt_bench_results"]["config"] == {"profile": "paper"}
+    # A resource a flag touches carries all its bound fields: Dagster would reset the rest to class defaults.
+    scoring = config["resources"]["scoring_model"]["config"]
+    assert scoring["model"] == "tiny-random-llama"
+    assert scoring["device"] == bound["scoring_model"].device and scoring["dtype"] == bound["scoring_model"].dtype
+    assert config["resources"]["training_model"]["config"]["model"] == "some-org/some-model"
+    assert "judge" not in config["resources"]  # untouched: the definitions' judge
+    # The whole config validates against the full asset job, as the launchpad would check it.
+    job = dg.Definitions(
+        assets=list(defs.assets), asset_checks=list(defs.asset_checks), resources=bound
+    ).get_implicit_global_asset_job_def()
+    assert dg.validate_run_config(job, config)["resources"]["scoring_model"]["config"] == scoring
+
+
+def test_every_run_stage_config_validates() -> None:
+    from nuggets_pipeline.cli import run_stages
+    from nuggets_pipeline.definitions import default_resources
+
+    stages = run_stages(build_parser().parse_args(RUN_ARGV), default_resources())
+    assert [s.name for s in stages] == [s.name for s in demo_stages(build_parser().parse_args(["demo"]))]
+    for stage in stages:
+        job = dg.define_asset_job(f"run_{stage.name.replace('-', '_')}", selection=stage.selection)
+        checked = dg.Definitions(
+            assets=list(defs.assets), asset_checks=list(defs.asset_checks), jobs=[job], resources=dict(defs.resources)
+        )
+        config = {"ops": stage.ops_config, "resources": stage.resources_config}
+        dg.validate_run_config(checked.resolve_job_def(job.name), config)
+    select = next(s for s in stages if s.name == "select")
+    assert select.selection == ["golden_subset", "scored_pool_exports"]
+    assert select.ops_config["golden_subset"]["config"] == {"threshold": None, "top_k": 5}
+
+
+def test_run_help_reads_like_the_readme(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["run", "--help"])
+    text = capsys.readouterr().out
+    for heading in ("data (asset `instructions`)", "models (resources", "anchors", "selection", "profiles"):
+        assert heading in text
+    assert "nuggets run --source my_data.jsonl" in text and "--print-config" in text
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["run", "--threshold", "0.8", "--top-k", "3"])  # one criterion only
+
+
+def test_print_config_is_the_launchpad_yaml(capsys: pytest.CaptureFixture[str], tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import yaml
+
+    from nuggets_pipeline.cli import main
+    from nuggets_pipeline.definitions import default_resources
+    from nuggets_pipeline.launch import run_config
+
+    source = tmp_path / "mine.jsonl"
+    source.write_text('{"instruction": "a", "output": "b"}\n')
+    argv = ["run", "--source", str(source), "--training-model", str(tmp_path), "--print-config"]
+    assert main(argv) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed == run_config(build_parser().parse_args(argv), default_resources())
+    # Local paths become absolute: the same YAML means the same files from the UI's working directory.
+    assert printed["ops"]["ingest_instructions"]["config"]["sources"] == [str(source.resolve())]
+    assert printed["resources"]["training_model"]["config"]["model"] == str(tmp_path.resolve())
+
+
+def test_run_scores_your_file_with_your_model(tmp_path, monkeypatch: pytest.MonkeyPatch, isolated_home) -> None:  # type: ignore[no-untyped-def]
+    """`nuggets run` on a user's prompt/completion JSONL with the tiny model, through selection and export."""
+    import json
+
+    from nuggets_pipeline.cli import main
+    from nuggets_pipeline.core.storage import Warehouse
+
+    rows = [{"prompt": f"Count to {i}.", "completion": " ".join(map(str, range(1, i + 2)))} for i in range(14)]
+    source = tmp_path / "mine.jsonl"
+    source.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster_home"))
+    monkeypatch.setenv("NUGGETS_DAGSTER_STORAGE", str(tmp_path / "dagster_home"))
+    (tmp_path / "dagster_home").mkdir()
+    tiny = "tiny-random-llama"
+    argv = ["run", "--source", str(source), "--instruction-field", "prompt", "--output-field", "completion"]
+    argv += ["--scoring-model", tiny, "--training-model", tiny, "--judge-model", tiny, "--anchor-method", "random"]
+    argv += ["--anchors", "3", "--candidates", "0", "--shards", "2", "--top-k", "4", "--export-thresholds", "0.5"]
+    assert main([*argv, "--until", "select"]) == 0
+    warehouse = Warehouse(isolated_home / "warehouse")
+    assert warehouse.query("select count(*) n from nuggets.instructions")["n"].iloc[0] == 14
+    assert warehouse.query("select count(*) n from nuggets.golden_subset")["n"].iloc[0] == 4
+    exported = json.loads((isolated_home / "exports" / "golden" / "golden_subset.json").read_text())
+    assert len(exported) == 4 and {r["instruction"] for r in exported} <= {r["prompt"] for r in rows}
+    assert (isolated_home / "exports" / "golden" / "alpaca_golden_0.5.json").exists()

@@ -1,0 +1,199 @@
+"""`nuggets run`: your data and your model in one command, as the run config the launchpad takes.
+
+The command line builds exactly the run config a user would paste into the Dagster launchpad (``ops`` for the
+assets' config, ``resources`` for the models) and launches the same assets with it: there is no second code
+path. ``nuggets run ... --print-config`` prints that config as YAML instead of running, ready for the UI.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+RUN_DESCRIPTION = """\
+Run the whole graph on your data with your models, stage by stage, in the same Dagster instance as the UI.
+
+Every flag maps onto the run config the launchpad takes (print it with --print-config), so a run started here
+and one started from the UI with that config are the same run.
+
+examples:
+  # your JSONL, scored by SmolLM2, fine-tuning a local checkpoint, keeping golden_score > 0.8 (the paper)
+  nuggets run --source my_data.jsonl --training-model ./my-llama --threshold 0.8
+
+  # a prompt/completion file, the paper's 100 KMeans anchors, the 10% best, paper-size evaluation
+  nuggets run --source data.parquet --instruction-field prompt --output-field completion \\
+      --anchor-method file --top-fraction 0.1 --eval-profile paper
+
+  # a hub dataset (online), pinned to a revision, a non-default split and configuration
+  nuggets run --source someone/dataset --hub-split train_sft --hub-name en --hub-revision 1a2b3c
+
+  # the launchpad's YAML for the same run, without running it
+  nuggets run --source my_data.jsonl --top-k 500 --print-config
+"""
+
+
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """The `run` flags, grouped as the README's configuration section is."""
+    data = parser.add_argument_group("data (asset `instructions`)")
+    data.add_argument(
+        "--source",
+        action="append",
+        dest="sources",
+        metavar="PATH_OR_HUB_ID",
+        help="a JSON, JSONL(.gz), Parquet or CSV file, a saved `datasets` folder, or a hub id; repeat for several "
+        "(default: the shipped cleaned Alpaca)",
+    )
+    data.add_argument("--instruction-field", default=None, help="field holding the instruction (default instruction)")
+    data.add_argument("--input-field", default=None, help="field holding the optional input (default input)")
+    data.add_argument("--output-field", default=None, help="field holding the response (default output)")
+    data.add_argument("--conversations-field", default=None, help="ShareGPT-style turns (default conversations)")
+    data.add_argument("--max-chars", type=int, default=None, help="longer examples are quarantined (default 16384)")
+    data.add_argument("--hub-split", default=None, help="hub datasets: split (default train)")
+    data.add_argument("--hub-name", default=None, help="hub datasets: configuration / subset name")
+    data.add_argument("--hub-revision", default=None, help="hub datasets: branch, tag or commit")
+
+    models = parser.add_argument_group("models (resources; each a preset, a Hugging Face id or a local folder)")
+    models.add_argument("--scoring-model", default=None, help="model that scores candidates (default smollm2)")
+    models.add_argument("--scoring-dtype", default=None, help="float32, bfloat16, float16 or auto")
+    models.add_argument("--training-model", default=None, help="model that is fine-tuned (default smollm2)")
+    models.add_argument("--judge-model", default=None, help="local judge model, or the served model name")
+    models.add_argument("--judge-backend", choices=["local", "openai"], default=None, help="judge backend")
+    models.add_argument("--device", default=None, help="cpu, cuda, cuda:N or auto, for every model")
+
+    anchors = parser.add_argument_group("anchors (asset `anchor_set`) and candidates")
+    anchors.add_argument("--anchor-method", choices=["random", "kmeans", "file"], default="kmeans")
+    anchors.add_argument("--anchors", type=int, default=8, help="anchors to choose (k for KMeans)")
+    anchors.add_argument("--anchor-file", default=None, help="JSON/JSONL of anchors for --anchor-method file")
+    anchors.add_argument("--kmeans-pool", type=int, default=300, help="pool rows embedded for KMeans (0: all)")
+    anchors.add_argument("--embed-max-tokens", type=int, default=128, help="tokens of each text embedded")
+    anchors.add_argument("--candidates", type=int, default=96, help="candidates to score (0: the whole pool)")
+    anchors.add_argument("--shards", type=int, default=4, help="candidate shards (scoring partitions)")
+
+    select = parser.add_argument_group("selection (asset `golden_subset`); default: --top-fraction 0.25")
+    criterion = select.add_mutually_exclusive_group()
+    criterion.add_argument("--threshold", type=float, default=None, help="keep golden_score > T (the paper: 0.8)")
+    criterion.add_argument("--top-k", type=int, default=None, help="keep the K best")
+    criterion.add_argument("--top-fraction", type=float, default=None, help="keep this fraction of the best")
+    select.add_argument(
+        "--export-thresholds",
+        type=float,
+        nargs="*",
+        default=[],
+        metavar="T",
+        help="also write exports/golden/alpaca_golden_<T>.json per threshold (like the paper's alpaca_gpt4_0.85.json)",
+    )
+
+    profiles = parser.add_argument_group("profiles (training and evaluation sizes)")
+    profiles.add_argument("--train-profile", default="cpu-demo", help="training profile: cpu-demo, paper, ...")
+    profiles.add_argument("--train-steps", type=int, default=None, help="stop training after this many steps")
+    profiles.add_argument("--eval-profile", choices=["cpu-demo", "paper"], default="cpu-demo", help="benchmark sizes")
+    profiles.add_argument(
+        "--mt-bench-answers",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="FastChat model_answer/<model>.jsonl of another model to grade and show beside yours; repeatable",
+    )
+
+    control = parser.add_argument_group("control")
+    control.add_argument("--until", default=None, help="stop after this stage (ingest, anchors, ..., report)")
+    control.add_argument("--print-config", action="store_true", help="print the launchpad YAML and exit")
+
+
+def _absolute(value: str | None) -> str | None:
+    """A local file or folder as an absolute path, so the config means the same from the UI's working directory;
+    anything else (a preset, a hub id) unchanged."""
+    if value is None:
+        return None
+    path = Path(value).expanduser()
+    return str(path.resolve()) if path.exists() else value
+
+
+def _set(target: dict[str, Any], **values: Any) -> dict[str, Any]:
+    """Only the flags the user gave: unset ones keep the asset's (or resource's) own default."""
+    target.update({k: v for k, v in values.items() if v is not None})
+    return target
+
+
+def ops_config(args: argparse.Namespace) -> dict[str, Any]:
+    """The `ops` section of the run config: one entry per asset whose config a flag sets."""
+    ingest = _set(
+        {},
+        sources=[_absolute(s) for s in args.sources] if args.sources else None,
+        instruction_field=args.instruction_field,
+        input_field=args.input_field,
+        output_field=args.output_field,
+        conversations_field=args.conversations_field,
+        max_chars=args.max_chars,
+        hub_split=args.hub_split,
+        hub_name=args.hub_name,
+        hub_revision=args.hub_revision,
+    )
+    anchors = _set(
+        {"method": args.anchor_method, "n": args.anchors},
+        file=_absolute(args.anchor_file),
+        kmeans_pool_size=args.kmeans_pool,
+        embed_max_tokens=args.embed_max_tokens,
+    )
+    if args.threshold is not None:
+        selection: dict[str, Any] = {"threshold": args.threshold}
+    elif args.top_k is not None:
+        selection = {"threshold": None, "top_k": args.top_k}
+    else:
+        selection = {"threshold": None, "top_fraction": args.top_fraction or 0.25}
+    training = _set({"profile": args.train_profile}, max_steps=args.train_steps)
+    evaluation = {"profile": args.eval_profile}
+    return {
+        "ingest_instructions": {"config": ingest},
+        "anchor_set": {"config": anchors},
+        "candidates": {"config": {"shards": args.shards, "limit": args.candidates or None}},
+        "golden_subset": {"config": selection},
+        "scored_pool_exports": {"config": {"thresholds": list(args.export_thresholds)}},
+        "finetuned_model": {"config": training},
+        "mt_bench_results": {"config": dict(evaluation)},
+        "alpaca_eval_results": {"config": dict(evaluation)},
+        "reference_likelihood": {"config": dict(evaluation)},
+        "judge_calibration": {"config": dict(evaluation)},
+        "evaluation_report": {"config": {"mt_bench_answer_files": [_absolute(f) for f in args.mt_bench_answers]}},
+    }
+
+
+def resources_config(args: argparse.Namespace, bound: dict[str, Any]) -> dict[str, Any]:
+    """The `resources` section: for each model resource a flag changes, ALL its fields.
+
+    Dagster resets every field a run config leaves out to the class default, not to the value bound in
+    `definitions.py` (measured: overriding only `model` turned device "auto" into "cpu"); so each resource named
+    here carries its bound values with the flags' changes on top.
+    """
+    changes: dict[str, dict[str, Any]] = {
+        "scoring_model": _set({}, model=_absolute(args.scoring_model), dtype=args.scoring_dtype, device=args.device),
+        "training_model": _set({}, model=_absolute(args.training_model), device=args.device),
+        "judge": _set({}, model=_absolute(args.judge_model), backend=args.judge_backend, device=args.device),
+    }
+    out = {}
+    for name, change in changes.items():
+        if not change:
+            continue
+        resource = bound[name]
+        fields = {field: getattr(resource, field) for field in type(resource).model_fields}
+        out[name] = {"config": fields | change}
+    return out
+
+
+def run_config(args: argparse.Namespace, bound: dict[str, Any]) -> dict[str, Any]:
+    """The whole run config, as the launchpad takes it."""
+    config: dict[str, Any] = {"ops": ops_config(args)}
+    if resources := resources_config(args, bound):
+        config["resources"] = resources
+    return config
+
+
+def for_selection(config: dict[str, Any], ops: set[str]) -> dict[str, Any]:
+    """The part of the run config a stage's assets take (Dagster refuses config for ops not in the run)."""
+    return {"ops": {k: v for k, v in config["ops"].items() if k in ops}} | (
+        {"resources": config["resources"]} if "resources" in config else {}
+    )
+
+
+__all__ = ["RUN_DESCRIPTION", "add_run_arguments", "for_selection", "ops_config", "resources_config", "run_config"]

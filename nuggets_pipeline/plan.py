@@ -1,0 +1,281 @@
+"""`nuggets plan`: what one-shot scoring of a pool will cost, measured on this machine before spending it.
+
+It counts the work exactly (every anchor's tokens, run once per candidate, with the scoring engine's template and
+tokenizer), measures the real scoring core on a small sample (a few candidates x a few anchors, on the model and
+device given), and prints tokens to score, hours on this machine, shards, and the GPU-hours of the job at a GPU
+throughput the user gives (a figure measured on the target GPU, e.g. a first shard's `tokens_per_s` metadata):
+
+    tokens    = candidates x anchor tokens per candidate      (+ one demonstration prefix per candidate)
+    hours     = tokens / measured anchor tokens/s / 3600
+    GPU-hours = tokens / --gpu-tokens-per-s / 3600;  wall-clock = GPU-hours / --gpus (+ one model load per run)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from nuggets_pipeline.core.paths import ALPACA_CLEANED, KMEANS_100_ANCHORS, shipped
+
+DEFAULT_SHARD_SIZE = 512
+PREFIX_COUNT_SAMPLE = 2_000  # candidates whose demonstration prefix is tokenised (the rest extrapolated)
+
+
+@dataclass
+class Plan:
+    pool: str
+    pool_rows: int
+    anchors: str
+    anchor_count: int
+    candidates: int
+    model: str
+    dtype: str
+    device: str
+    threads: int
+    anchor_tokens_per_candidate: int
+    tokens_to_score: int
+    prefix_tokens: int
+    prefix_tokens_counted_on: int
+    sample_candidates: int
+    sample_anchors: int
+    sample_anchor_tokens: int
+    sample_seconds: float
+    tokens_per_s_here: float
+    hours_here: float
+    shard_size: int
+    shards: int
+    gpu_tokens_per_s: float | None
+    gpu_hours: float | None
+    gpus: int
+    wall_hours_on_gpus: float | None
+
+
+def anchor_token_lengths(loaded: Any, anchors: pd.DataFrame, template_name: str, max_length: int | None) -> list[int]:
+    """Tokens of each anchor (prompt + response) as the engine runs it after every candidate's prefix, with the
+    same cut as ``ScoringConfig.max_length`` (BOS belongs to the prefix)."""
+    from nuggets_pipeline.core.modeling import encode
+    from nuggets_pipeline.core.templates import get_template
+
+    template = get_template(template_name)
+    lengths = []
+    for row in anchors.itertuples():
+        prompt = len(encode(loaded.tokenizer, template.prompt(row.instruction, row.input or "")))
+        response = len(encode(loaded.tokenizer, template.response(row.output)))
+        if max_length is not None:
+            room = max_length - 1
+            response = min(response, room - 1)
+            prompt = min(prompt, room - response)
+        lengths.append(prompt + response)
+    return lengths
+
+
+def load_pool(sources: list[str]) -> pd.DataFrame:
+    from nuggets_pipeline.core.data import ingest
+
+    result = ingest(sources)
+    if result.instructions.empty:
+        raise ValueError(f"no usable rows in {sources}: {dict(result.reasons)}")
+    return result.instructions
+
+
+def choose_anchors(pool: pd.DataFrame, anchors: str, seed: int) -> tuple[pd.DataFrame, str]:
+    """An anchor file (the shipped paper KMeans-100 by default), or a count drawn at random from the pool."""
+    from nuggets_pipeline.core.anchors import random_anchors
+    from nuggets_pipeline.core.data import ingest
+
+    if anchors.isdigit():
+        return random_anchors(pool, int(anchors), seed).anchors, f"{anchors} drawn at random from the pool"
+    path = Path(anchors)
+    if not path.exists():
+        raise ValueError(f"--anchors {anchors!r}: neither a count nor an existing file")
+    frame = ingest([path]).instructions
+    if frame.empty:
+        raise ValueError(f"--anchors {anchors!r}: the file holds no usable example")
+    return frame, f"file {path}"
+
+
+def make_plan(
+    sources: list[str],
+    anchors: str,
+    model: str,
+    device: str = "auto",
+    dtype: str = "auto",
+    sample_candidates: int = 2,
+    sample_anchors: int = 8,
+    gpu_tokens_per_s: float | None = None,
+    gpus: int = 1,
+    shard_size: int = DEFAULT_SHARD_SIZE,
+    candidates_limit: int | None = None,
+    template: str = "nuggets",
+    max_length: int | None = None,
+    threads: int | None = None,
+    seed: int = 0,
+) -> Plan:
+    import torch
+
+    from nuggets_pipeline.core.devices import claim
+    from nuggets_pipeline.core.modeling import load_model
+    from nuggets_pipeline.core.scoring import ScoringConfig, demonstration_ids, score_one_shot, score_zero_shot
+    from nuggets_pipeline.core.templates import get_template
+
+    if threads is not None:
+        torch.set_num_threads(threads)
+    pool = load_pool(sources)
+    anchor_frame, anchor_label = choose_anchors(pool, anchors, seed)
+    candidates = pool[~pool["id"].isin(set(anchor_frame["id"]))]
+    if candidates_limit is not None:
+        candidates = candidates.head(candidates_limit)
+    if candidates.empty:
+        raise ValueError("no candidates left once the anchors are taken out of the pool")
+    config = ScoringConfig(template=template, max_length=max_length)
+
+    # Like a scoring step, the plan claims a device of its own where the machine has several (docs/gpus.md).
+    with claim(device, label="nuggets plan") or nullcontext() as held:
+        on = held.torch_device if held is not None else device
+        loaded = load_model(model, dtype=dtype, device=on)
+        lengths = anchor_token_lengths(loaded, anchor_frame, template, max_length)
+        per_candidate = sum(lengths)
+        counted = candidates.sample(n=min(PREFIX_COUNT_SAMPLE, len(candidates)), random_state=seed)
+        counted_prefix = sum(1 + len(d) for d in demonstration_ids(loaded, counted, get_template(template), "\n\n"))
+        prefix_tokens = round(counted_prefix * len(candidates) / len(counted))
+
+        sample_a = anchor_frame.sample(n=min(sample_anchors, len(anchor_frame)), random_state=seed)
+        sample_c = candidates.sample(n=min(sample_candidates, len(candidates)), random_state=seed)
+        zero = score_zero_shot(loaded, sample_a, config)  # also warms the model up before the timed part
+        tokens, seconds = 0, 0.0
+        for chunk in score_one_shot(loaded, sample_a, zero, sample_c, config):
+            tokens += chunk.anchor_tokens
+            seconds += chunk.seconds
+        measured_on = held.name if held is not None else str(loaded.device)
+        resolved_dtype = str(loaded.dtype).removeprefix("torch.")
+
+    rate = tokens / seconds if seconds > 0 else float("nan")
+    total = per_candidate * len(candidates)
+    gpu_hours = total / gpu_tokens_per_s / 3600 if gpu_tokens_per_s else None
+    return Plan(
+        pool=", ".join(str(s) for s in sources),
+        pool_rows=len(pool),
+        anchors=anchor_label,
+        anchor_count=len(anchor_frame),
+        candidates=len(candidates),
+        model=model,
+        dtype=resolved_dtype,
+        device=measured_on,
+        threads=torch.get_num_threads(),
+        anchor_tokens_per_candidate=per_candidate,
+        tokens_to_score=total,
+        prefix_tokens=prefix_tokens,
+        prefix_tokens_counted_on=len(counted),
+        sample_candidates=len(sample_c),
+        sample_anchors=len(sample_a),
+        sample_anchor_tokens=tokens,
+        sample_seconds=seconds,
+        tokens_per_s_here=rate,
+        hours_here=total / rate / 3600 if rate == rate and rate > 0 else float("nan"),
+        shard_size=shard_size,
+        shards=math.ceil(len(candidates) / shard_size),
+        gpu_tokens_per_s=gpu_tokens_per_s,
+        gpu_hours=gpu_hours,
+        gpus=gpus,
+        wall_hours_on_gpus=gpu_hours / gpus if gpu_hours is not None else None,
+    )
+
+
+def format_plan(plan: Plan) -> str:
+    def duration(hours: float) -> str:
+        if hours * 3600 < 120:
+            return f"{hours * 3600:.1f} s"
+        if hours < 2:
+            return f"{hours * 60:.1f} min"
+        return f"{hours:,.1f} h" + (f" ({hours / 24:,.1f} days)" if hours >= 48 else "")
+
+    lines = [
+        f"pool            {plan.pool_rows:,} rows ({plan.pool})",
+        f"anchors         {plan.anchor_count:,} ({plan.anchors})",
+        f"candidates      {plan.candidates:,}",
+        f"model           {plan.model}, {plan.dtype} on {plan.device}, {plan.threads} torch thread(s)",
+        f"tokens to score {plan.tokens_to_score:,} anchor tokens = {plan.candidates:,} candidates x "
+        f"{plan.anchor_tokens_per_candidate:,} per candidate (+ {plan.prefix_tokens:,} prefix tokens, counted on "
+        f"{plan.prefix_tokens_counted_on:,} candidates)",
+        f"measured        {plan.sample_candidates} candidates x {plan.sample_anchors} anchors: "
+        f"{plan.sample_anchor_tokens:,} anchor tokens in {plan.sample_seconds:.1f} s = "
+        f"{plan.tokens_per_s_here:,.1f} anchor tokens/s on this machine",
+        f"this machine    {duration(plan.hours_here)} for the whole pool",
+        f"shards          {plan.shards:,} of up to {plan.shard_size} candidates "
+        f"(candidates config: shards: {plan.shards}, limit: null)",
+    ]
+    if plan.gpu_hours is not None:
+        lines.append(
+            f"GPU-hours       {plan.gpu_hours:,.3g} at {plan.gpu_tokens_per_s:,.0f} anchor tokens/s per GPU; "
+            f"{duration(plan.wall_hours_on_gpus or 0.0)} wall-clock on {plan.gpus} GPU(s) "
+            f"(dagster instance concurrency set model {plan.gpus}), plus a model load per run"
+        )
+    else:
+        lines.append("GPU-hours       give --gpu-tokens-per-s (measure it: `nuggets plan --device cuda` on the GPU)")
+    return "\n".join(lines)
+
+
+def add_parser(subparsers: Any) -> None:
+    parser = subparsers.add_parser("plan", help="tokens, hours, shards and GPU-hours of scoring a pool, measured here")
+    parser.add_argument(
+        "--pool", action="append", help=f"pool file(s), repeatable (default: the shipped {ALPACA_CLEANED})"
+    )
+    parser.add_argument(
+        "--anchors",
+        default=None,
+        help=f"an anchor file, or a count drawn at random from the pool (default: the shipped {KMEANS_100_ANCHORS})",
+    )
+    parser.add_argument("--model", default="smollm2-135m-instruct", help="scoring model: preset, HF id or local path")
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+    parser.add_argument("--dtype", default="auto", help="float32, bfloat16, float16 or auto")
+    parser.add_argument("--sample-candidates", type=int, default=2, help="candidates scored to measure throughput")
+    parser.add_argument("--sample-anchors", type=int, default=8, help="anchors scored per sample candidate")
+    parser.add_argument("--gpu-tokens-per-s", type=float, default=None, help="anchor tokens/s of one target GPU")
+    parser.add_argument("--gpus", type=int, default=1, help="GPUs to spread the job over (wall-clock estimate)")
+    parser.add_argument("--shard-size", type=int, default=DEFAULT_SHARD_SIZE, help="candidates per shard")
+    parser.add_argument("--candidates", type=int, default=None, help="plan for only this many candidates")
+    parser.add_argument("--max-length", type=int, default=None, help="scoring max_length (default: no cut)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--json", action="store_true", help="print the plan as JSON")
+
+
+def run(args: argparse.Namespace) -> int:
+    for name in ("sample_candidates", "sample_anchors", "gpus", "shard_size"):
+        if getattr(args, name) < 1:
+            print(f"error: --{name.replace('_', '-')} must be at least 1", file=sys.stderr)
+            return 2
+    if args.gpu_tokens_per_s is not None and args.gpu_tokens_per_s <= 0:
+        print("error: --gpu-tokens-per-s must be positive", file=sys.stderr)
+        return 2
+    started = time.perf_counter()
+    try:
+        plan = make_plan(
+            sources=args.pool or [str(shipped(ALPACA_CLEANED))],
+            anchors=args.anchors or str(shipped(KMEANS_100_ANCHORS)),
+            model=args.model,
+            device=args.device,
+            dtype=args.dtype,
+            sample_candidates=args.sample_candidates,
+            sample_anchors=args.sample_anchors,
+            gpu_tokens_per_s=args.gpu_tokens_per_s,
+            gpus=args.gpus,
+            shard_size=args.shard_size,
+            candidates_limit=args.candidates,
+            max_length=args.max_length,
+            threads=args.threads,
+        )
+    except (ValueError, OSError, RuntimeError) as error:  # bad files, counts, models and devices
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(json.dumps(asdict(plan), indent=2) if args.json else format_plan(plan))
+    print(f"(planned in {time.perf_counter() - started:.0f} s)", file=sys.stderr)
+    return 0
