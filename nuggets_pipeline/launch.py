@@ -63,7 +63,13 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
 
     anchors = parser.add_argument_group("anchors (asset `anchor_set`) and candidates")
     anchors.add_argument("--anchor-method", choices=["random", "kmeans", "file"], default="kmeans")
-    anchors.add_argument("--anchors", type=int, default=8, help="anchors to choose (k for KMeans)")
+    anchors.add_argument(
+        "--anchors",
+        type=int,
+        default=None,
+        help="anchors to choose (k for KMeans; default 8); with --anchor-method file, a seeded sample of that many "
+        "(default: the whole file)",
+    )
     anchors.add_argument("--anchor-file", default=None, help="JSON/JSONL of anchors for --anchor-method file")
     anchors.add_argument("--kmeans-pool", type=int, default=300, help="pool rows embedded for KMeans (0: all)")
     anchors.add_argument("--embed-max-tokens", type=int, default=128, help="tokens of each text embedded")
@@ -110,6 +116,9 @@ def _absolute(value: str | None) -> str | None:
     return str(path.resolve()) if path.exists() else value
 
 
+DEFAULT_ANCHORS = 8  # random and KMeans anchors when --anchors is not given
+
+
 def _set(target: dict[str, Any], **values: Any) -> dict[str, Any]:
     """Only the flags the user gave: unset ones keep the asset's (or resource's) own default."""
     target.update({k: v for k, v in values.items() if v is not None})
@@ -130,8 +139,11 @@ def ops_config(args: argparse.Namespace) -> dict[str, Any]:
         hub_name=args.hub_name,
         hub_revision=args.hub_revision,
     )
+    # anchor_set honours n for a file too: unless asked, a file gives all its rows (the paper's 100), not 8.
+    n = args.anchors if args.anchors is not None or args.anchor_method == "file" else DEFAULT_ANCHORS
     anchors = _set(
-        {"method": args.anchor_method, "n": args.anchors},
+        {"method": args.anchor_method},
+        n=n,
         file=_absolute(args.anchor_file),
         kmeans_pool_size=args.kmeans_pool,
         embed_max_tokens=args.embed_max_tokens,

@@ -13,12 +13,15 @@ import torch
 from pydantic import Field, PrivateAttr, field_validator
 from upath import UPath
 
+from nuggets_pipeline import pools
 from nuggets_pipeline.core.devices import claim as claim_device
 from nuggets_pipeline.core.modeling import DTYPES, LoadedModel, load_model, resolve_device, resolve_dtype
 from nuggets_pipeline.core.paths import nuggets_home
 from nuggets_pipeline.core.scoring import ScoringConfig
 from nuggets_pipeline.core.storage import Warehouse, write_parquet_atomic
 from nuggets_pipeline.core.templates import TEMPLATES
+
+pools.install()  # runs without a daemon reclaim a dead run's pool slots; a waiting step sleeps (pools.py)
 
 _LOADED: dict[tuple[str, str, str], LoadedModel] = {}
 

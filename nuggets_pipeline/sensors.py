@@ -28,7 +28,14 @@ from typing import Any
 
 import dagster as dg
 
-from nuggets_pipeline.core.incoming import INCREMENTS_TABLE, batch_key, file_digest, incoming_dir, waiting_files
+from nuggets_pipeline.core.incoming import (
+    INCREMENTS_TABLE,
+    batch_key,
+    file_digest,
+    incoming_dir,
+    refused_files,
+    waiting_files,
+)
 from nuggets_pipeline.partitions import CANDIDATE_SHARDS, INCOMING_FILES, candidate_shards, incoming_files
 
 SETTLE_ENV = "NUGGETS_INCOMING_SETTLE_S"
@@ -119,16 +126,22 @@ class SensorState:
 
     files: dict[str, list[Any]] = field(default_factory=dict)  # name -> [size, mtime_ns, batch]
     last_increment_event: int = 0
+    refused: list[str] = field(default_factory=list)  # names already reported as refused (links, FIFOs...)
 
     @classmethod
     def parse(cls, cursor: str | None) -> SensorState:
         if not cursor:
             return cls()
         raw = json.loads(cursor)
-        return cls(files=raw.get("files", {}), last_increment_event=int(raw.get("last_increment_event", 0)))
+        return cls(
+            files=raw.get("files", {}),
+            last_increment_event=int(raw.get("last_increment_event", 0)),
+            refused=list(raw.get("refused", [])),
+        )
 
     def dump(self) -> str:
-        return json.dumps({"files": self.files, "last_increment_event": self.last_increment_event}, sort_keys=True)
+        state = {"files": self.files, "last_increment_event": self.last_increment_event, "refused": self.refused}
+        return json.dumps(state, sort_keys=True)
 
 
 def _new_files(context: dg.SensorEvaluationContext, state: SensorState) -> tuple[list[dg.RunRequest], list[str]]:
@@ -138,6 +151,11 @@ def _new_files(context: dg.SensorEvaluationContext, state: SensorState) -> tuple
     requests: list[dg.RunRequest] = []
     added: list[str] = []
     present: dict[str, list[Any]] = {}
+    refused = refused_files(folder)
+    for name, reason in refused.items():
+        if name not in state.refused:
+            context.log.warning(f"incoming file not read: {reason}")  # once per name, not every tick
+    state.refused = sorted(refused)
     for path in waiting_files(folder):
         stat = path.stat()
         if time.time() - stat.st_mtime < settle:

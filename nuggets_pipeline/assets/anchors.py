@@ -26,9 +26,16 @@ from nuggets_pipeline.schemas import AnchorSetSchema, AnchorSetType, CandidatesS
 BASE_BATCH = "base"
 
 
+DEFAULT_ANCHORS = 16
+
+
 class AnchorConfig(dg.Config):
     method: Literal["random", "kmeans", "file"] = Field(default="kmeans")
-    n: int = Field(default=16, gt=0, description="anchors to choose (k for KMeans)")
+    n: int | None = Field(
+        default=None,
+        gt=0,
+        description="anchors to choose (k for KMeans); default 16, or every row of the file for method=file",
+    )
     seed: int = 0
     file: str = Field(default=KMEANS_100_ANCHORS, description="JSON/JSONL of examples, for method=file")
     kmeans_pool_size: int = Field(
@@ -48,8 +55,9 @@ def anchor_set(
     context: dg.AssetExecutionContext, config: AnchorConfig, instructions: pd.DataFrame, scoring_model: ModelResource
 ) -> dg.Output[pd.DataFrame]:
     extra: dict[str, dg.RawMetadataValue] = {}
+    n = config.n or DEFAULT_ANCHORS  # for random and KMeans; method=file takes every row unless n is set
     if config.method == "random":
-        choice = random_anchors(instructions, config.n, config.seed)
+        choice = random_anchors(instructions, n, config.seed)
     elif config.method == "file":
         path = Path(config.file).expanduser()
         path = path if path.exists() else data_dir() / config.file
@@ -58,7 +66,10 @@ def anchor_set(
             context.log.warning(
                 f"anchor file {path}: {len(loaded.quarantined)} rows quarantined {dict(loaded.reasons)}"
             )
-        choice = file_anchors(loaded.instructions)
+        try:
+            choice = file_anchors(loaded.instructions, config.n, config.seed)
+        except ValueError as error:
+            raise dg.Failure(f"anchor file {path}: {error}") from None
         extra["anchor_file"] = str(path)
     else:
         pool = instructions
@@ -67,7 +78,7 @@ def anchor_set(
         loaded_model = scoring_model.load()
         template = get_template(scoring_model.template)
         texts = [template.full(r.instruction, r.input, r.output) for r in pool.itertuples()]
-        context.log.info(f"embedding {len(texts)} examples with {loaded_model.name} for KMeans (k={config.n})")
+        context.log.info(f"embedding {len(texts)} examples with {loaded_model.name} for KMeans (k={n})")
         logged = [0]
 
         def report(done: int, total: int) -> None:
@@ -77,7 +88,7 @@ def anchor_set(
                 context.log.info(f"embedded {done}/{total}")
 
         embeddings = embed_texts(loaded_model, texts, max_tokens=config.embed_max_tokens, progress=report)
-        choice = kmeans_anchors(pool.reset_index(drop=True), embeddings, config.n, config.seed)
+        choice = kmeans_anchors(pool.reset_index(drop=True), embeddings, n, config.seed)
         extra["embedding_model"] = loaded_model.name
         extra["embedding_model_fingerprint"] = loaded_model.fingerprint
         extra["kmeans_pool_size"] = len(pool)

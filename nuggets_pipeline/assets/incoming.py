@@ -14,7 +14,7 @@ import pandas as pd
 from pydantic import Field
 
 from nuggets_pipeline import metadata as md
-from nuggets_pipeline.core.data import FieldMap
+from nuggets_pipeline.core.data import FieldMap, SourceError, check_path
 from nuggets_pipeline.core.incoming import (
     INCREMENTS_TABLE,
     QUARANTINED_INCREMENTS_TABLE,
@@ -46,6 +46,10 @@ def find_file(batch: str, configured: str | None) -> tuple[Path, str]:
     """The file of a batch and its full digest; fails if its content is no longer what the batch was named by."""
     files = [Path(configured).expanduser()] if configured else waiting_files(incoming_dir())
     for path in files:
+        try:
+            check_path(path)  # before hashing: a link or a FIFO is refused unread
+        except SourceError as error:
+            raise dg.Failure(str(error)) from None
         if path.is_file():
             digest = file_digest(path)
             if batch_key(digest) == batch:

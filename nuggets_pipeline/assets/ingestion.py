@@ -27,6 +27,11 @@ class IngestConfig(dg.Config):
     hub_split: str = Field(default="train", description="hub datasets: the split to read")
     hub_name: str | None = Field(default=None, description="hub datasets: the configuration (subset) name")
     hub_revision: str | None = Field(default=None, description="hub datasets: branch, tag or commit to pin")
+    allow_symlinks: bool = Field(
+        default=False,
+        description="read a source that is a symbolic link (refused by default: a link may point at secrets); "
+        "devices, FIFOs and /proc, /sys, /dev stay refused",
+    )
 
     def resolved_sources(self) -> list[str]:
         resolved = []
@@ -56,7 +61,9 @@ class IngestConfig(dg.Config):
 )
 def ingest_instructions(context: dg.AssetExecutionContext, config: IngestConfig, warehouse: WarehouseResource):
     sources = config.resolved_sources()
-    result = ingest(sources, config.field_map(), config.max_chars, hub=config.hub_options())
+    result = ingest(
+        sources, config.field_map(), config.max_chars, hub=config.hub_options(), allow_symlinks=config.allow_symlinks
+    )
     instructions, quarantined = result.instructions, result.quarantined
     InstructionsSchema.validate(instructions)
     QuarantineSchema.validate(quarantined)

@@ -12,6 +12,7 @@ from pydantic import Field, model_validator
 
 from nuggets_pipeline import metadata as md
 from nuggets_pipeline.core.anchors import anchor_set_hash
+from nuggets_pipeline.core.checkpoints import read_chunk_checkpoints
 from nuggets_pipeline.core.incoming import INCREMENTS_TABLE, shard_candidates, with_increments
 from nuggets_pipeline.core.scoring import score_one_shot, score_zero_shot
 from nuggets_pipeline.core.selection import select_golden, threshold_table
@@ -100,14 +101,17 @@ def score_shard(
             metadata={"expected_fingerprint": fingerprint, "expected_anchor_set_hash": anchors_hash},
         )
     checkpoints = _checkpoint_dir(warehouse.root(), shard, fingerprint, anchors_hash)
-    done = [pd.read_parquet(p) for p in sorted(checkpoints.glob("scores-*.parquet"))]
+    # A checkpoint that cannot be read is set aside (renamed, logged) and its candidates are scored again.
+    chunks, next_index = read_chunk_checkpoints(
+        checkpoints, ("scores", "pairs"), ("candidate_id",), context.log.warning
+    )
+    done = [chunk["scores"] for chunk in chunks.values()]
     done_ids = set(pd.concat(done)["candidate_id"]) if done else set()
     todo = shard_candidates[~shard_candidates["id"].isin(done_ids)]
     if done_ids:
         context.log.info(f"{shard}: resuming, {len(done_ids)} candidates already checkpointed, {len(todo)} to go")
     totals = {"anchor_tokens": 0.0, "prefix_tokens": 0.0, "seconds": 0.0, "passes": 0.0, "passes_total": 0.0}
     config = scoring.core_config(scoring_model.template)
-    next_index = len(done)
     for chunk in score_one_shot(loaded, anchor_set, zero_shot_losses, todo, config):
         # Scores and pair deltas of a chunk land in one checkpoint step: deltas first, so a kill between the
         # two writes re-scores the chunk instead of leaving scores without their deltas.

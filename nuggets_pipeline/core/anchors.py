@@ -57,8 +57,13 @@ def kmeans_anchors(pool: pd.DataFrame, embeddings: np.ndarray, k: int, seed: int
     return AnchorChoice(chosen[ANCHOR_COLUMNS].reset_index(drop=True), "kmeans", sizes.tolist())
 
 
-def file_anchors(frame: pd.DataFrame) -> AnchorChoice:
-    chosen = frame.copy()
+def file_anchors(frame: pd.DataFrame, n: int | None = None, seed: int = 0) -> AnchorChoice:
+    """The rows of an anchor file: all of them, or a seeded sample of ``n`` kept in file order (the same ``n``
+    and seed give the same anchors); ``n`` above the rows the file holds is an error, never a silent shortfall."""
+    if n is not None and n > len(frame):
+        raise ValueError(f"n={n} anchors asked for, but the file holds {len(frame)} usable rows; lower n")
+    chosen = frame if n is None else frame.sample(n=n, random_state=seed).sort_index()
+    chosen = chosen.copy()
     chosen["cluster"] = -1
     chosen["cluster_size"] = 0
     return AnchorChoice(chosen[ANCHOR_COLUMNS].reset_index(drop=True), "file", [])

@@ -6,11 +6,14 @@ table with its raw text, its origin and why it was rejected.
 
 from __future__ import annotations
 
-import gzip
 import hashlib
+import io
 import json
 import logging
 import os
+import re
+import stat
+import zlib
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -25,6 +28,11 @@ log = logging.getLogger(__name__)
 INSTRUCTION_COLUMNS = ["id", "instruction", "input", "output", "source", "row_number"]
 QUARANTINE_COLUMNS = ["source", "row_number", "reason", "raw"]
 RAW_PREVIEW_CHARS = 4000
+# Never read from these, whatever a path or a link says: they hold process environments, kernel state, devices.
+SYSTEM_ROOTS = (Path("/proc"), Path("/sys"), Path("/dev"))
+TRUNCATED_GZIP = "truncated_gzip: the compressed file ends mid-stream; rows after the cut are lost; re-copy the file"
+UTF8_BOM = b"\xef\xbb\xbf"
+UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
 
 
 class SourceError(ValueError):
@@ -86,9 +94,61 @@ def example_id(instruction: str, input_text: str, output: str) -> str:
     return hashlib.sha256(payload).hexdigest()[:16]
 
 
-def _open_bytes(path: Path) -> bytes:
+def check_path(path: Path, allow_symlinks: bool = False) -> None:
+    """Refuse a path that is not a plain data file or folder, before a single byte of it is read.
+
+    A symbolic link (to a process's environment under /proc, to the password file...), a device, a FIFO or a
+    socket is refused by default: data files are copied into place, not linked. So is anything under /proc, /sys
+    or /dev, however it is reached. The message names the path and never quotes the content.
+    """
+    if path.is_symlink() and not allow_symlinks:
+        raise SourceError(
+            f"{path}: refused, it is a symbolic link; copy the data file itself there (links are not followed, "
+            "so a link to a secret such as a process environment is never read)"
+        )
+    resolved = path.resolve()
+    if any(resolved == root or root in resolved.parents for root in SYSTEM_ROOTS):
+        raise SourceError(f"{path}: refused, it lies under /{resolved.parts[1]} (system state, not data)")
+    mode = resolved.stat().st_mode
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        raise SourceError(f"{path}: refused, not a regular file (a device, FIFO or socket); copy the data into a file")
+
+
+def _open_bytes(path: Path) -> tuple[bytes, str | None]:
+    """The file's bytes (decompressed for .gz) and, for a gzip cut short, why: the bytes before the cut are kept."""
     data = path.read_bytes()
-    return gzip.decompress(data) if path.suffix == ".gz" else data
+    problem = None
+    if path.suffix == ".gz":
+        parts: list[bytes] = []
+        rest = data
+        try:
+            while rest:  # a gzip file may hold several members (files joined with cat)
+                decompressor = zlib.decompressobj(wbits=31)  # 31: gzip header and trailer
+                parts.append(decompressor.decompress(rest) + decompressor.flush())
+                if not decompressor.eof:
+                    problem = TRUNCATED_GZIP
+                    break
+                rest = decompressor.unused_data
+        except zlib.error as error:
+            if not parts:
+                raise SourceError(
+                    f"{path}: not a valid gzip file ({error}); re-copy it or save it uncompressed"
+                ) from None
+            problem = f"corrupt_gzip: {error}; rows after the damage are lost; re-copy the file"
+        data = b"".join(parts)
+    return _to_utf8(path, data), problem
+
+
+def _to_utf8(path: Path, data: bytes) -> bytes:
+    """Drop a UTF-8 byte-order mark; re-encode a UTF-16 file (recognised by its mark) as UTF-8."""
+    if data.startswith(UTF8_BOM):
+        return data[len(UTF8_BOM) :]
+    if data.startswith(UTF16_BOMS):
+        try:
+            return data.decode("utf-16").encode("utf-8")
+        except UnicodeDecodeError as error:
+            raise SourceError(f"{path}: starts like UTF-16 but does not decode ({error}); save it as UTF-8") from None
+    return data
 
 
 def _format_of(path: Path) -> str:
@@ -106,8 +166,25 @@ def _preview(raw: str) -> str:
     return raw if len(raw) <= RAW_PREVIEW_CHARS else raw[:RAW_PREVIEW_CHARS] + f"... [{len(raw)} chars]"
 
 
-def _read_jsonl(path: Path, data: bytes) -> Iterator[RawRecord]:
-    for number, line in enumerate(data.splitlines()):
+def _loads(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise json.JSONDecodeError("nested too deeply", text, 0) from None
+    except json.JSONDecodeError:
+        raise
+    except ValueError as error:  # an integer of more than 4,300 digits, say
+        raise json.JSONDecodeError(f"unreadable value ({error})", text, 0) from None
+
+
+def _read_jsonl(path: Path, data: bytes, problem: str | None = None) -> Iterator[RawRecord]:
+    lines = data.splitlines()
+    cut = problem is not None and bool(data) and not data.endswith((b"\n", b"\r"))
+    for number, line in enumerate(lines):
+        if cut and number == len(lines) - 1:
+            # The last line of a cut gzip stops mid-row, even where what is left happens to parse.
+            yield RawRecord(str(path), number, None, line.decode("utf-8", "replace"), str(problem))
+            return
         if not line.strip():
             continue
         try:
@@ -116,26 +193,75 @@ def _read_jsonl(path: Path, data: bytes) -> Iterator[RawRecord]:
             yield RawRecord(str(path), number, None, line.decode("utf-8", "replace"), f"undecodable_bytes: {error}")
             continue
         try:
-            yield RawRecord(str(path), number, json.loads(text), text)
+            yield RawRecord(str(path), number, _loads(text), text)
         except json.JSONDecodeError as error:
             yield RawRecord(str(path), number, None, text, f"malformed_json: {error.msg}")
+    if problem is not None:
+        # Cut exactly at a line end: no row shows the cut, so one row records it.
+        yield RawRecord(str(path), len(lines), None, "", problem)
 
 
-def _read_json_array(path: Path, data: bytes) -> Iterator[RawRecord]:
-    """Parse a JSON array element by element, so a truncated or partly corrupt file keeps its good rows."""
+_OBJECT_START = re.compile(r"[,\[]\s*(?=\{)")
+
+
+def _element_end(text: str, start: int) -> int | None:
+    """End of the bracket-balanced value starting at ``start`` (strings and escapes respected), else None."""
+    depth, in_string, escaped = 0, False, False
+    for index in range(start, len(text)):
+        char = text[index]
+        if in_string:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == '"':
+                in_string = False
+        elif char == '"':
+            in_string = True
+        elif char in "[{":
+            depth += 1
+        elif char in "]}":
+            depth -= 1
+            if depth <= 0:
+                return index + 1
+        elif depth == 0 and char in ",\n":
+            return index  # a bare scalar (``nul``, ``1e``) ends at the next separator
+    return None
+
+
+def _resync(text: str, start: int, decoder: json.JSONDecoder) -> int | None:
+    """The start of the next element that parses and is followed by ``,`` or ``]``, after a broken one."""
+    for match in _OBJECT_START.finditer(text, start):
+        candidate = match.end()
+        try:
+            _, end = decoder.raw_decode(text, candidate)
+        except (ValueError, RecursionError):
+            continue
+        rest = text[end:].lstrip()
+        if rest[:1] in (",", "]"):
+            return candidate
+    return None
+
+
+def _read_json_array(path: Path, data: bytes, problem: str | None = None) -> Iterator[RawRecord]:
+    """Parse JSON arrays element by element, so a truncated or partly corrupt file keeps its good rows.
+
+    Every element becomes one record: a broken element is one quarantine row and reading goes on with the next;
+    arrays (or objects) after the first closing ``]`` (files joined with ``cat``) are read as more rows.
+    """
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
         # Decode line by line instead so the bad bytes are confined to the rows that hold them.
-        yield from _read_jsonl(path, data)
+        yield from _read_jsonl(path, data, problem)
         return
     stripped = text.lstrip()
     if not stripped.startswith("["):
         if stripped.startswith("{") and "\n{" in stripped:
-            yield from _read_jsonl(path, data)  # JSON Lines saved with a .json name
+            yield from _read_jsonl(path, data, problem)  # JSON Lines saved with a .json name
             return
         try:
-            value = json.loads(text)
+            value = _loads(text)
         except json.JSONDecodeError as error:
             raise SourceError(f"{path}: not valid JSON ({error.msg} at line {error.lineno})") from error
         for key in ("data", "rows", "examples", "instances"):
@@ -145,29 +271,73 @@ def _read_json_array(path: Path, data: bytes) -> Iterator[RawRecord]:
                 return
         raise SourceError(f"{path}: JSON top level must be an array of examples")
     decoder = json.JSONDecoder()
+    source = str(path)
     position = text.index("[") + 1
     number = 0
+    depth = 1  # inside an array: 1; between top-level values (after a closing ``]``): 0
     while True:
         while position < len(text) and text[position] in " \t\r\n,":
             position += 1
         if position >= len(text):
-            yield RawRecord(str(path), number, None, "", "malformed_json: array is not closed (truncated file)")
+            if depth:
+                reason = problem or "malformed_json: array is not closed (truncated file)"
+                yield RawRecord(source, number, None, "", reason)
             return
-        if text[position] == "]":
-            return
+        if depth and text[position] == "]":
+            depth, position = 0, position + 1
+            continue
+        if not depth and text[position] == "[":
+            depth, position = 1, position + 1  # another array after the first one
+            continue
         try:
             value, end = decoder.raw_decode(text, position)
-        except json.JSONDecodeError as error:
-            rest = text[position:]
-            yield RawRecord(str(path), number, None, _preview(rest), f"malformed_json: {error.msg}; rest of file")
-            return
-        yield RawRecord(str(path), number, value, text[position:end])
+        except (ValueError, RecursionError) as error:  # ValueError: JSONDecodeError, or a 5,000-digit integer
+            message = error.msg if isinstance(error, json.JSONDecodeError) else "nested too deeply"
+            if not isinstance(error, (json.JSONDecodeError, RecursionError)):
+                message = f"unreadable value ({error})"
+            end = _element_end(text, position)
+            valid_end = end is not None and (not depth or text[end:].lstrip()[:1] in (",", "]"))
+            if not valid_end:
+                resumed = _resync(text, position + 1, decoder)
+                end = resumed - 1 if resumed is not None else None  # resumed - 1: the separator before it
+            if end is None:
+                rest = text[position:]
+                yield RawRecord(source, number, None, _preview(rest), f"malformed_json: {message}; rest of file")
+                return
+            raw = text[position:end].rstrip().rstrip(",").rstrip()
+            yield RawRecord(source, number, None, _preview(raw), f"malformed_json: {message}")
+            position, number = max(end, position + 1), number + 1
+            continue
+        # After the closing ``]`` (depth 0) an object is one more row, like an element of a further array.
+        yield RawRecord(source, number, value, text[position:end])
         position = end
         number += 1
 
 
 def _read_table(path: Path, kind: str) -> Iterator[RawRecord]:
-    frame = pd.read_parquet(path) if kind == "parquet" else pd.read_csv(path, dtype=str, keep_default_na=False)
+    if kind == "parquet":
+        try:
+            frame = pd.read_parquet(path)
+        except Exception as error:  # pyarrow raises ArrowInvalid, OSError...: all mean the same to the user
+            raise SourceError(
+                f"{path}: not a readable Parquet file ({type(error).__name__}: {str(error)[:200]}); "
+                "re-export it, or give it the extension of its real format"
+            ) from None
+    else:
+        data, problem = _open_bytes(path)
+        if problem is not None:
+            raise SourceError(f"{path}: {problem}")
+        try:
+            frame = pd.read_csv(io.BytesIO(data), dtype=str, keep_default_na=False, encoding="utf-8")
+        except pd.errors.EmptyDataError:
+            raise SourceError(f"{path}: source file is empty") from None
+        except pd.errors.ParserError as error:
+            raise SourceError(
+                f"{path}: not a readable CSV file ({error}); look for an unbalanced quote or a row with "
+                "extra fields near that row, or save it as JSON Lines"
+            ) from None
+        except UnicodeDecodeError as error:
+            raise SourceError(f"{path}: CSV is not UTF-8 ({error}); save it as UTF-8") from None
     for number, row in enumerate(frame.to_dict(orient="records")):
         yield RawRecord(str(path), number, row, json.dumps(row, ensure_ascii=False, default=str))
 
@@ -209,15 +379,21 @@ def _read_hub(dataset_id: str, hub: HubOptions) -> Iterator[RawRecord]:
         yield RawRecord(f"hf://{dataset_id}", number, row, json.dumps(row, ensure_ascii=False, default=str))
 
 
-def read_source(source: str | Path, hub: HubOptions = HubOptions()) -> Iterator[RawRecord]:
-    """Yield raw records of one source: a file, a saved `datasets` folder, or a hub dataset id."""
-    path = Path(source).expanduser()
-    if not path.exists():
+def read_source(
+    source: str | Path, hub: HubOptions = HubOptions(), allow_symlinks: bool = False
+) -> Iterator[RawRecord]:
+    """Yield raw records of one source: a file, a saved `datasets` folder, or a hub dataset id.
+
+    Records carry the absolute path of their file, so two ``data.jsonl`` in different folders stay apart.
+    """
+    path = Path(os.path.abspath(Path(source).expanduser()))
+    if not path.exists() and not path.is_symlink():
         looks_like_hub_id = isinstance(source, str) and source.count("/") == 1 and not source.startswith((".", "/"))
         if looks_like_hub_id and not Path(source).suffix:
             yield from _read_hub(source, hub)
             return
         raise SourceError(f"{path}: source file does not exist")
+    check_path(path, allow_symlinks)
     kind = _format_of(path)
     if kind == "hf_disk":
         yield from _read_hf_disk(path)
@@ -225,10 +401,11 @@ def read_source(source: str | Path, hub: HubOptions = HubOptions()) -> Iterator[
     if kind in ("parquet", "csv"):
         yield from _read_table(path, kind)
         return
-    data = _open_bytes(path)
-    if not data.strip():
+    data, problem = _open_bytes(path)
+    if not data.strip() and problem is None:
         raise SourceError(f"{path}: source file is empty")
-    yield from _read_jsonl(path, data) if kind == "jsonl" else _read_json_array(path, data)
+    reader = _read_jsonl if kind == "jsonl" else _read_json_array
+    yield from reader(path, data, problem)
 
 
 def _from_conversations(turns: Any) -> tuple[Any, Any] | str:
@@ -264,6 +441,10 @@ def _extract(value: Any, fields: FieldMap) -> tuple[str, str, str] | str:
     for name, text in (("instruction", instruction), ("input", input_text), ("output", output)):
         if not isinstance(text, str):
             return f"non_string_field: {name} is {type(text).__name__}"
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as error:  # a lone surrogate (JSON "\ud800"): no file or tokenizer can hold it
+            return f"invalid_unicode: {name} holds {error.reason} at character {error.start}"
     return instruction.strip(), input_text.strip(), output.strip()
 
 
@@ -310,7 +491,7 @@ def normalise(records: Iterable[RawRecord], fields: FieldMap = FieldMap(), max_c
                 "instruction": instruction,
                 "input": input_text,
                 "output": output,
-                "source": Path(record.source).name if "://" not in record.source else record.source,
+                "source": record.source,  # the full path: two data.jsonl in two folders stay apart
                 "row_number": record.row_number,
             }
         )
@@ -346,10 +527,12 @@ def ingest(
     max_chars: int = 16_384,
     known_ids: set[str] | None = None,
     hub: HubOptions = HubOptions(),
+    allow_symlinks: bool = False,
 ) -> IngestResult:
     """Read and normalise several sources as one table (duplicates across files are quarantined too).
 
     ``known_ids`` are ids already stored elsewhere (for incremental ingestion): rows with them count as duplicates.
+    ``allow_symlinks``: follow a source that is a symbolic link (refused by default; see ``check_path``).
     """
     if not sources:
         raise SourceError("no source given")
@@ -357,7 +540,7 @@ def ingest(
     def all_records() -> Iterator[RawRecord]:
         for source in sources:
             count = 0
-            for record in read_source(source, hub):
+            for record in read_source(source, hub, allow_symlinks=allow_symlinks):
                 count += 1
                 yield record
             if count == 0:

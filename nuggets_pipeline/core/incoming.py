@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from nuggets_pipeline.core.anchors import candidate_pool
 from nuggets_pipeline.core.data import (
     FieldMap,
     SourceError,
+    check_path,
     ingest,
     normalise,
     quarantine_known,
@@ -64,19 +66,38 @@ def batch_of(shard: str) -> str:
     return shard.rsplit("-", 1)[0]
 
 
+def _listed(path: Path) -> bool:
+    return not path.name.startswith((".", "~")) and not path.name.lower().endswith(PARTIAL_SUFFIXES)
+
+
 def waiting_files(folder: Path) -> list[Path]:
     """Files that look complete: not hidden, not named like a partial download, regular files only.
 
     Files of an unknown type are listed too, so that dropping one fails a run with a message naming the file
-    instead of being ignored without a word.
+    instead of being ignored without a word. Symbolic links, FIFOs and devices are not: see ``refused_files``.
     """
     if not folder.is_dir():
         return []
-    return sorted(
-        p
-        for p in folder.iterdir()
-        if p.is_file() and not p.name.startswith((".", "~")) and not p.name.lower().endswith(PARTIAL_SUFFIXES)
-    )
+    return sorted(p for p in folder.iterdir() if _listed(p) and stat.S_ISREG(p.lstat().st_mode))
+
+
+def refused_files(folder: Path) -> dict[str, str]:
+    """Entries of the folder that are never read (links, FIFOs, devices, sockets), by name, with the reason.
+
+    A link is refused whatever it points to: it could be a process's environment or the password file, and
+    reading it would copy secrets into quarantine rows, the run database and the event log.
+    """
+    if not folder.is_dir():
+        return {}
+    refused = {}
+    for path in sorted(folder.iterdir()):
+        if not _listed(path) or (path.is_dir() and not path.is_symlink()):
+            continue
+        try:
+            check_path(path)
+        except SourceError as error:
+            refused[path.name] = str(error)
+    return refused
 
 
 @dataclass

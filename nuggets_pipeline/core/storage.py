@@ -24,10 +24,28 @@ SCHEMA = "nuggets"
 T = TypeVar("T")
 
 
+def current_umask() -> int:
+    """The process umask, read without changing it where the OS allows (``os.umask`` alone must set one)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def write_parquet_atomic(frame: pd.DataFrame, path: Path) -> None:
-    """Readers see the old file or the new one, never a half-written one; a re-run replaces, never appends."""
+    """Readers see the old file or the new one, never a half-written one; a re-run replaces, never appends.
+
+    The file gets the mode any new file gets (0666 less the umask: 0644 by default), like the exports: mkstemp's
+    private 0600 would make warehouse files the only ones a group or a UI user cannot read. For private data,
+    set a umask (077) or lock the home folder; both cover every file the pipeline writes."""
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.fchmod(handle, 0o666 & ~current_umask())
     os.close(handle)
     try:
         frame.to_parquet(temporary, index=False)

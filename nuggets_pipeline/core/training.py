@@ -41,6 +41,7 @@ from transformers import (
     TrainingArguments,
 )
 
+from nuggets_pipeline.core.checkpoints import set_aside, trainer_checkpoint_problem
 from nuggets_pipeline.core.modeling import load_model, load_tokenizer
 from nuggets_pipeline.core.paths import nuggets_home
 from nuggets_pipeline.core.sft_data import (
@@ -282,6 +283,16 @@ def latest_checkpoint(checkpoints: Path) -> Path | None:
     return max(complete)[1] if complete else None
 
 
+def set_aside_unusable_checkpoints(checkpoints: Path, emit: Log) -> None:
+    """Newest first, rename a checkpoint that cannot be resumed from (corrupt state, torn weights or optimizer)
+    to ``corrupt-checkpoint-N...`` until one can: the run resumes from that one instead of failing for good."""
+    while (newest := latest_checkpoint(checkpoints)) is not None:
+        problem = trainer_checkpoint_problem(newest)
+        if problem is None:
+            return
+        set_aside(newest, problem, emit, prefix="corrupt-")
+
+
 def _run_identity(
     base_model: str, variant: str, subset: str, config: TrainingConfig, data: SFTDataset
 ) -> dict[str, Any]:
@@ -419,6 +430,7 @@ def train_sft(
     )
     if state.is_main_process:
         _claim_checkpoints(checkpoints, _run_identity(base_model, variant, subset_hash, config, data))
+        set_aside_unusable_checkpoints(checkpoints, emit)
     state.wait_for_everyone()
     resume = latest_checkpoint(checkpoints)
     resumed_from_step = 0

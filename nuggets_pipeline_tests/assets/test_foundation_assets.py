@@ -79,7 +79,28 @@ def test_paper_anchor_file_and_random_anchors(isolated_home: Path) -> None:
         run_config={"ops": {"anchor_set": {"config": {"method": "file", "file": KMEANS_100_ANCHORS}}}},
     )
     assert result.success
-    assert result.output_for_node("anchor_set").shape[0] == 100
+    assert result.output_for_node("anchor_set").shape[0] == 100  # no n: the whole file
+
+
+def test_anchor_file_honours_n_deterministically_and_refuses_more_than_it_holds(isolated_home: Path) -> None:
+    def run(n: int, seed: int = 0) -> dg.ExecuteInProcessResult:
+        config = {"method": "file", "file": KMEANS_100_ANCHORS, "n": n, "seed": seed}
+        return dg.materialize(
+            [ingestion.ingest_instructions, anchors.anchor_set],
+            resources=resources(),
+            instance=dg.DagsterInstance.ephemeral(),
+            run_config={"ops": {"anchor_set": {"config": config}}},
+            raise_on_error=False,
+        )
+
+    first, again = run(10), run(10)
+    ids = first.output_for_node("anchor_set")["id"].tolist()
+    assert len(ids) == 10 and again.output_for_node("anchor_set")["id"].tolist() == ids
+    assert run(10, seed=1).output_for_node("anchor_set")["id"].tolist() != ids
+    too_many = run(101)
+    assert not too_many.success
+    [event] = too_many.get_step_failure_events()
+    assert "n=101 anchors asked for, but the file holds 100" in event.step_failure_data.error.message
 
 
 def test_a_missing_source_fails_the_run_with_a_message_naming_the_file(tmp_path: Path) -> None:

@@ -537,3 +537,70 @@ def test_local_render_folds_the_system_turn_when_the_template_refuses_it(tiny_mo
     text = judge.render(prompt)
     assert text.startswith(f"<user>{prompt.system}\n\n{prompt.user}</user><model>")
     assert text.endswith("<model>Rating: [[")
+
+
+class HeaderEchoServer:
+    """A server on 127.0.0.1 that refuses every request with a long body echoing every request header, several
+    times over, the way a careless proxy's error page might: a 300-character cut falls inside a key."""
+
+    def __init__(self, status: int) -> None:
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers["Content-Length"]))
+                echoed = "; ".join(f"{name}: {value}" for name, value in self.headers.items())
+                data = json.dumps({"error": {"message": ("request was " + echoed + " | ") * 20}}).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.base_url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True).start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.mark.parametrize("status", [401, 503])
+def test_every_header_value_is_redacted_before_the_error_text_is_cut(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, status: int
+) -> None:
+    key = "sk-proj-" + "A1b2C3d4E5f6G7h8" * 3
+    gateway = "gw-token-" + "Zz9Yy8Xx7Ww6" * 3
+    monkeypatch.setenv(KEY_ENV, key)
+    monkeypatch.setenv("NUGGETS_TEST_GATEWAY_TOKEN", gateway)
+    server = HeaderEchoServer(status)
+    try:
+        judge = OpenAIJudge(
+            "judge-model",
+            "generate",
+            base_url=server.base_url,
+            api_key_env=KEY_ENV,
+            header_envs={"X-Gateway-Token": "NUGGETS_TEST_GATEWAY_TOKEN"},
+            max_retries=2,
+            backoff_s=0.001,
+        )
+        with caplog.at_level("DEBUG"):
+            [failed] = grade_single(judge, [QUESTION], cache=None)
+    finally:
+        server.close()
+    assert failed.failed and f"HTTP {status}" in failed.error and "***" in failed.error
+    texts = [failed.error, repr(failed), caplog.text]
+    for secret in (key, gateway):
+        prefixes = {secret[i : i + 8] for i in range(len(secret) - 7)}  # any 8 characters of it
+        for text in texts:
+            assert not [p for p in prefixes if p in text], text
+
+
+def test_redact_removes_whole_and_cut_copies_of_each_secret() -> None:
+    from nuggets_pipeline.core.judging.backends import redact
+
+    key = "sk-abcdefghijklmnop"
+    text = f"Bearer {key}, again {key[:12]} and {key[:5]}; other {key}"
+    assert redact(text, [key, ""]) == "Bearer ***, again *** and sk-ab; other ***"

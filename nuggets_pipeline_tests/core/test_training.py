@@ -298,3 +298,20 @@ def test_smollm2_short_run_reloads(tmp_path):
     assert result.global_step == 2 and all(torch.isfinite(torch.tensor(loss)) for _, loss in result.losses)
     loaded = load_model(str(result.output_path))
     assert loaded.tokenizer.bos_token_id == 1 and loaded.tokenizer.eos_token_id == 2
+
+
+@pytest.mark.parametrize("damage", ["optimizer.pt", "model.safetensors", "trainer_state.json"])
+def test_a_corrupt_checkpoint_is_set_aside_and_training_resumes_from_the_one_before(tmp_path, damage):
+    run_dir = tmp_path / "run"
+    train_sft(TINY_RANDOM_LLAMA, examples(4), run_dir, KILL_CONFIG, "golden", "h")
+    newest = run_dir / "checkpoints" / "checkpoint-4"
+    assert (newest / damage).exists() and (run_dir / "checkpoints" / "checkpoint-2").exists()
+    content = (newest / damage).read_bytes()
+    (newest / damage).write_bytes(content[: len(content) // 2])  # a disk that filled up mid-save
+
+    lines: list[str] = []
+    result = train_sft(TINY_RANDOM_LLAMA, examples(4), run_dir, KILL_CONFIG, "golden", "h", log=lines.append)
+    assert result.resumed_from_step == 2 and result.global_step == 4
+    assert any("checkpoint-4" in line and damage in line and "set aside" in line for line in lines)
+    [kept] = (run_dir / "checkpoints").glob("corrupt-checkpoint-4.corrupt-*")
+    assert (kept / damage).read_bytes() == content[: len(content) // 2]

@@ -1,6 +1,7 @@
 """Every bad input of the operations table (docs/operations.md): each gets a clear error or a quarantine row,
 and none changes data already stored."""
 
+import gzip
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,6 +13,7 @@ import pytest
 from nuggets_pipeline.core.incoming import batch_key, file_digest
 from nuggets_pipeline.partitions import CANDIDATE_SHARDS, INCOMING_FILES
 from nuggets_pipeline.resources import ModelResource, ScoringResource
+from nuggets_pipeline_tests.accounting import assert_rows_accounted
 from nuggets_pipeline_tests.ops.conftest import ASSETS, example, prepare, tiny_resources
 
 INCREMENT = ["candidate_increments", "quarantined_increments"]
@@ -64,10 +66,12 @@ def ingest_file(store: Store, path: Path, **config: Any) -> dg.ExecuteInProcessR
     )
 
 
-def outputs(result: dg.ExecuteInProcessResult) -> tuple[int, list[str]]:
+def outputs(result: dg.ExecuteInProcessResult, rows_in: int) -> tuple[int, list[str]]:
+    """New candidates and quarantine reasons; every one of the ``rows_in`` input rows is in exactly one of them."""
     assert result.success
     candidates = result.output_for_node("ingest_increment_file", "candidate_increments")
     quarantined = result.output_for_node("ingest_increment_file", "quarantined_increments")
+    assert_rows_accounted(candidates, quarantined, rows_in)
     return len(candidates), sorted(r.split(":")[0] for r in quarantined["reason"])
 
 
@@ -110,16 +114,34 @@ CASES = {
     ),
     "huge_text": (lines(*good("cloud"), {"instruction": "Summarise.", "output": "word " * 5000}), 3, ["too_long"]),
     "repeats_stored_rows": (lines(*(example(i) for i in range(10))), 0, ["duplicate"] * 10),
+    "two_arrays": (json.dumps(good("lake")[:1]) + "\n" + json.dumps(good("lake")[1:]), 3, []),
+    "trailing_data": (
+        json.dumps(good("hill")[:2]) + "\n" + json.dumps(good("hill")[2]) + "\ntrailing junk",
+        3,
+        ["malformed_json"],
+    ),
+    "bad_element": (
+        "["
+        + ", ".join(
+            [*map(json.dumps, good("road")[:2]), '{"instruction": "x", "output": }', json.dumps(good("road")[2])]
+        )
+        + "]",
+        3,
+        ["malformed_json"],
+    ),
+    "byte_order_mark": ("\ufeff" + lines(*good("field")), 3, []),
 }
+JSON_CASES = {"truncated_array": 3, "two_arrays": 3, "trailing_data": 4, "bad_element": 4}
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_bad_rows_are_quarantined_with_their_reason(store: Store, tmp_path: Path, case: str) -> None:
     text, new, reasons = CASES[case]
-    path = tmp_path / ("batch.json" if case == "truncated_array" else "batch.jsonl")
+    path = tmp_path / ("batch.json" if case in JSON_CASES else "batch.jsonl")
     path.write_text(text)
     result = ingest_file(store, path)
-    assert outputs(result) == (new, reasons)
+    rows_in = JSON_CASES.get(case, len(text.splitlines()))
+    assert outputs(result, rows_in) == (new, reasons)
     if case == "huge_text":
         raw = result.output_for_node("ingest_increment_file", "quarantined_increments")["raw"].iloc[0]
         assert len(raw) < 4100 and raw.endswith("chars]")  # the raw preview is clipped, the row is not cut
@@ -129,14 +151,25 @@ def test_non_utf8_bytes_quarantine_only_their_line(store: Store, tmp_path: Path)
     path = tmp_path / "latin1.jsonl"
     latin1 = '{"instruction": "Caf\xe9?", "output": "Oui."}\n'.encode("latin-1")
     path.write_bytes(lines(*good("stone")).encode() + latin1)
-    assert outputs(ingest_file(store, path)) == (3, ["undecodable_bytes"])
+    assert outputs(ingest_file(store, path), 4) == (3, ["undecodable_bytes"])
+
+
+def test_a_truncated_gzip_keeps_its_rows_before_the_cut(store: Store, tmp_path: Path) -> None:
+    path = tmp_path / "cut.jsonl.gz"
+    data = gzip.compress(lines(*(example(i, "meadow") for i in range(60))).encode())
+    path.write_bytes(data[: len(data) // 2])
+    result = ingest_file(store, path)
+    quarantined = result.output_for_node("ingest_increment_file", "quarantined_increments")
+    kept = len(result.output_for_node("ingest_increment_file", "candidate_increments"))
+    assert 0 < kept < 60 and outputs(result, kept + 1) == (kept, ["truncated_gzip"])
+    assert "re-copy the file" in quarantined["reason"].iloc[0]
 
 
 def test_wrong_field_names_are_fixed_by_config_not_code(store: Store, tmp_path: Path) -> None:
     path = tmp_path / "prompts.jsonl"
     rows = [{"prompt": f"Say {word}.", "completion": f"{word.title()}."} for word in ("yes", "no", "maybe")]
     assert outputs(
-        ingest_file(store, path_with(path, lines(*rows)), instruction_field="prompt", output_field="completion")
+        ingest_file(store, path_with(path, lines(*rows)), instruction_field="prompt", output_field="completion"), 3
     ) == (3, [])
 
 
@@ -146,6 +179,9 @@ def test_wrong_field_names_are_fixed_by_config_not_code(store: Store, tmp_path: 
         ("empty.jsonl", b"", "source file is empty"),
         ("notes.txt", b"instruction: hi", "unknown file type .txt"),
         ("broken.json", b'{"instruction": "x"', "not valid JSON"),
+        ("quote.csv", b'instruction,output\n"Say hi.,Hi.\n', "look for an unbalanced quote"),
+        ("fake.parquet", b'{"instruction": "x", "output": "y"}', "not a readable Parquet file"),
+        ("junk.jsonl.gz", b"not gzip", "not a valid gzip file"),
     ],
 )
 def test_an_unreadable_file_fails_its_run_with_the_reason(

@@ -101,6 +101,19 @@ def test_run_flags_map_onto_the_run_config_the_launchpad_takes() -> None:
     assert dg.validate_run_config(job, config)["resources"]["scoring_model"]["config"] == scoring
 
 
+def test_an_anchor_file_keeps_all_its_rows_unless_anchors_is_given() -> None:
+    from nuggets_pipeline.definitions import default_resources
+    from nuggets_pipeline.launch import run_config
+
+    def anchors(*flags: str) -> dict:
+        argv = ["run", "--source", "user.jsonl", *flags]
+        return run_config(build_parser().parse_args(argv), default_resources())["ops"]["anchor_set"]["config"]
+
+    assert "n" not in anchors("--anchor-method", "file")  # the paper's 100, not the KMeans default of 8
+    assert anchors("--anchor-method", "file", "--anchors", "20")["n"] == 20
+    assert anchors("--anchor-method", "kmeans")["n"] == 8
+
+
 def test_every_run_stage_config_validates() -> None:
     from nuggets_pipeline.cli import run_stages
     from nuggets_pipeline.definitions import default_resources

@@ -17,7 +17,8 @@ import pytest
 
 from nuggets_pipeline.core.paths import REPO_ROOT
 from nuggets_pipeline.core.storage import Warehouse
-from nuggets_pipeline_tests.ops.conftest import prepare, score
+from nuggets_pipeline.pools import WORKER_TAG, worker_identity
+from nuggets_pipeline_tests.ops.conftest import prepare
 from nuggets_pipeline_tests.ops.workers import PAUSED, context, score_shard
 
 SECRET = "hf_nuggets-test-sentinel-3c1e9a"  # a token-shaped value that must never be written anywhere
@@ -127,17 +128,24 @@ def test_a_run_killed_mid_shard_resumes_from_its_last_checkpoint(setup: Setup, m
 
     monkeypatch.setenv("NUGGETS_HOME", str(setup.home))
     with setup.instance() as instance:
-        # The killed run is still "started" and still holds the one model slot: a re-run would wait forever.
+        # The killed run is still "started" and still holds the one model slot, and no daemon runs here.
         [killed] = instance.get_runs(dg.RunsFilter(tags={"dagster/partition": shard}))
         assert killed.status == dg.DagsterRunStatus.STARTED
+        assert killed.tags[WORKER_TAG].split(":")[1] == str(worker.pid)  # the process that claimed the slot
         assert instance.event_log_storage.get_concurrency_info("model").active_run_ids == {killed.run_id}
-        # What Dagster's services do: the code server that launched a run (or, on Kubernetes, run monitoring)
-        # marks a dead run failed, and the daemon frees its slots (dagster.yaml: free_slots_after_run_end_seconds).
-        instance.report_run_failed(killed, "run worker killed (SIGKILL)")
-        instance.event_log_storage.free_concurrency_slots_for_run(killed.run_id)
-        result = score(instance, shard, checkpoint_every=2)
-        assert result.success
-        logged = [entry.user_message for entry in instance.all_logs(result.run_id)]
+    # The next run, in a process of its own as a CLI run would be, sees the holder is dead: it marks that run
+    # failed, takes the slot and resumes. (Before, it waited for ever, spinning a core.)
+    resumed = start(setup, shard, checkpoint_every=2)
+    resumed.join(HANG_GUARD_S)
+    assert resumed.exitcode == 0
+    with setup.instance() as instance:
+        runs = instance.get_runs(dg.RunsFilter(tags={"dagster/partition": shard}))
+        statuses = {r.run_id: r.status for r in runs}
+        assert statuses[killed.run_id] == dg.DagsterRunStatus.FAILURE
+        [again] = [r for r in runs if r.run_id != killed.run_id]
+        assert again.status == dg.DagsterRunStatus.SUCCESS
+        logged = [entry.user_message for entry in instance.all_logs(again.run_id)]
+        assert not instance.event_log_storage.get_concurrency_info("model").active_run_ids
     assert any(f"{shard}: resuming, 2 candidates already checkpointed" in m for m in logged)
     assert (checkpoints / "scores-00000.parquet").read_bytes() == kept  # the checkpoint was reused, not redone
 
@@ -145,3 +153,40 @@ def test_a_run_killed_mid_shard_resumes_from_its_last_checkpoint(setup: Setup, m
     assert set(scores["candidate_id"]) == in_shard and scores["candidate_id"].is_unique
     pairs = setup.warehouse().read("one_shot_pair_deltas", [shard])
     assert len(pairs) == len(in_shard) * 4 and not pairs.duplicated(["candidate_id", "anchor_id"]).any()
+
+
+def test_a_step_waiting_for_a_live_holder_sleeps_and_stops_on_sigterm(setup: Setup) -> None:
+    """A slot held by a live process is not taken from it; the waiting run stops cleanly on SIGTERM, marked as
+    ended, its pending claim given back (before, it ignored SIGTERM and stayed "started" for ever)."""
+    shard = "base-003"  # scored by the first test already (tests of this module run in order)
+    with setup.instance() as instance:
+        instance.event_log_storage.set_concurrency_slots("model", 1)
+        for earlier in instance.event_log_storage.get_concurrency_info("model").active_run_ids:
+            instance.event_log_storage.free_concurrency_slots_for_run(earlier)  # whatever an earlier test left
+        # The slot's holder: a run whose worker is this (live) test process.
+        holder = instance.create_run_for_job(
+            dg.GraphDefinition("holder").to_job(), tags={WORKER_TAG: worker_identity()}
+        )
+        assert instance.event_log_storage.claim_concurrency_slot("model", holder.run_id, "step").is_claimed
+    try:
+        waiting = start(setup, shard)
+        run, pending = None, set()
+        while run is None or run.run_id not in pending:
+            waiting.join(0.2)
+            assert waiting.exitcode is None, "the run ended instead of waiting for the slot"
+            with setup.instance() as instance:
+                found = instance.get_runs(dg.RunsFilter(tags={"dagster/partition": shard}))
+                run = next((r for r in found if r.status == dg.DagsterRunStatus.STARTED), None)
+                pending = instance.event_log_storage.get_concurrency_info("model").pending_run_ids
+        assert waiting.is_alive()  # still waiting: the holder is alive, its slot was not taken
+        os.kill(waiting.pid, signal.SIGTERM)
+        waiting.join(HANG_GUARD_S)
+        assert waiting.exitcode is not None
+        with setup.instance() as instance:
+            ended = instance.get_run_by_id(run.run_id)
+            assert ended is not None and ended.is_finished and ended.status != dg.DagsterRunStatus.SUCCESS
+            info = instance.event_log_storage.get_concurrency_info("model")
+            assert run.run_id not in info.pending_run_ids and info.active_run_ids == {holder.run_id}
+    finally:
+        with setup.instance() as instance:
+            instance.event_log_storage.free_concurrency_slots_for_run(holder.run_id)

@@ -11,6 +11,7 @@ import pytest
 from nuggets_pipeline.core.storage import Warehouse
 from nuggets_pipeline.definitions import defs
 from nuggets_pipeline.sensors import INGEST_JOB, SCORE_JOB, incoming_data_sensor
+from nuggets_pipeline_tests.accounting import assert_rows_accounted
 from nuggets_pipeline_tests.ops.conftest import ASSETS, example, score, tiny_resources
 
 SELECTION = {INGEST_JOB: ["candidate_increments", "quarantined_increments"], SCORE_JOB: ["one_shot_scores"]}
@@ -72,6 +73,7 @@ def test_a_new_file_is_ingested_once_and_only_its_shards_are_scored(
     assert len(increment) == 10 and increment["shard"].str.startswith(f"{batch}-").all()
     reasons = sorted(r.split(":")[0] for r in quarantined["reason"])
     assert reasons == ["duplicate"] * 3 + ["empty_output", "malformed_json"]
+    assert_rows_accounted(increment, quarantined, 10 + 3 + 2)
     new_shards = sorted(increment["shard"].unique())
     assert set(new_shards) <= set(prepared.get_dynamic_partitions("candidate_shards"))
 

@@ -1,8 +1,10 @@
 """Models load from safetensors only and never run code shipped with them; the UI binds to localhost."""
 
 import json
+import os
 from pathlib import Path
 
+import dagster as dg
 import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
@@ -54,3 +56,91 @@ def test_code_shipped_with_a_model_is_never_run(tmp_path: Path) -> None:
 def test_the_ui_binds_to_localhost() -> None:
     ui = next(line for line in (REPO_ROOT / "Makefile").read_text().splitlines() if "dagster dev" in line)
     assert "-h 127.0.0.1" in ui
+
+
+FAKE_SECRETS = [
+    "sk-proj-nuggetsFAKEkey0123456789abcdefABCDEF",
+    "hf_nuggetsFAKEtoken0123456789abcdefXYZ",
+]
+
+
+def test_links_to_secrets_and_system_files_are_refused_and_copied_nowhere(
+    prepared: dg.DagsterInstance, tmp_path: Path, isolated_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A link dropped into the incoming folder (or named as a source) to an environment file or /etc/passwd is
+    never read: no run is requested for it, a run forced onto it fails naming the link, and not one line of the
+    target reaches the warehouse, the quarantine tables, the run database or the event log."""
+    from nuggets_pipeline_tests.ops.conftest import ASSETS, tiny_resources
+    from nuggets_pipeline_tests.ops.test_incoming import execute, tick
+
+    monkeypatch.setenv("NUGGETS_INCOMING_SETTLE_S", "0")
+    outside = tmp_path / "outside"  # stands for /proc/<pid>/environ: secrets, one per line, as JSON would not be
+    outside.mkdir()
+    environ = outside / "environ"
+    environ.write_text("".join(f"TOKEN_{i}={s}\n" for i, s in enumerate(FAKE_SECRETS)))
+    passwd = Path("/etc/passwd")
+    passwd_lines = [line for line in passwd.read_text().splitlines() if line.strip()]
+    incoming = isolated_home / "incoming"
+    incoming.mkdir()
+    (incoming / "env.jsonl").symlink_to(environ)
+    (incoming / "users.jsonl").symlink_to(passwd)
+    os.mkfifo(incoming / "pipe.jsonl")  # hashing a FIFO would block the sensor for ever
+
+    requests, _ = tick(prepared, None)
+    for request in requests:  # today's code requests runs for the links; the fix requests none
+        execute(prepared, request)
+    assert requests == []
+    for link in ("env.jsonl", "users.jsonl"):
+        batch = "inc00000000"
+        prepared.add_dynamic_partitions("incoming_files", [batch])
+        forced = dg.materialize(
+            ASSETS,
+            selection=["candidate_increments", "quarantined_increments"],
+            instance=prepared,
+            resources=tiny_resources(),
+            partition_key=batch,
+            run_config={"ops": {"ingest_increment_file": {"config": {"path": str(incoming / link)}}}},
+            raise_on_error=False,
+        )
+        assert not forced.success
+        [event] = forced.get_step_failure_events()
+        assert "symbolic link" in event.step_failure_data.error.message
+        assert str(incoming / link) in event.step_failure_data.error.message
+    as_source = dg.materialize(
+        ASSETS,
+        selection=["instructions", "quarantined_instructions"],
+        instance=prepared,
+        resources=tiny_resources(),
+        run_config={"ops": {"ingest_instructions": {"config": {"sources": [str(incoming / "env.jsonl")]}}}},
+        raise_on_error=False,
+    )
+    assert not as_source.success
+
+    leaked = [*(s.encode() for s in FAKE_SECRETS), *(line.encode() for line in passwd_lines if len(line) > 12)]
+    checked = 0
+    for path in tmp_path.rglob("*"):
+        if path.is_file() and not path.is_symlink() and outside not in path.parents:
+            content = path.read_bytes()
+            checked += 1
+            assert not [s for s in leaked if s in content], path
+    assert checked > 5  # the warehouse, the run database and the event log were there to be searched
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_warehouse_files_and_exports_get_the_same_mode(tmp_path: Path, umask: int) -> None:
+    """One rule for every file written: 0666 less the umask (0644 by default, 0600 under umask 077)."""
+    import pandas as pd
+
+    from nuggets_pipeline.core.storage import Warehouse, write_parquet_atomic
+
+    previous = os.umask(umask)
+    try:
+        stored = Warehouse(tmp_path / "warehouse").write("instructions", pd.DataFrame({"id": ["a"]}))
+        write_parquet_atomic(pd.DataFrame({"id": ["b"]}), tmp_path / "checkpoint.parquet")
+        export = tmp_path / "exports" / "golden_subset.json"  # written the way golden_subset writes it
+        export.parent.mkdir()
+        export.write_text("[]")
+    finally:
+        os.umask(previous)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in (stored, tmp_path / "checkpoint.parquet", export)}
+    assert set(modes.values()) == {0o666 & ~umask}, modes

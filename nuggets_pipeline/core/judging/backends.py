@@ -70,6 +70,9 @@ class OpenAIJudge(Judge):
     the Authorization header; it is never stored on the judge, logged, or written to results. With the
     variable unset no Authorization header is sent (local servers need none). The default variable is
     project-specific so an OpenAI key is not sent to an arbitrary local server by accident.
+    ``header_envs`` adds headers read the same way (header name -> environment variable), for servers that
+    want another key header (Azure's ``api-key``, a gateway's token). Every header value sent is redacted from
+    error text before that text is cut to length, logged or stored.
     """
 
     backend: Backend = "openai"
@@ -88,8 +91,10 @@ class OpenAIJudge(Judge):
         backoff_s: float = 1.0,
         max_backoff_s: float = 60.0,
         timeout_s: float = 120.0,
+        header_envs: dict[str, str] | None = None,
     ) -> None:
         self.model = model
+        self.header_envs = dict(header_envs or {})  # names of variables only, never their values
         self.mode = _check_mode(mode)
         self.base_url = base_url.rstrip("/")
         self.api_key_env = api_key_env
@@ -150,6 +155,10 @@ class OpenAIJudge(Judge):
     def _post(self, client: httpx.Client, payload: dict[str, Any]) -> dict[str, Any]:
         key = os.environ.get(self.api_key_env) or ""
         headers = {"Authorization": f"Bearer {key}"} if key else {}
+        for header, variable in self.header_envs.items():
+            if value := os.environ.get(variable):
+                headers[header] = value
+        secrets = [key, *headers.values()]
         url = f"{self.base_url}/chat/completions"
         problem = ""
         for attempt in range(self.max_retries + 1):
@@ -164,7 +173,8 @@ class OpenAIJudge(Judge):
                         return response.json()
                     except ValueError:
                         raise JudgeRequestError("judge server answered 200 with a body that is not JSON") from None
-                problem = f"HTTP {response.status_code}: {_redact(response.text[:300], key)}"
+                # Redact first, then cut: a key cut in two by the limit would otherwise leave its prefix.
+                problem = f"HTTP {response.status_code}: {redact(response.text, secrets)[:300]}"
                 if response.status_code != 429 and response.status_code < 500:
                     raise JudgeRequestError(f"judge server refused the request: {problem}")
                 retry_after = _seconds(response.headers.get("retry-after"))
@@ -175,9 +185,27 @@ class OpenAIJudge(Judge):
         raise JudgeRequestError(f"judge server failed {self.max_retries + 1} attempts; last: {problem}")
 
 
-def _redact(text: str, secret: str) -> str:
-    # A misbehaving server or proxy may echo the Authorization header back in an error body.
-    return text.replace(secret, "***") if secret else text
+MIN_SECRET_PREFIX = 8  # a fragment this long of a secret is redacted too (a server may echo a cut copy)
+
+
+def redact(text: str, secrets: Sequence[str]) -> str:
+    """``text`` with every secret, and every fragment of one that starts like it, replaced by ``***``.
+
+    A misbehaving server or proxy may echo request headers (the Authorization header above all) in an error
+    body, whole or cut short; both go. Call it before truncating, so a secret cut by the limit cannot survive.
+    """
+    for secret in sorted({s for s in secrets if s}, key=len, reverse=True):
+        text = text.replace(secret, "***")
+        if len(secret) < MIN_SECRET_PREFIX:
+            continue
+        head, start = secret[:MIN_SECRET_PREFIX], 0
+        while (found := text.find(head, start)) >= 0:
+            end = found + MIN_SECRET_PREFIX
+            while end < len(text) and end - found < len(secret) and text[end] == secret[end - found]:
+                end += 1
+            text = text[:found] + "***" + text[end:]
+            start = found + 3
+    return text
 
 
 def _seconds(header: str | None) -> float | None:
