@@ -8,6 +8,7 @@ import pandas as pd
 from pydantic import Field
 
 from nuggets_pipeline import metadata as md
+from nuggets_pipeline.assets.scoring import current_provenance
 from nuggets_pipeline.core.sft_data import random_subset
 from nuggets_pipeline.core.training import PROFILES, TrainingError, get_profile, train_sft
 from nuggets_pipeline.partitions import training_variants
@@ -62,6 +63,20 @@ def variant_examples(
     return full.head(config.full_limit) if config.full_limit else full
 
 
+def check_subset_provenance(subset: pd.DataFrame, zero_shot_losses: pd.DataFrame, anchor_set: pd.DataFrame) -> None:
+    """Refuse a golden subset selected from scores of another model, template, separator or anchor set."""
+    fingerprint, anchors = current_provenance(zero_shot_losses, anchor_set)
+    if not {"scores_fingerprint", "anchor_set_hash"} <= set(subset.columns):
+        raise dg.Failure("the stored golden_subset carries no provenance (an older build): materialise golden_subset")
+    found = sorted(set(zip(subset["scores_fingerprint"], subset["anchor_set_hash"], strict=True)))
+    if found != [(fingerprint, anchors)] and len(subset):
+        raise dg.Failure(
+            f"the stored golden_subset was selected from stale scores (fingerprint, anchor set) {found}; the current "
+            f"ones are ({fingerprint}, {anchors}). Re-score one_shot_scores and materialise golden_subset first.",
+            metadata={"subset_provenance": str(found), "scoring_fingerprint": fingerprint, "anchor_set_hash": anchors},
+        )
+
+
 @dg.asset(
     group_name="training",
     partitions_def=training_variants,
@@ -74,10 +89,14 @@ def finetuned_model(
     config: TrainingAssetConfig,
     golden_subset: pd.DataFrame,
     candidates: pd.DataFrame,
+    anchor_set: pd.DataFrame,
+    zero_shot_losses: pd.DataFrame,
     training_model: ModelResource,
     warehouse: WarehouseResource,
 ) -> dg.MaterializeResult:
     variant = context.partition_key
+    if variant in ("golden", "random"):  # `random` takes its size from the golden subset
+        check_subset_provenance(golden_subset, zero_shot_losses, anchor_set)
     examples = variant_examples(variant, golden_subset, candidates, config)
     if examples.empty:
         raise dg.Failure(

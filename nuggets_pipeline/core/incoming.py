@@ -13,6 +13,7 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -123,17 +124,23 @@ def ingest_increment(
     return Increment(candidates=candidates, quarantined=result.quarantined, reasons=dict(result.reasons))
 
 
-def read_increments(warehouse: Warehouse, batch: str | None = None, exclude: str | None = None) -> pd.DataFrame:
-    """Candidates of every stored batch (or of one), as written by the increments asset; empty when none."""
-    folder = warehouse.table_dir(INCREMENTS_TABLE)
-    files = [folder / f"{batch}.parquet"] if batch else sorted(folder.glob("*.parquet"))
-    frames = [pd.read_parquet(f) for f in files if f.exists() and f.stem != exclude]
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+def read_increments(
+    warehouse: Warehouse, batch: str | None = None, exclude: str | None = None, schema: Any | None = None
+) -> pd.DataFrame:
+    """Candidates of every stored batch (or of one), as written by the increments asset; empty when none.
+
+    Read through the warehouse, file by file, each checked against ``schema`` (the candidates schema) when given.
+    """
+    stored = warehouse.partitions(INCREMENTS_TABLE)
+    keys = [k for k in stored if (batch is None or k == batch) and k != exclude]
+    if not keys:
+        return pd.DataFrame()
+    return warehouse.read(INCREMENTS_TABLE, keys, schema=schema)
 
 
-def with_increments(candidates: pd.DataFrame, warehouse: Warehouse) -> pd.DataFrame:
+def with_increments(candidates: pd.DataFrame, warehouse: Warehouse, schema: Any | None = None) -> pd.DataFrame:
     """The whole candidate pool: the base candidates and every incoming batch's."""
-    increments = read_increments(warehouse)
+    increments = read_increments(warehouse, schema=schema)
     if increments.empty:
         return candidates
     return pd.concat([candidates, increments[candidates.columns]], ignore_index=True)
