@@ -46,6 +46,7 @@ def anchors_disjoint_from_candidates(candidates: pd.DataFrame, anchor_set: pd.Da
     description="Every candidate shard is scored, with the current model, template, separator and anchor set.",
 )
 def golden_subset_scores_complete(
+    context: dg.AssetCheckExecutionContext,
     candidates: pd.DataFrame, anchor_set: pd.DataFrame, zero_shot_losses: pd.DataFrame, warehouse: WarehouseResource
 ) -> dg.AssetCheckResult:
     store = warehouse.warehouse()
@@ -57,6 +58,13 @@ def golden_subset_scores_complete(
     metadata = cover.metadata()
     if cover.to_rescore:
         metadata["backfill"] = cover.backfill_hint()
+    # A subset built with allow_partial was asked for explicitly (its metadata says so): a warning, not a block.
+    latest = context.instance.get_latest_materialization_event(dg.AssetKey("golden_subset"))
+    entry = latest.asset_materialization.metadata.get("partial") if latest and latest.asset_materialization else None
+    partial = bool(entry.value) if entry is not None else False
+    metadata["subset_built_with_allow_partial"] = partial
     return dg.AssetCheckResult(
-        passed=cover.complete and set(zero_shot_losses["anchor_set_hash"]) == {anchors}, metadata=metadata
+        passed=cover.complete and set(zero_shot_losses["anchor_set_hash"]) == {anchors},
+        severity=dg.AssetCheckSeverity.WARN if partial else dg.AssetCheckSeverity.ERROR,
+        metadata=metadata,
     )

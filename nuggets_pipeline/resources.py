@@ -191,7 +191,9 @@ class ParquetWarehouseIOManager(dg.UPathIOManager):
         if not isinstance(obj, pd.DataFrame):
             raise TypeError(f"{context.asset_key.to_user_string()}: this IO manager stores DataFrames, got {type(obj)}")
         write_parquet_atomic(obj, Path(path))
-        self.warehouse.register_view(self._table(context))
+        problem = self.warehouse.register_view(self._table(context))
+        if problem:
+            context.log.warning(problem)
 
     def handle_output(self, context: dg.OutputContext, obj: Any) -> None:
         # One run may materialise a range of partitions (a single-run backfill): it returns {partition: frame}.

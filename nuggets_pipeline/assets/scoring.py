@@ -335,7 +335,7 @@ def golden_subset(
         raise dg.Failure(
             f"the selection {json.dumps(criterion)} keeps none of the {len(current)} scored candidates, which would "
             "leave nothing to train on. Subset size per threshold:\n\n"
-            f"{thresholds.to_markdown(index=False, floatfmt='.4f')}\n\n"
+            f"{thresholds.to_markdown(index=False, floatfmt=('.2f', '.0f', '.4f', '.0f'))}\n\n"
             f"Choose a lower threshold, or top_fraction (the default, {PAPER_GOLDEN_SHARE}) or top_k.",
             metadata={"threshold_table": md.table(thresholds), "candidates_scored": len(current)},
         )

@@ -15,6 +15,7 @@ table's types fails with an error that names the file, and no other file is touc
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 import re
@@ -145,7 +146,9 @@ class Warehouse:
     def write(self, table: str, frame: pd.DataFrame, partition: str = "all") -> Path:
         path = self.partition_path(table, partition)
         write_parquet_atomic(frame, path)
-        self.register_view(table)
+        problem = self.register_view(table)
+        if problem:
+            logging.getLogger(__name__).warning(problem)
         return path
 
     # -- finding files ----------------------------------------------------------------------------------------
@@ -248,12 +251,36 @@ class Warehouse:
                     raise StoredTableError(named[0], str(error)) from error
                 raise
 
-    def register_view(self, table: str) -> None:
-        pattern = str(self.table_dir(table) / "*.parquet").replace("'", "''")
+    def register_view(self, table: str) -> str | None:
+        """(Re)define the catalog view of a table. The view is for people and the CLI; the pipeline never reads it.
+
+        A damaged file would stop DuckDB from defining the view over the folder's glob; then the view covers the
+        readable files only, and the returned message names the files left out (callers log it). The write that
+        asked for the view is never failed by another partition's damaged file.
+        """
+        quoted = str(self.table_dir(table) / "*.parquet").replace("'", "''")
+        source = f"'{quoted}'"
+        problem = None
+        files = self.files(table)
+        try:
+            for path in files:
+                self.check_file(path)
+        except StoredTableError:
+            good, bad = [], []
+            for path in files:
+                try:
+                    self.check_file(path)
+                    good.append(path)
+                except StoredTableError:
+                    bad.append(path)
+            if not good:
+                return f"catalog view nuggets.{table} not defined: no readable file ({', '.join(map(str, bad))})"
+            source = "[" + ", ".join("'" + str(p).replace("'", "''") + "'" for p in good) + "]"
+            problem = f"catalog view nuggets.{table} leaves out unreadable files: {', '.join(map(str, bad))}"
         statement = (
             f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}; "
             f"CREATE OR REPLACE VIEW {SCHEMA}.{_identifier(table)} AS "
-            f"SELECT * FROM read_parquet('{pattern}', union_by_name = true)"
+            f"SELECT * FROM read_parquet({source}, union_by_name = true)"
         )
 
         def define() -> None:
@@ -261,6 +288,7 @@ class Warehouse:
                 connection.execute(statement)
 
         with_lock_retry(define)
+        return problem
 
     def query(self, sql: str) -> pd.DataFrame:
         """Read-only SQL over the catalog (``nuggets.<table>``) for people and the CLI; never takes the writer lock."""
