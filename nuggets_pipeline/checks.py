@@ -47,7 +47,10 @@ def anchors_disjoint_from_candidates(candidates: pd.DataFrame, anchor_set: pd.Da
 )
 def golden_subset_scores_complete(
     context: dg.AssetCheckExecutionContext,
-    candidates: pd.DataFrame, anchor_set: pd.DataFrame, zero_shot_losses: pd.DataFrame, warehouse: WarehouseResource
+    candidates: pd.DataFrame,
+    anchor_set: pd.DataFrame,
+    zero_shot_losses: pd.DataFrame,
+    warehouse: WarehouseResource,
 ) -> dg.AssetCheckResult:
     store = warehouse.warehouse()
     # The pool is the base candidates plus every incoming batch: a new batch's unscored shards count as missing.

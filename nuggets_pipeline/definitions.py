@@ -60,5 +60,6 @@ defs = dg.Definitions(
     resources=default_resources(),
     jobs=sensors.JOBS,
     sensors=sensors.SENSORS,
+    schedules=sensors.SCHEDULES,
     executor=sensors.executor(),
 )

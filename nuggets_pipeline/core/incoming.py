@@ -85,6 +85,7 @@ class Increment:
     candidates: pd.DataFrame  # the candidates schema: instruction columns plus ``shard``
     quarantined: pd.DataFrame
     reasons: dict[str, int]
+    already_stored: int = 0  # rows skipped because they are stored already (skip_known)
 
     @property
     def shards(self) -> list[str]:
@@ -99,6 +100,8 @@ def ingest_increment(
     shard_size: int,
     fields: FieldMap | None = None,
     max_chars: int = 16_384,
+    skip_known: bool = False,
+    known_raw: set[str] | None = None,
 ) -> Increment:
     """Ingest one file as a batch of new candidates, split into shards of about ``shard_size`` candidates.
 
@@ -107,6 +110,8 @@ def ingest_increment(
     becomes an increment with no candidates and every row in quarantine with its reason.
     """
     fields = fields or FieldMap()
+    if skip_known:
+        return _new_rows_only(path, batch, known_ids, anchors, shard_size, fields, max_chars, known_raw or set())
     try:
         result = ingest([path], fields, max_chars, known_ids=known_ids)
     except SourceError:
@@ -122,6 +127,39 @@ def ingest_increment(
     # An empty batch would get a float ``shard`` column from pandas; the schema wants strings either way.
     candidates = candidate_pool(rows, anchors, batch, shards).astype({"shard": "object"})
     return Increment(candidates=candidates, quarantined=result.quarantined, reasons=dict(result.reasons))
+
+
+def _new_rows_only(
+    path: Path,
+    batch: str,
+    known_ids: set[str],
+    anchors: pd.DataFrame,
+    shard_size: int,
+    fields: FieldMap,
+    max_chars: int,
+    known_raw: set[str],
+) -> Increment:
+    """A source that grows where it lives (re-read by the schedule): only rows not seen before form the batch.
+
+    Valid rows already stored and bad rows already quarantined (same raw text) are skipped and counted, not
+    quarantined again; every other row goes through the same checks as any ingested row.
+    """
+    records = list(read_source(path))  # a whole-file problem raises SourceError here, naming the file
+    if not records:
+        raise SourceError(f"{path}: source holds no rows")
+    result = normalise(records, fields, max_chars)
+    known = result.instructions["id"].isin(known_ids)
+    # A repeat of a stored row ("duplicate: same content as id X", X stored) is not new either.
+    repeated_of = result.quarantined["reason"].str.extract(r"^duplicate: same content as id ([0-9a-f]{16})$")[0]
+    seen_bad = result.quarantined["raw"].isin(known_raw) | repeated_of.isin(known_ids)
+    rows = result.instructions[~known].reset_index(drop=True)
+    quarantined = result.quarantined[~seen_bad].reset_index(drop=True)
+    reasons: dict[str, int] = {}
+    for reason in quarantined["reason"]:
+        reasons[reason.split(":")[0]] = reasons.get(reason.split(":")[0], 0) + 1
+    shards = min(MAX_SHARDS, max(1, math.ceil(len(rows) / shard_size)))
+    candidates = candidate_pool(rows, anchors, batch, shards).astype({"shard": "object"})
+    return Increment(candidates, quarantined, reasons, already_stored=int(known.sum() + seen_bad.sum()))
 
 
 def read_increments(

@@ -175,6 +175,8 @@ class Warehouse:
 
     def check_file(self, path: Path, schema: Any | None = None) -> None:
         """Reads only the file's footer: not Parquet / truncated, or a column of the wrong type, names the file."""
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"stored file {path} does not exist: materialise that asset (partition) first")
         try:
             arrow_schema = pq.read_schema(path)
         except Exception as error:  # pyarrow raises ArrowInvalid, OSError ... for a damaged file
