@@ -261,24 +261,26 @@ class Warehouse:
         asked for the view is never failed by another partition's damaged file.
         """
         quoted = str(self.table_dir(table) / "*.parquet").replace("'", "''")
-        source = f"'{quoted}'"
-        problem = None
-        files = self.files(table)
         try:
-            for path in files:
+            self._define_view(table, f"'{quoted}'")
+            return None
+        except duckdb.Error as error:
+            if is_lock_error(error):
+                raise
+        # Only after a failure are the files checked one by one (a footer read each), to leave the bad ones out.
+        good, bad = [], []
+        for path in self.files(table):
+            try:
                 self.check_file(path)
-        except StoredTableError:
-            good, bad = [], []
-            for path in files:
-                try:
-                    self.check_file(path)
-                    good.append(path)
-                except StoredTableError:
-                    bad.append(path)
-            if not good:
-                return f"catalog view nuggets.{table} not defined: no readable file ({', '.join(map(str, bad))})"
-            source = "[" + ", ".join("'" + str(p).replace("'", "''") + "'" for p in good) + "]"
-            problem = f"catalog view nuggets.{table} leaves out unreadable files: {', '.join(map(str, bad))}"
+                good.append(path)
+            except StoredTableError:
+                bad.append(path)
+        if not good:
+            return f"catalog view nuggets.{table} not defined: no readable file ({', '.join(map(str, bad))})"
+        self._define_view(table, "[" + ", ".join("'" + str(p).replace("'", "''") + "'" for p in good) + "]")
+        return f"catalog view nuggets.{table} leaves out unreadable files: {', '.join(map(str, bad))}"
+
+    def _define_view(self, table: str, source: str) -> None:
         statement = (
             f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}; "
             f"CREATE OR REPLACE VIEW {SCHEMA}.{_identifier(table)} AS "
@@ -290,7 +292,6 @@ class Warehouse:
                 connection.execute(statement)
 
         with_lock_retry(define)
-        return problem
 
     def query(self, sql: str) -> pd.DataFrame:
         """Read-only SQL over the catalog (``nuggets.<table>``) for people and the CLI; never takes the writer lock."""
