@@ -3,9 +3,11 @@
 import dagster as dg
 import pandas as pd
 
-from nuggets_pipeline.assets.scoring import coverage, scored_shards
+from nuggets_pipeline.core.anchors import anchor_set_hash
 from nuggets_pipeline.core.incoming import with_increments
+from nuggets_pipeline.core.score_tables import coverage
 from nuggets_pipeline.resources import WarehouseResource
+from nuggets_pipeline.schemas import CandidatesSchema, OneShotScoresSchema
 
 MAX_QUARANTINE_FRACTION = 0.05
 
@@ -39,22 +41,33 @@ def anchors_disjoint_from_candidates(candidates: pd.DataFrame, anchor_set: pd.Da
 @dg.asset_check(
     asset="golden_subset",
     additional_deps=["one_shot_scores"],
-    additional_ins={"candidates": dg.AssetIn(), "zero_shot_losses": dg.AssetIn()},
+    additional_ins={"candidates": dg.AssetIn(), "anchor_set": dg.AssetIn(), "zero_shot_losses": dg.AssetIn()},
     blocking=True,
-    description="Every candidate shard is scored, with the current model, template and anchor set.",
+    description="Every candidate shard is scored, with the current model, template, separator and anchor set.",
 )
 def golden_subset_scores_complete(
-    candidates: pd.DataFrame, zero_shot_losses: pd.DataFrame, warehouse: WarehouseResource
+    context: dg.AssetCheckExecutionContext,
+    candidates: pd.DataFrame,
+    anchor_set: pd.DataFrame,
+    zero_shot_losses: pd.DataFrame,
+    warehouse: WarehouseResource,
 ) -> dg.AssetCheckResult:
     store = warehouse.warehouse()
     # The pool is the base candidates plus every incoming batch: a new batch's unscored shards count as missing.
-    cover = coverage(with_increments(candidates, store), scored_shards(store), zero_shot_losses)
+    pool = with_increments(candidates, store, CandidatesSchema)
+    anchors = anchor_set_hash(anchor_set)
+    fingerprints = sorted(set(zero_shot_losses["model_fingerprint"]))
+    cover = coverage(store, pool, fingerprints[0], anchors, OneShotScoresSchema)
+    metadata = cover.metadata()
+    if cover.to_rescore:
+        metadata["backfill"] = cover.backfill_hint()
+    # A subset built with allow_partial was asked for explicitly (its metadata says so): a warning, not a block.
+    latest = context.instance.get_latest_materialization_event(dg.AssetKey("golden_subset"))
+    entry = latest.asset_materialization.metadata.get("partial") if latest and latest.asset_materialization else None
+    partial = bool(entry.value) if entry is not None else False
+    metadata["subset_built_with_allow_partial"] = partial
     return dg.AssetCheckResult(
-        passed=bool(cover["complete"]),
-        metadata={
-            "shards_expected": cover["shards_expected"],
-            "shards_missing": ", ".join(cover["shards_missing"]) or "none",
-            "shards_stale": ", ".join(cover["shards_stale"]) or "none",
-            "candidates_unscored": cover["candidates_unscored"],
-        },
+        passed=cover.complete and set(zero_shot_losses["anchor_set_hash"]) == {anchors},
+        severity=dg.AssetCheckSeverity.WARN if partial else dg.AssetCheckSeverity.ERROR,
+        metadata=metadata,
     )

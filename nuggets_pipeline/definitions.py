@@ -62,5 +62,6 @@ defs = dg.Definitions(
     resources=default_resources(),
     jobs=sensors.JOBS,
     sensors=sensors.SENSORS,
+    schedules=sensors.SCHEDULES,
     executor=sensors.executor(),
 )

@@ -20,6 +20,7 @@ from nuggets_pipeline.core.paths import nuggets_home
 from nuggets_pipeline.core.scoring import ScoringConfig
 from nuggets_pipeline.core.storage import Warehouse, write_parquet_atomic
 from nuggets_pipeline.core.templates import TEMPLATES
+from nuggets_pipeline.schemas import TABLE_SCHEMAS
 
 pools.install()  # runs without a daemon reclaim a dead run's pool slots; a waiting step sleeps (pools.py)
 
@@ -217,7 +218,12 @@ class WarehouseResource(dg.ConfigurableResource):
 
 
 class ParquetWarehouseIOManager(dg.UPathIOManager):
-    """DataFrames as Parquet under the warehouse, one file per partition, each exposed as a DuckDB view."""
+    """DataFrames as Parquet under the warehouse, one file per partition, each exposed as a DuckDB view.
+
+    The paths come from ``Warehouse`` (the one owner of the layout); a table read back is checked against its
+    pandera schema (``schemas.TABLE_SCHEMAS``), and a damaged file fails the reading step with the file's name.
+    Inputs that mean a partial read set ``allow_missing_partitions`` in their metadata (Dagster's UPath rule).
+    """
 
     extension = ".parquet"
 
@@ -225,21 +231,28 @@ class ParquetWarehouseIOManager(dg.UPathIOManager):
         self.warehouse = warehouse
         super().__init__(base_path=UPath(warehouse.root))
 
+    @staticmethod
+    def _table(context: dg.OutputContext | dg.InputContext) -> str:
+        return "__".join(context.asset_key.path)
+
     def _get_path_without_extension(self, context: dg.OutputContext | dg.InputContext) -> UPath:
         # Partitioned assets: the table's folder (each partition is a file in it, see below).
-        table = "__".join(context.asset_key.path)
-        return self._base_path / table if context.has_asset_partitions else self._base_path / table / "all"
+        table = self._table(context)
+        if context.has_asset_partitions:
+            return UPath(self.warehouse.table_dir(table))
+        return UPath(self.warehouse.partition_path(table).with_suffix(""))
 
     def _get_paths_for_partitions(self, context):  # type: ignore[no-untyped-def]
-        table = "__".join(context.asset_key.path)
-        keys = context.asset_partition_keys
-        return {key: (self._base_path / table / key).with_suffix(self.extension) for key in keys}
+        table = self._table(context)
+        return {key: UPath(self.warehouse.partition_path(table, key)) for key in context.asset_partition_keys}
 
     def dump_to_path(self, context: dg.OutputContext, obj: Any, path: UPath) -> None:
         if not isinstance(obj, pd.DataFrame):
             raise TypeError(f"{context.asset_key.to_user_string()}: this IO manager stores DataFrames, got {type(obj)}")
         write_parquet_atomic(obj, Path(path))
-        self.warehouse.register_view("__".join(context.asset_key.path))
+        problem = self.warehouse.register_view(self._table(context))
+        if problem:
+            context.log.warning(problem)
 
     def handle_output(self, context: dg.OutputContext, obj: Any) -> None:
         # One run may materialise a range of partitions (a single-run backfill): it returns {partition: frame}.
@@ -252,7 +265,7 @@ class ParquetWarehouseIOManager(dg.UPathIOManager):
         super().handle_output(context, obj)
 
     def load_from_path(self, context: dg.InputContext, path: UPath) -> pd.DataFrame:
-        return pd.read_parquet(Path(path))
+        return self.warehouse.read_file(Path(path), TABLE_SCHEMAS.get(self._table(context)))
 
 
 class WarehouseIOManagerFactory(dg.ConfigurableIOManagerFactory):

@@ -91,7 +91,23 @@ class GoldenSubsetSchema(pa.DataFrameModel):
     input: Series[str]
     output: Series[str] = pa.Field(str_length={"min_value": 1})
     golden_score: Series[float] = pa.Field(ge=0, le=1, nullable=True)
+    # Provenance, on every row so the subset carries it wherever it is read: what the scores were computed with.
+    scores_fingerprint: Series[str] = pa.Field(description="scoring fingerprint of the scores it was selected from")
+    anchor_set_hash: Series[str] = pa.Field(description="anchor set those scores were computed against")
 
+
+# What the warehouse checks a stored table against when it is read back (core.storage.Warehouse.read_file).
+TABLE_SCHEMAS: dict[str, type[pa.DataFrameModel]] = {
+    "instructions": InstructionsSchema,
+    "quarantined_instructions": QuarantineSchema,
+    "anchor_set": AnchorSetSchema,
+    "candidates": CandidatesSchema,
+    "candidate_increments": CandidatesSchema,
+    "quarantined_increments": QuarantineSchema,
+    "zero_shot_losses": ZeroShotSchema,
+    "one_shot_scores": OneShotScoresSchema,
+    "golden_subset": GoldenSubsetSchema,
+}
 
 # dagster-pandera marks the converter beta; the types it builds are what the UI shows as columns and checks.
 warnings.filterwarnings("ignore", category=dg.BetaWarning, module=__name__)

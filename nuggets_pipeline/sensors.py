@@ -4,6 +4,10 @@
   new content, and, once a batch is stored, one scoring run per new shard. Nothing already scored is re-scored.
 - `nuggets_automation` (automation condition sensor, on by default): evaluates the cron condition on
   `golden_subset`, so the selection is rebuilt at a configurable time once new scores exist.
+- `rescore_new_source_rows` (schedule, on by default, `NUGGETS_RESCORE_CRON`, default 02:00 UTC): re-reads the
+  local files `instructions` was last built from; a file that grew becomes an increment of its new rows only
+  (the ingestion run above, `skip_known`), whose new shards `incoming_data` then sends to scoring. A tick with
+  nothing new compares sizes and mtimes only and requests nothing.
 - Jobs for the two kinds of runs the sensor requests, and the executor (bounded step concurrency locally, a pod
   per step on Kubernetes).
 
@@ -11,6 +15,7 @@ Settings, all from the environment (read when the definitions load):
   NUGGETS_INCOMING_DIR         folder watched for data files (default <home>/incoming)
   NUGGETS_INCOMING_SETTLE_S    a file must be unchanged this long before it is read (default 10)
   NUGGETS_SENSOR_INTERVAL_S    seconds between sensor ticks (default 30)
+  NUGGETS_RESCORE_CRON         when the instruction sources are re-read for new rows (default "0 2 * * *")
   NUGGETS_SELECTION_CRON       when golden_subset is rebuilt after new scores (default "0 3 * * *")
   NUGGETS_SELECTION_TIMEZONE   time zone of that cron (default UTC)
   NUGGETS_EXECUTOR             multiprocess (default), in_process or k8s
@@ -24,6 +29,7 @@ import json
 import os
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import dagster as dg
@@ -45,6 +51,9 @@ TIMEZONE_ENV = "NUGGETS_SELECTION_TIMEZONE"
 EXECUTOR_ENV = "NUGGETS_EXECUTOR"
 MAX_STEPS_ENV = "NUGGETS_MAX_CONCURRENT_STEPS"
 DEFAULT_CRON = "0 3 * * *"
+RESCORE_CRON_ENV = "NUGGETS_RESCORE_CRON"
+DEFAULT_RESCORE_CRON = "0 2 * * *"  # an hour before the selection's cron, so its scores are in by then
+INSTRUCTIONS = dg.AssetKey("instructions")
 
 INGEST_JOB = "ingest_increments"
 SCORE_JOB = "score_shards"
@@ -230,6 +239,56 @@ def incoming_data_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult
     )
 
 
+def _last_read_sources(instance: dg.DagsterInstance) -> dict[str, dict[str, Any]]:
+    """The local files of the latest `instructions` build, with size, mtime and SHA-256 as they were read."""
+    event = instance.get_latest_materialization_event(INSTRUCTIONS)
+    materialization = event.asset_materialization if event else None
+    entry = materialization.metadata.get("source_files") if materialization else None
+    return json.loads(entry.value) if entry is not None else {}
+
+
+@dg.schedule(
+    name="rescore_new_source_rows",
+    cron_schedule=os.environ.get(RESCORE_CRON_ENV, DEFAULT_RESCORE_CRON),
+    execution_timezone=os.environ.get(TIMEZONE_ENV, "UTC"),
+    job=ingest_increments_job,
+    default_status=dg.DefaultScheduleStatus.RUNNING,
+    description="Re-reads the instruction source files; the rows they gained become an increment that is scored "
+    "in new shards only. Nothing new: no run.",
+)
+def rescore_new_source_rows(context: dg.ScheduleEvaluationContext) -> list[dg.RunRequest] | dg.SkipReason:
+    sources = _last_read_sources(context.instance)
+    if not sources:
+        return dg.SkipReason("`instructions` has not been built from a local file yet: nothing to re-read")
+    seen = set(context.instance.get_dynamic_partitions(INCOMING_FILES))
+    requests, notes = [], []
+    for name, recorded in sorted(sources.items()):
+        path = Path(name)
+        if not path.is_file():
+            notes.append(f"{name}: gone")
+            continue
+        stat = path.stat()
+        if [stat.st_size, stat.st_mtime_ns] == [recorded.get("size"), recorded.get("mtime_ns")]:
+            notes.append(f"{path.name}: unchanged since instructions read it")
+            continue  # the cheap path: no byte is read
+        digest = file_digest(path)
+        batch = batch_key(digest)
+        if digest == recorded.get("sha256") or batch in seen:
+            notes.append(f"{path.name}: content already ingested")
+            continue
+        context.instance.add_dynamic_partitions(INCOMING_FILES, [batch])
+        requests.append(
+            dg.RunRequest(
+                run_key=f"source-{batch}",
+                job_name=INGEST_JOB,
+                partition_key=batch,
+                run_config={"ops": {INCREMENT_OP: {"config": {"path": str(path), "skip_known": True}}}},
+                tags={"nuggets/source_file": path.name},
+            )
+        )
+    return requests or dg.SkipReason("; ".join(notes))
+
+
 automation_sensor = dg.AutomationConditionSensorDefinition(
     "nuggets_automation",
     target=dg.AssetSelection.all(),
@@ -240,3 +299,4 @@ automation_sensor = dg.AutomationConditionSensorDefinition(
 
 JOBS = [ingest_increments_job, score_shards_job]
 SENSORS = [incoming_data_sensor, automation_sensor]
+SCHEDULES = [rescore_new_source_rows]

@@ -376,7 +376,6 @@ def scored_pool_frame() -> pd.DataFrame:
 def seed_scoring_checkpoints(path: Path) -> None:
     """Place a committed scored pool as each shard's scoring checkpoint, after checking it was scored with this
     model, template and anchor set against this very pool."""
-    from nuggets_pipeline.assets.scoring import _checkpoint_dir
     from nuggets_pipeline.core.scoring import SCORE_COLUMNS
     from nuggets_pipeline.core.storage import Warehouse, write_parquet_atomic
 
@@ -402,7 +401,7 @@ def seed_scoring_checkpoints(path: Path) -> None:
             f"({len(set(have) ^ set(wanted))} differ, or their shards do): same study settings are required"
         )
     for shard, rows in pool.groupby("shard"):
-        folder = _checkpoint_dir(nuggets_home(), str(shard), expected[0], expected[1])
+        folder = warehouse.checkpoint_dir("one_shot_scores", str(shard), f"{expected[0]}-{expected[1]}")
         write_parquet_atomic(rows[SCORE_COLUMNS].reset_index(drop=True), folder / "scores-00000.parquet")
 
 

@@ -114,7 +114,10 @@ def anchor_set(
 class CandidatesConfig(dg.Config):
     shards: int = Field(default=4, gt=0, le=999, description="shards for the base pool (fixed once chosen)")
     limit: int | None = Field(
-        default=200, ge=1, description="score only a stable pseudo-random slice of this many (None = all)"
+        default=None,
+        ge=1,
+        description="score only a stable pseudo-random slice of this many (None, the default: the whole pool, so the "
+        "`full` training variant is the whole scored pool)",
     )
 
 

@@ -40,6 +40,11 @@ class IncrementConfig(dg.Config):
     output_field: str = "output"
     conversations_field: str = "conversations"
     max_chars: int = Field(default=16_384, gt=0, description="longer examples are quarantined, never cut")
+    skip_known: bool = Field(
+        default=False,
+        description="skip (and count) rows already stored or quarantined instead of quarantining them as duplicates: "
+        "set by the re-scoring schedule, which re-reads a whole source that grows in place",
+    )
 
 
 def find_file(batch: str, configured: str | None) -> tuple[Path, str]:
@@ -88,10 +93,27 @@ def ingest_increment_file(
     batch = context.partition_key
     path, digest = find_file(batch, config.path)
     started = time.perf_counter()
-    earlier = read_increments(warehouse.warehouse(), exclude=batch)
+    store = warehouse.warehouse()
+    earlier = read_increments(store, exclude=batch, schema=CandidatesSchema)
     known = set(instructions["id"]) | set(anchor_set["id"]) | (set(earlier["id"]) if len(earlier) else set())
+    known_raw: set[str] = set()
+    if config.skip_known:
+        for table in ("quarantined_instructions", QUARANTINED_INCREMENTS_TABLE):
+            keys = [k for k in store.partitions(table) if k != batch]
+            if keys:
+                known_raw |= set(store.read(table, keys, schema=QuarantineSchema)["raw"])
     fields = FieldMap(config.instruction_field, config.input_field, config.output_field, config.conversations_field)
-    increment = ingest_increment(path, batch, known, anchor_set, config.shard_size, fields, config.max_chars)
+    increment = ingest_increment(
+        path,
+        batch,
+        known,
+        anchor_set,
+        config.shard_size,
+        fields,
+        config.max_chars,
+        skip_known=config.skip_known,
+        known_raw=known_raw,
+    )
     seconds = time.perf_counter() - started
     candidates, quarantined = increment.candidates, increment.quarantined
     CandidatesSchema.validate(candidates)
@@ -115,7 +137,8 @@ def ingest_increment_file(
             "dagster/row_count": len(candidates),
             "source_file": str(path),
             "sha256": digest,
-            "rows_read": rows,
+            "rows_read": rows + increment.already_stored,
+            "rows_already_stored": increment.already_stored,
             "quarantined": len(quarantined),
             # The sensor reads this list to request scoring runs for exactly these shards.
             "new_shards": json.dumps(shards),

@@ -1,5 +1,6 @@
 """Stage 1: the raw instruction pool and the rows that could not be used."""
 
+import json
 from pathlib import Path
 
 import dagster as dg
@@ -8,6 +9,7 @@ from pydantic import Field
 
 from nuggets_pipeline import metadata as md
 from nuggets_pipeline.core.data import FieldMap, HubOptions, ingest
+from nuggets_pipeline.core.incoming import file_digest
 from nuggets_pipeline.core.paths import ALPACA_CLEANED, data_dir
 from nuggets_pipeline.resources import WarehouseResource
 from nuggets_pipeline.schemas import InstructionsSchema, InstructionsType, QuarantineSchema, QuarantineType
@@ -49,6 +51,21 @@ class IngestConfig(dg.Config):
         return FieldMap(self.instruction_field, self.input_field, self.output_field, self.conversations_field)
 
 
+def source_files(sources: list[str]) -> dict[str, dict[str, object]]:
+    """Local file sources (hub ids and folders are left out) with what identifies their content as read."""
+    found: dict[str, dict[str, object]] = {}
+    for source in sources:
+        path = Path(source)
+        if path.is_file():
+            stat = path.stat()
+            found[str(path.resolve())] = {
+                "size": stat.st_size,
+                "mtime_ns": stat.st_mtime_ns,
+                "sha256": file_digest(path),
+            }
+    return found
+
+
 @dg.multi_asset(
     outs={
         "instructions": dg.AssetOut(dagster_type=InstructionsType, description="normalised, de-duplicated pool"),
@@ -77,6 +94,8 @@ def ingest_instructions(context: dg.AssetExecutionContext, config: IngestConfig,
             "dagster/row_count": len(instructions),
             "quarantined": len(quarantined),
             "sources": ", ".join(sources),
+            # What the re-scoring schedule re-reads: each local file with its size, mtime and content hash.
+            "source_files": json.dumps(source_files(sources)),
             "preview": md.preview(instructions, ["id", "instruction", "input", "output"]),
             "length_histogram_chars": md.histogram_md(lengths, bins=12, label="characters"),
             "with_input_fraction": float((instructions["input"] != "").mean()),

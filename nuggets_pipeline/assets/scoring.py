@@ -3,7 +3,6 @@
 import json
 import shutil
 import time
-from pathlib import Path
 
 import dagster as dg
 import pandas as pd
@@ -14,12 +13,19 @@ from nuggets_pipeline import metadata as md
 from nuggets_pipeline.core.anchors import anchor_set_hash
 from nuggets_pipeline.core.checkpoints import read_chunk_checkpoints
 from nuggets_pipeline.core.incoming import INCREMENTS_TABLE, shard_candidates, with_increments
+from nuggets_pipeline.core.score_tables import coverage, current_scores, threshold_table
 from nuggets_pipeline.core.scoring import score_one_shot, score_zero_shot
-from nuggets_pipeline.core.selection import select_golden, threshold_table
-from nuggets_pipeline.core.storage import Warehouse, write_parquet_atomic
+from nuggets_pipeline.core.selection import select_golden
+from nuggets_pipeline.core.storage import write_parquet_atomic
 from nuggets_pipeline.partitions import candidate_shards, shards_per_run
 from nuggets_pipeline.resources import ModelResource, ScoringResource, WarehouseResource
-from nuggets_pipeline.schemas import GoldenSubsetSchema, GoldenSubsetType, OneShotScoresSchema, ZeroShotSchema
+from nuggets_pipeline.schemas import (
+    CandidatesSchema,
+    GoldenSubsetSchema,
+    GoldenSubsetType,
+    OneShotScoresSchema,
+    ZeroShotSchema,
+)
 from nuggets_pipeline.sensors import MODEL_POD_TAGS, selection_condition
 
 PAIR_DELTAS_TABLE = "one_shot_pair_deltas"
@@ -74,10 +80,6 @@ def zero_shot_losses(
     )
 
 
-def _checkpoint_dir(home: Path, shard: str, fingerprint: str, anchors_hash: str) -> Path:
-    return home / "checkpoints" / "one_shot_scores" / shard / f"{fingerprint}-{anchors_hash}"
-
-
 def score_shard(
     context: dg.AssetExecutionContext,
     shard: str,
@@ -100,7 +102,8 @@ def score_shard(
             "zero_shot_losses were computed with another model, template or anchor set: re-materialise it first",
             metadata={"expected_fingerprint": fingerprint, "expected_anchor_set_hash": anchors_hash},
         )
-    checkpoints = _checkpoint_dir(warehouse.root(), shard, fingerprint, anchors_hash)
+    store = warehouse.warehouse()
+    checkpoints = store.checkpoint_dir("one_shot_scores", shard, f"{fingerprint}-{anchors_hash}")
     # A checkpoint that cannot be read is set aside (renamed, logged) and its candidates are scored again.
     chunks, next_index = read_chunk_checkpoints(
         checkpoints, ("scores", "pairs"), ("candidate_id",), context.log.warning
@@ -135,11 +138,11 @@ def score_shard(
     scores["model_fingerprint"] = fingerprint
     scores["anchor_set_hash"] = anchors_hash
     scores["decision_threshold"] = float("nan") if config.decision_threshold is None else config.decision_threshold
-    pair_files = sorted(checkpoints.glob("pairs-*.parquet"))
-    pairs = pd.concat([pd.read_parquet(p) for p in pair_files], ignore_index=True) if pair_files else pd.DataFrame()
+    pair_files = store.checkpoint_files(checkpoints, "pairs")
+    pairs = pd.concat([store.read_file(p) for p in pair_files], ignore_index=True) if pair_files else pd.DataFrame()
     if len(pairs):
         pairs = pairs.drop_duplicates(["candidate_id", "anchor_id"], keep="last")
-        Warehouse(warehouse.warehouse().root).write(PAIR_DELTAS_TABLE, pairs.assign(shard=shard), shard)
+        store.write(PAIR_DELTAS_TABLE, pairs.assign(shard=shard), shard)
     OneShotScoresSchema.validate(scores)
     return scores, totals
 
@@ -214,55 +217,74 @@ def one_shot_scores(
     return dg.Output(outputs, metadata=metadata)
 
 
+# The paper kept 7,525 of 52,002 Alpaca examples (golden score > 0.8): a 14.47% share. The default selects that
+# share, so a pipeline run with no edits always has something to train on (a small scoring model such as SmolLM2
+# rarely scores a candidate above 0.8; see README, "Stale scores" and "Selection defaults").
+PAPER_GOLDEN_SHARE = round(7_525 / 52_002, 4)
+
+
 class GoldenSelectionConfig(dg.Config):
-    threshold: float | None = Field(default=0.8, description="keep golden_score > threshold (the paper: 0.8)")
-    top_k: int | None = Field(default=None, gt=0, description="keep the k best instead")
-    top_fraction: float | None = Field(default=None, gt=0, le=1, description="keep this fraction instead")
+    threshold: float | None = Field(
+        default=None,
+        ge=0,
+        le=1,
+        description="keep golden_score > threshold; the paper's rule is 0.8 (set this one field, leave the others "
+        "empty)",
+    )
+    top_k: int | None = Field(default=None, gt=0, description="keep the k best")
+    top_fraction: float | None = Field(
+        default=None,
+        gt=0,
+        le=1,
+        description=f"keep this fraction of the best; when no criterion is set, {PAPER_GOLDEN_SHARE} (the paper's "
+        "golden share, 7,525 of 52,002)",
+    )
+    allow_partial: bool = Field(
+        default=False,
+        description="select from the shards whose scores are current even when others are stale or missing "
+        "(said in the metadata); by default the selection refuses",
+    )
 
     @model_validator(mode="after")
     def _one_criterion(self) -> "GoldenSelectionConfig":
-        chosen = [v is not None for v in (self.top_k, self.top_fraction)]
-        if sum(chosen) > 1:
-            raise ValueError("choose at most one of top_k and top_fraction")
+        chosen = [
+            name
+            for name, value in (
+                ("threshold", self.threshold),
+                ("top_k", self.top_k),
+                ("top_fraction", self.top_fraction),
+            )
+            if value is not None
+        ]
+        if len(chosen) > 1:
+            raise ValueError(
+                f"golden_subset: {' and '.join(chosen)} are both set; they select differently, so set exactly one "
+                "(or none for the default, the paper's golden share as top_fraction)"
+            )
         return self
 
-    def criterion(self) -> dict[str, float | int | None]:
+    def criterion(self) -> dict[str, float | int]:
         if self.top_k is not None:
             return {"top_k": self.top_k}
-        if self.top_fraction is not None:
-            return {"top_fraction": self.top_fraction}
-        if self.threshold is None:
-            raise ValueError("no selection criterion: set threshold, top_k or top_fraction")
-        return {"threshold": self.threshold}
+        if self.threshold is not None:
+            return {"threshold": self.threshold}
+        return {"top_fraction": self.top_fraction if self.top_fraction is not None else PAPER_GOLDEN_SHARE}
 
 
-def scored_shards(warehouse: Warehouse) -> pd.DataFrame:
-    folder = warehouse.table_dir("one_shot_scores")
-    files = sorted(folder.glob("*.parquet"))
-    return pd.concat([pd.read_parquet(f) for f in files], ignore_index=True) if files else pd.DataFrame()
-
-
-def coverage(candidates: pd.DataFrame, scores: pd.DataFrame, zero_shot: pd.DataFrame) -> dict[str, object]:
-    """Which shards are missing, incomplete, or scored with another model, template or anchor set."""
-    expected_fingerprint = zero_shot["model_fingerprint"].iloc[0]
-    expected_anchors = zero_shot["anchor_set_hash"].iloc[0]
-    shards = sorted(candidates["shard"].unique())
-    present = set(scores["shard"]) if len(scores) else set()
-    current = (
-        scores[(scores["model_fingerprint"] == expected_fingerprint) & (scores["anchor_set_hash"] == expected_anchors)]
-        if len(scores)
-        else scores
-    )
-    stale = sorted(present - set(current["shard"])) if len(scores) else []
-    scored_ids = set(current["candidate_id"]) if len(current) else set()
-    unscored = candidates[~candidates["id"].isin(scored_ids)]
-    return {
-        "shards_expected": len(shards),
-        "shards_missing": sorted(set(shards) - present),
-        "shards_stale": stale,
-        "candidates_unscored": len(unscored),
-        "complete": not (set(shards) - present) and not stale and unscored.empty,
-    }
+def current_provenance(zero_shot_losses: pd.DataFrame, anchor_set: pd.DataFrame) -> tuple[str, str]:
+    """The scoring fingerprint and anchor-set hash every score (and every subset) must carry to be current."""
+    anchors = anchor_set_hash(anchor_set)
+    zero_shot_anchors = set(zero_shot_losses["anchor_set_hash"])
+    if zero_shot_anchors != {anchors}:
+        raise dg.Failure(
+            f"zero_shot_losses was computed against anchor set {', '.join(sorted(zero_shot_anchors))}, the current "
+            f"anchor_set is {anchors}: materialise zero_shot_losses, then re-score one_shot_scores",
+            metadata={"anchor_set_hash": anchors},
+        )
+    fingerprints = sorted(set(zero_shot_losses["model_fingerprint"]))
+    if len(fingerprints) != 1:
+        raise dg.Failure(f"zero_shot_losses mixes scoring fingerprints {fingerprints}: materialise it again")
+    return fingerprints[0], anchors
 
 
 @dg.asset(
@@ -270,36 +292,64 @@ def coverage(candidates: pd.DataFrame, scores: pd.DataFrame, zero_shot: pd.DataF
     # Increments are read from the warehouse (their candidates join the pool); the dep draws that lineage.
     deps=[one_shot_scores, dg.AssetDep(INCREMENTS_TABLE)],
     dagster_type=GoldenSubsetType,
-    code_version="golden-v1",
+    code_version="golden-v2",
     automation_condition=selection_condition(),
-    description="The candidates whose one-shot prefix helps the most anchors; also exported as Alpaca JSON.",
+    description="The candidates whose one-shot prefix helps the most anchors; also exported as Alpaca JSON. "
+    "Refuses scores that do not match the current model, template, separator and anchor set.",
 )
 def golden_subset(
     context: dg.AssetExecutionContext,
     config: GoldenSelectionConfig,
     candidates: pd.DataFrame,
+    anchor_set: pd.DataFrame,
     zero_shot_losses: pd.DataFrame,
     warehouse: WarehouseResource,
 ) -> dg.Output[pd.DataFrame]:
     store = warehouse.warehouse()
-    candidates = with_increments(candidates, store)
-    scores = scored_shards(store)
-    if scores.empty:
-        raise dg.Failure("no one_shot_scores shard has been materialised yet: score the candidate shards first")
-    cover = coverage(candidates, scores, zero_shot_losses)
-    current = scores[scores["model_fingerprint"] == zero_shot_losses["model_fingerprint"].iloc[0]]
-    current = current[current["candidate_id"].isin(set(candidates["id"]))]
-    decided = current["decision_threshold"].dropna().unique()
+    pool = with_increments(candidates, store, CandidatesSchema)
+    fingerprint, anchors = current_provenance(zero_shot_losses, anchor_set)
+    cover = coverage(store, pool, fingerprint, anchors, OneShotScoresSchema)
+    partial = not cover.complete
+    if partial and not config.allow_partial:
+        # Refuse before anything is stored: a subset from stale scores must never reach training.
+        raise dg.Failure(
+            f"golden_subset refuses to select: {len(cover.to_rescore)} of {len(cover.shards)} shards have no "
+            f"complete scores for the current scoring fingerprint {fingerprint} and anchor set {anchors} "
+            f"({cover.summary()}). Fix: {cover.backfill_hint()}. Or set allow_partial: true to select from the "
+            f"current rows only.",
+            metadata={**cover.metadata(), "backfill_partitions": ", ".join(cover.to_rescore)},
+        )
+    current = current_scores(store, pool, fingerprint, anchors, OneShotScoresSchema)
+    if current.empty:
+        raise dg.Failure(
+            "no current one_shot_scores: score the candidate shards first "
+            f"({cover.backfill_hint() if cover.to_rescore else 'one_shot_scores has no partition'})",
+            metadata=cover.metadata(),
+        )
+    if partial:
+        context.log.warning(f"allow_partial: selecting from {len(current)} current rows only ({cover.summary()})")
+    decided = current["decision_threshold"].dropna().unique() if "decision_threshold" in current else []
     criterion = config.criterion()
     if len(decided) and criterion != {"threshold": float(decided[0])}:
         raise dg.Failure(
             f"scores were settled early in decision mode at threshold {decided[0]}: select with that threshold, "
             "or re-score exactly (scoring.decision_threshold = null)"
         )
+    thresholds = threshold_table(store, current)
     chosen = select_golden(current, **criterion)
-    subset = candidates.merge(chosen[["candidate_id", "golden_score"]], left_on="id", right_on="candidate_id")
+    if chosen.empty:
+        raise dg.Failure(
+            f"the selection {json.dumps(criterion)} keeps none of the {len(current)} scored candidates, which would "
+            "leave nothing to train on. Subset size per threshold:\n\n"
+            f"{thresholds.to_markdown(index=False, floatfmt=('.2f', '.0f', '.4f', '.0f'))}\n\n"
+            f"Choose a lower threshold, or top_fraction (the default, {PAPER_GOLDEN_SHARE}) or top_k.",
+            metadata={"threshold_table": md.table(thresholds), "candidates_scored": len(current)},
+        )
+    subset = pool.merge(chosen[["candidate_id", "golden_score"]], left_on="id", right_on="candidate_id")
     subset = subset.sort_values("golden_score", ascending=False, na_position="last")
     subset = subset[["id", "instruction", "input", "output", "golden_score"]].reset_index(drop=True)
+    subset["scores_fingerprint"] = fingerprint
+    subset["anchor_set_hash"] = anchors
     GoldenSubsetSchema.validate(subset)
     export = warehouse.root() / "exports" / "golden_subset.json"
     export.parent.mkdir(parents=True, exist_ok=True)
@@ -308,10 +358,8 @@ def golden_subset(
         json.dumps(subset[["instruction", "input", "output"]].to_dict(orient="records"), indent=1, ensure_ascii=False)
     )
     shutil.move(staging, export)
-    ranked = current.merge(candidates[["id", "instruction", "output"]], left_on="candidate_id", right_on="id")
+    ranked = current.merge(pool[["id", "instruction", "output"]], left_on="candidate_id", right_on="id")
     ranked = ranked.sort_values("golden_score", ascending=False)
-    if not cover["complete"]:
-        context.log.warning(f"golden_subset built from incomplete scores: {cover}")
     plot = md.histogram_plot(
         current["golden_score"],
         warehouse.root() / "plots" / "golden_scores.png",
@@ -325,14 +373,18 @@ def golden_subset(
             "dagster/row_count": len(subset),
             "criterion": json.dumps(criterion),
             "candidates_scored": len(current),
-            "selected_fraction": len(subset) / len(current) if len(current) else 0.0,
-            "coverage_complete": bool(cover["complete"]),
-            "shards_missing": ", ".join(cover["shards_missing"]) or "none",
+            "selected_fraction": len(subset) / len(current),
+            "coverage_complete": cover.complete,
+            "partial": partial,
+            "partial_note": (
+                f"allow_partial: selected from current rows only; not used: {cover.summary()}" if partial else "no"
+            ),
+            **cover.metadata(),
             "golden_score_histogram": md.histogram_md(
                 current["golden_score"], bins=[i / 10 for i in range(11)], label="golden score"
             ),
             "golden_score_plot": plot,
-            "threshold_table": md.table(threshold_table(current)),
+            "threshold_table": md.table(thresholds),
             "top_examples": md.preview(ranked, ["golden_score", "instruction", "output"], rows=5),
             "bottom_examples": md.preview(ranked.iloc[::-1], ["golden_score", "instruction", "output"], rows=5),
             "export": dg.MetadataValue.path(str(export)),

@@ -13,15 +13,18 @@ from dagster._core.errors import DagsterPipesExecutionError  # not exported at t
 from pydantic import Field, field_validator
 
 from nuggets_pipeline import metadata as md
-from nuggets_pipeline.assets.scoring import scored_shards
+from nuggets_pipeline.assets.scoring import current_provenance
 from nuggets_pipeline.core.devices import DeviceUnavailableError, available_devices
 from nuggets_pipeline.core.devices import claim as claim_devices
+from nuggets_pipeline.core.incoming import with_increments
 from nuggets_pipeline.core.paths import REPO_ROOT
+from nuggets_pipeline.core.score_tables import current_scores
 from nuggets_pipeline.core.selection import select_bottom
 from nuggets_pipeline.core.sft_data import random_subset
 from nuggets_pipeline.core.training import PROFILES, TrainingError, get_profile, train_sft
 from nuggets_pipeline.partitions import random_seed_offset, training_variants
 from nuggets_pipeline.resources import ModelResource, WarehouseResource
+from nuggets_pipeline.schemas import CandidatesSchema, OneShotScoresSchema
 from nuggets_pipeline.training_launch import LAUNCH_MODULE, config_to_json
 
 
@@ -110,17 +113,25 @@ def bottom_examples(size: int, pool: pd.DataFrame, scored: pd.DataFrame | None) 
     if scored is None or scored.empty:
         raise dg.Failure("the bottom variant needs one_shot_scores: score the candidate shards first")
     scored = scored[scored["candidate_id"].isin(set(pool["id"]))]
-    fingerprints = scored[["model_fingerprint", "anchor_set_hash"]].drop_duplicates()
-    if len(fingerprints) > 1 or scored["candidate_id"].duplicated().any():
-        raise dg.Failure(
-            "one_shot_scores mixes scoring models or anchor sets for this pool: re-score every shard before "
-            "training the bottom variant"
-        )
     try:
         chosen = select_bottom(scored, size)
     except ValueError as error:
         raise dg.Failure(f"cannot build the bottom variant: {error}") from error
     return pool.set_index("id").loc[chosen["candidate_id"]].reset_index()
+
+
+def check_subset_provenance(subset: pd.DataFrame, zero_shot_losses: pd.DataFrame, anchor_set: pd.DataFrame) -> None:
+    """Refuse a golden subset selected from scores of another model, template, separator or anchor set."""
+    fingerprint, anchors = current_provenance(zero_shot_losses, anchor_set)
+    if not {"scores_fingerprint", "anchor_set_hash"} <= set(subset.columns):
+        raise dg.Failure("the stored golden_subset carries no provenance (an older build): materialise golden_subset")
+    found = sorted(set(zip(subset["scores_fingerprint"], subset["anchor_set_hash"], strict=True)))
+    if found != [(fingerprint, anchors)] and len(subset):
+        raise dg.Failure(
+            f"the stored golden_subset was selected from stale scores (fingerprint, anchor set) {found}; the current "
+            f"ones are ({fingerprint}, {anchors}). Re-score one_shot_scores and materialise golden_subset first.",
+            metadata={"subset_provenance": str(found), "scoring_fingerprint": fingerprint, "anchor_set_hash": anchors},
+        )
 
 
 @dg.asset(
@@ -135,12 +146,22 @@ def finetuned_model(
     config: TrainingAssetConfig,
     golden_subset: pd.DataFrame,
     candidates: pd.DataFrame,
+    anchor_set: pd.DataFrame,
+    zero_shot_losses: pd.DataFrame,
     training_model: ModelResource,
     warehouse: WarehouseResource,
     pipes_subprocess_client: dg.PipesSubprocessClient,
 ) -> dg.MaterializeResult:
     variant = context.partition_key
-    scored = scored_shards(warehouse.warehouse()) if variant == "bottom" else None
+    scored = None
+    if variant != "full":  # every other variant is sized by (or is) the golden subset: it must be current
+        check_subset_provenance(golden_subset, zero_shot_losses, anchor_set)
+    if variant == "bottom":  # the lowest-scored candidates, read only from current scores of current shards
+        store = warehouse.warehouse()
+        fingerprint, anchors = current_provenance(zero_shot_losses, anchor_set)
+        scored = current_scores(
+            store, with_increments(candidates, store, CandidatesSchema), fingerprint, anchors, OneShotScoresSchema
+        )
     examples = variant_examples(variant, golden_subset, candidates, config, scored)
     if examples.empty:
         raise dg.Failure(

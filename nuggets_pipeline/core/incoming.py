@@ -14,6 +14,7 @@ import os
 import stat
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -105,6 +106,7 @@ class Increment:
     candidates: pd.DataFrame  # the candidates schema: instruction columns plus ``shard``
     quarantined: pd.DataFrame
     reasons: dict[str, int]
+    already_stored: int = 0  # rows skipped because they are stored already (skip_known)
 
     @property
     def shards(self) -> list[str]:
@@ -119,6 +121,8 @@ def ingest_increment(
     shard_size: int,
     fields: FieldMap | None = None,
     max_chars: int = 16_384,
+    skip_known: bool = False,
+    known_raw: set[str] | None = None,
 ) -> Increment:
     """Ingest one file as a batch of new candidates, split into shards of about ``shard_size`` candidates.
 
@@ -127,6 +131,8 @@ def ingest_increment(
     becomes an increment with no candidates and every row in quarantine with its reason.
     """
     fields = fields or FieldMap()
+    if skip_known:
+        return _new_rows_only(path, batch, known_ids, anchors, shard_size, fields, max_chars, known_raw or set())
     try:
         result = ingest([path], fields, max_chars, known_ids=known_ids)
     except SourceError:
@@ -144,17 +150,56 @@ def ingest_increment(
     return Increment(candidates=candidates, quarantined=result.quarantined, reasons=dict(result.reasons))
 
 
-def read_increments(warehouse: Warehouse, batch: str | None = None, exclude: str | None = None) -> pd.DataFrame:
-    """Candidates of every stored batch (or of one), as written by the increments asset; empty when none."""
-    folder = warehouse.table_dir(INCREMENTS_TABLE)
-    files = [folder / f"{batch}.parquet"] if batch else sorted(folder.glob("*.parquet"))
-    frames = [pd.read_parquet(f) for f in files if f.exists() and f.stem != exclude]
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+def _new_rows_only(
+    path: Path,
+    batch: str,
+    known_ids: set[str],
+    anchors: pd.DataFrame,
+    shard_size: int,
+    fields: FieldMap,
+    max_chars: int,
+    known_raw: set[str],
+) -> Increment:
+    """A source that grows where it lives (re-read by the schedule): only rows not seen before form the batch.
+
+    Valid rows already stored and bad rows already quarantined (same raw text) are skipped and counted, not
+    quarantined again; every other row goes through the same checks as any ingested row.
+    """
+    records = list(read_source(path))  # a whole-file problem raises SourceError here, naming the file
+    if not records:
+        raise SourceError(f"{path}: source holds no rows")
+    result = normalise(records, fields, max_chars)
+    known = result.instructions["id"].isin(known_ids)
+    # A repeat of a stored row ("duplicate: same content as id X", X stored) is not new either.
+    repeated_of = result.quarantined["reason"].str.extract(r"^duplicate: same content as id ([0-9a-f]{16})$")[0]
+    seen_bad = result.quarantined["raw"].isin(known_raw) | repeated_of.isin(known_ids)
+    rows = result.instructions[~known].reset_index(drop=True)
+    quarantined = result.quarantined[~seen_bad].reset_index(drop=True)
+    reasons: dict[str, int] = {}
+    for reason in quarantined["reason"]:
+        reasons[reason.split(":")[0]] = reasons.get(reason.split(":")[0], 0) + 1
+    shards = min(MAX_SHARDS, max(1, math.ceil(len(rows) / shard_size)))
+    candidates = candidate_pool(rows, anchors, batch, shards).astype({"shard": "object"})
+    return Increment(candidates, quarantined, reasons, already_stored=int(known.sum() + seen_bad.sum()))
 
 
-def with_increments(candidates: pd.DataFrame, warehouse: Warehouse) -> pd.DataFrame:
+def read_increments(
+    warehouse: Warehouse, batch: str | None = None, exclude: str | None = None, schema: Any | None = None
+) -> pd.DataFrame:
+    """Candidates of every stored batch (or of one), as written by the increments asset; empty when none.
+
+    Read through the warehouse, file by file, each checked against ``schema`` (the candidates schema) when given.
+    """
+    stored = warehouse.partitions(INCREMENTS_TABLE)
+    keys = [k for k in stored if (batch is None or k == batch) and k != exclude]
+    if not keys:
+        return pd.DataFrame()
+    return warehouse.read(INCREMENTS_TABLE, keys, schema=schema)
+
+
+def with_increments(candidates: pd.DataFrame, warehouse: Warehouse, schema: Any | None = None) -> pd.DataFrame:
     """The whole candidate pool: the base candidates and every incoming batch's."""
-    increments = read_increments(warehouse)
+    increments = read_increments(warehouse, schema=schema)
     if increments.empty:
         return candidates
     return pd.concat([candidates, increments[candidates.columns]], ignore_index=True)

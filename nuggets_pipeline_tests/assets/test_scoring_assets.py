@@ -6,7 +6,7 @@ from pathlib import Path
 import dagster as dg
 
 from nuggets_pipeline.core.storage import Warehouse
-from nuggets_pipeline_tests.assets.conftest import score, select
+from nuggets_pipeline_tests.assets.conftest import ASSETS, resources, score, select
 
 
 def test_end_to_end_golden_subset_with_two_shards(prepared: dg.DagsterInstance, isolated_home: Path) -> None:
@@ -43,9 +43,18 @@ def test_a_shard_rerun_replaces_rather_than_duplicates(prepared: dg.DagsterInsta
     assert set(again["candidate_id"]) == set(first["candidate_id"])
 
 
-def test_the_blocking_coverage_check_fails_on_a_missing_shard(prepared: dg.DagsterInstance) -> None:
+def test_a_missing_shard_is_refused_and_the_blocking_check_names_it(prepared: dg.DagsterInstance) -> None:
     assert score(prepared, "base-000").success
     result = select(prepared, threshold=0.5)
-    check = next(iter(result.get_asset_check_evaluations()))
+    assert not result.success and result.get_asset_materialization_events() == []
+    message = result.get_step_failure_events()[0].step_failure_data.error.message
+    assert "missing: base-001" in message and "partitions base-001" in message
+    check = dg.materialize(
+        ASSETS,
+        selection=dg.AssetSelection.checks_for_assets("golden_subset"),
+        instance=prepared,
+        resources=resources(),
+        raise_on_error=False,
+    ).get_asset_check_evaluations()[0]
     assert not check.passed
     assert check.metadata["shards_missing"].value == "base-001"

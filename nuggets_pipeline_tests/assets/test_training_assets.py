@@ -41,14 +41,16 @@ def test_golden_and_random_variants_train_same_size_subsets(prepared: dg.Dagster
     assert sizes == {"golden": 4, "random": 4}
 
 
-def test_an_empty_golden_subset_fails_with_a_clear_message(prepared: dg.DagsterInstance) -> None:
+def test_an_empty_selection_fails_before_anything_reaches_training(
+    prepared: dg.DagsterInstance, isolated_home: Path
+) -> None:
     for shard in prepared.get_dynamic_partitions("candidate_shards"):
         assert score(prepared, shard).success
-    assert select(prepared, threshold=1.0).success  # nothing scores strictly above 1: an empty subset
-    result = train(prepared, "golden")
-    assert not result.success
-    failure = result.get_step_failure_events()[0].step_failure_data.error
-    assert "golden subset is empty" in failure.message
+    selected = select(prepared, threshold=1.0)  # nothing scores strictly above 1
+    assert not selected.success
+    failure = selected.get_step_failure_events()[0].step_failure_data.error
+    assert "keeps none of the 26 scored candidates" in failure.message and "subset_size" in failure.message
+    assert not (isolated_home / "warehouse" / "golden_subset").exists()
 
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")

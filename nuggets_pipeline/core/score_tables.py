@@ -1,0 +1,181 @@
+"""Reads of the stored one-shot scores across shards, as SQL in DuckDB over the shards' Parquet files.
+
+Only the files of shards that are in the current candidate pool are ever read: after a re-shard (3 shards -> 2),
+the file of a shard that no longer exists is listed by name and never opened, so old rows can neither be
+selected nor collide with the current ones. A row counts as current only if it carries the current scoring
+fingerprint and anchor-set hash and belongs to the pool shard it was stored under.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+from nuggets_pipeline.core.selection import PAPER_THRESHOLDS
+from nuggets_pipeline.core.storage import FILENAME_COLUMN, StoredTableError, Warehouse
+
+SCORES_TABLE = "one_shot_scores"
+
+_SHARD_STATUS_SQL = """
+WITH files AS (
+    SELECT shard,
+           count(*) AS rows_stored,
+           count(*) FILTER (WHERE model_fingerprint <> $fingerprint OR anchor_set_hash <> $anchors) AS rows_stale,
+           string_agg(DISTINCT model_fingerprint, ',') AS fingerprints,
+           string_agg(DISTINCT anchor_set_hash, ',') AS anchor_hashes
+    FROM scores GROUP BY shard
+), matched AS (
+    SELECT p.shard, count(*) AS candidates, count(s.candidate_id) AS scored_current
+    FROM pool p
+    LEFT JOIN scores s
+      ON s.candidate_id = p.id AND s.shard = p.shard
+     AND s.model_fingerprint = $fingerprint AND s.anchor_set_hash = $anchors
+    GROUP BY p.shard
+)
+SELECT m.shard, m.candidates, m.scored_current,
+       coalesce(f.rows_stored, 0) AS rows_stored, coalesce(f.rows_stale, 0) AS rows_stale,
+       f.fingerprints, f.anchor_hashes,
+       CASE WHEN f.shard IS NULL THEN 'missing'
+            WHEN f.rows_stale > 0 THEN 'stale'
+            WHEN m.scored_current < m.candidates THEN 'incomplete'
+            ELSE 'current' END AS status
+FROM matched m LEFT JOIN files f ON f.shard = m.shard
+ORDER BY m.shard
+"""
+
+_CURRENT_SQL = """
+SELECT s.* FROM scores s
+JOIN pool p ON s.candidate_id = p.id AND s.shard = p.shard
+WHERE s.model_fingerprint = $fingerprint AND s.anchor_set_hash = $anchors
+ORDER BY s.shard, s.candidate_id
+"""
+
+# Decision-mode rows only bound their score (see core.selection._above); both bounds count here the same way.
+_THRESHOLD_SQL = """
+WITH t AS (SELECT unnest($thresholds::DOUBLE[]) AS threshold), n AS (SELECT count(*) AS total FROM scores)
+SELECT t.threshold,
+       count(s.candidate_id) FILTER (
+           WHERE (s.verdict = 'exact' AND s.golden_score > t.threshold)
+              OR (s.verdict <> 'exact' AND s.wins / s.n_anchors > t.threshold)) AS subset_size,
+       count(s.candidate_id) FILTER (
+           WHERE s.verdict <> 'exact' AND s.wins / s.n_anchors <= t.threshold
+             AND (s.wins + s.n_anchors - s.anchors_scored) / s.n_anchors > t.threshold) AS undecided,
+       any_value(n.total) AS scored
+FROM t CROSS JOIN n LEFT JOIN scores s ON true
+GROUP BY t.threshold ORDER BY t.threshold
+"""
+
+
+@dataclass
+class Coverage:
+    """Per pool shard: current, stale, incomplete or missing; plus stored shards that left the pool."""
+
+    fingerprint: str
+    anchor_set_hash: str
+    shards: pd.DataFrame  # one row per pool shard (see _SHARD_STATUS_SQL)
+    not_in_pool: list[str] = field(default_factory=list)
+
+    def named(self, status: str) -> list[str]:
+        return sorted(self.shards.loc[self.shards["status"] == status, "shard"])
+
+    @property
+    def to_rescore(self) -> list[str]:
+        """The exact partition keys of one_shot_scores a backfill must (re)materialise."""
+        return sorted(self.shards.loc[self.shards["status"] != "current", "shard"])
+
+    @property
+    def complete(self) -> bool:
+        return not self.to_rescore
+
+    @property
+    def candidates_unscored(self) -> int:
+        return int((self.shards["candidates"] - self.shards["scored_current"]).sum())
+
+    def summary(self) -> str:
+        parts = [f"{status}: {', '.join(self.named(status))}" for status in ("stale", "missing", "incomplete")]
+        return "; ".join(p for p in parts if not p.endswith(": "))
+
+    def backfill_hint(self) -> str:
+        keys = self.to_rescore
+        return (
+            f"backfill one_shot_scores for partitions {', '.join(keys)} (UI: one_shot_scores -> Materialize -> "
+            f"select those partitions; CLI: dagster asset materialize --select one_shot_scores --partition "
+            f"<key>, once per key)"
+        )
+
+    def metadata(self) -> dict[str, object]:
+        return {
+            "shards_expected": len(self.shards),
+            "shards_missing": ", ".join(self.named("missing")) or "none",
+            "shards_stale": ", ".join(self.named("stale")) or "none",
+            "shards_incomplete": ", ".join(self.named("incomplete")) or "none",
+            "shards_not_in_pool": ", ".join(self.not_in_pool) or "none",
+            "candidates_unscored": self.candidates_unscored,
+            "scoring_fingerprint": self.fingerprint,
+            "anchor_set_hash": self.anchor_set_hash,
+        }
+
+
+def _score_files(warehouse: Warehouse, pool: pd.DataFrame) -> tuple[list, list[str]]:
+    shards = sorted(pool["shard"].unique())
+    stored = warehouse.partitions(SCORES_TABLE)
+    files = warehouse.files(SCORES_TABLE, [s for s in shards if s in set(stored)])
+    return files, sorted(set(stored) - set(shards))
+
+
+def coverage(
+    warehouse: Warehouse, pool: pd.DataFrame, fingerprint: str, anchors: str, schema: object | None = None
+) -> Coverage:
+    """Which shards of ``pool`` (columns id, shard) hold current scores for every candidate."""
+    files, not_in_pool = _score_files(warehouse, pool)
+    shards = warehouse.sql(
+        _SHARD_STATUS_SQL,
+        {"fingerprint": fingerprint, "anchors": anchors},
+        files={"scores": (files, schema)},
+        frames={"pool": pool[["id", "shard"]]},
+    )
+    return Coverage(fingerprint, anchors, shards, not_in_pool)
+
+
+def current_scores(
+    warehouse: Warehouse, pool: pd.DataFrame, fingerprint: str, anchors: str, schema: object | None = None
+) -> pd.DataFrame:
+    """The stored score rows of ``pool``'s candidates that match the fingerprint and the anchor set."""
+    files, _ = _score_files(warehouse, pool)
+    found = warehouse.sql(
+        _CURRENT_SQL,
+        {"fingerprint": fingerprint, "anchors": anchors},
+        files={"scores": (files, schema)},
+        frames={"pool": pool[["id", "shard"]]},
+    )
+    if schema is not None and len(found):
+        _validate_rows(schema, found)
+    return found.drop(columns=[FILENAME_COLUMN]).reset_index(drop=True)
+
+
+def _validate_rows(schema: object, frame: pd.DataFrame) -> None:
+    """pandera on rows read back from several files; a failure names the files its failing rows came from."""
+    import pandera.errors
+
+    try:
+        schema.validate(frame.drop(columns=[FILENAME_COLUMN]), lazy=True)  # type: ignore[attr-defined]
+    except pandera.errors.SchemaErrors as error:
+        index = pd.to_numeric(error.failure_cases["index"], errors="coerce").dropna().astype(int)
+        files = sorted(set(frame.loc[frame.index.intersection(index), FILENAME_COLUMN])) or sorted(
+            set(frame[FILENAME_COLUMN])
+        )
+        raise StoredTableError(", ".join(files), f"rows fail {schema.__name__}: {str(error)[:1500]}") from error
+
+
+def threshold_table(
+    warehouse: Warehouse, scores: pd.DataFrame, thresholds: tuple[float, ...] = PAPER_THRESHOLDS
+) -> pd.DataFrame:
+    """Subset size per threshold (the paper's Table 3) over ``scores``, in SQL."""
+    table = warehouse.sql(
+        _THRESHOLD_SQL,
+        {"thresholds": list(thresholds)},
+        frames={"scores": scores[["candidate_id", "golden_score", "wins", "n_anchors", "anchors_scored", "verdict"]]},
+    )
+    table["fraction"] = table["subset_size"] / table["scored"].where(table["scored"] > 0)
+    return table[["threshold", "subset_size", "fraction", "undecided"]]
