@@ -212,7 +212,8 @@ def render_table() -> str:
     """docs/settings.md: every variable, its default and meaning, rendered from the Settings fields."""
     rows = ["| Variable | Default | Meaning |", "| --- | --- | --- |"]
     for name, info in Settings.model_fields.items():
-        default = "unset" if info.default is None else f"`{info.default}`"
+        value = f"{info.default:g}" if isinstance(info.default, float) else info.default
+        default = "unset" if value is None else f"`{value}`"
         if PROFILES["cluster"].get(name) is not None:
             default += f" (cluster: `{PROFILES['cluster'][name]}`)"
         rows.append(f"| `{env_name(name)}` | {default} | {info.description} |")
