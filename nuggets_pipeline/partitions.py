@@ -24,4 +24,3 @@ def random_seed_offset(variant: str) -> int | None:
         return 0
     prefix, _, suffix = variant.partition("-")
     return int(suffix) if prefix == "random" and suffix.isdigit() else None
-
