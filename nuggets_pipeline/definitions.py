@@ -1,4 +1,9 @@
-"""The code location: every asset, check, resource, sensor and schedule of nuggets-pipeline."""
+"""The code location: every asset, check, resource, sensor and schedule of nuggets-pipeline.
+
+Built from one validated :class:`Settings` (docs/settings.md) by ``build_defs``: a test builds the definitions
+from its own settings and checks the assets, sensors and executor themselves. ``NUGGETS_DEPLOYMENT`` picks the
+profile (local or cluster) whose defaults the settings start from.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +11,9 @@ import os
 
 import dagster as dg
 
-from nuggets_pipeline import checks, sensors
+from nuggets_pipeline import automation, checks, execution, sensors
 from nuggets_pipeline.assets import anchors, evaluation, exports, incoming, ingestion, scoring, training
+from nuggets_pipeline.core.settings import Settings, env_name, get_settings
 from nuggets_pipeline.resources import (
     JudgeResource,
     ModelResource,
@@ -16,52 +22,74 @@ from nuggets_pipeline.resources import (
     WarehouseResource,
 )
 
-warehouse = WarehouseResource()
+ASSET_MODULES = [ingestion, anchors, incoming, scoring, training, evaluation, exports]
 
 
-def _threads() -> int | None:
-    value = os.environ.get("NUGGETS_THREADS")
-    return int(value) if value else None
+def _shown(settings: Settings, field: str, value: str | None = None) -> str | dg.EnvVar:
+    """A resource field's value; an ``EnvVar`` where the environment set it, so the UI shows which variable the
+    value comes from (Dagster resolves it from the same environment when a run starts). Only for fields without a
+    validator: Dagster validates the variable's name, not its value (dtype and judge backend are checked by Settings
+    and passed as values)."""
+    value = getattr(settings, field) if value is None else value
+    name = env_name(field)
+    return dg.EnvVar(name) if os.environ.get(name) == value else value
 
 
-def default_resources() -> dict[str, object]:
+def default_resources(settings: Settings | None = None) -> dict[str, object]:
     """Resources with defaults that run offline; environment variables pick other models without code changes."""
-    device = os.environ.get("NUGGETS_DEVICE", "auto")  # one device for every model: cpu, cuda, cuda:N or auto
+    settings = settings or get_settings()
+    warehouse = WarehouseResource()
+    device = _shown(settings, "device", settings.device or "auto")  # one device for every model
     return {
         "io_manager": WarehouseIOManagerFactory(warehouse=warehouse),
         "warehouse": warehouse,
         "scoring_model": ModelResource(
-            model=os.environ.get("NUGGETS_SCORING_MODEL", "smollm2-135m-instruct"),
+            model=_shown(settings, "scoring_model"),
             # "auto": the fastest dtype the hardware computes natively (float32 on AVX2-only CPUs); set float32 to
             # score bit-for-bit the same everywhere.
-            dtype=os.environ.get("NUGGETS_SCORING_DTYPE", "auto"),
+            dtype=settings.scoring_dtype,
             device=device,
-            threads=_threads(),
+            threads=settings.threads,
         ),
         "scoring": ScoringResource(),
         # The model that is fine-tuned is configured apart from the scoring model (weak-to-strong selection).
         "training_model": ModelResource(
-            model=os.environ.get("NUGGETS_TRAINING_MODEL", "smollm2-135m-instruct"),
-            device=device,
-            threads=_threads(),
+            model=_shown(settings, "training_model"), device=device, threads=settings.threads
         ),
         # Starts multi-process fine-tuning (finetuned_model launcher accelerate/torchrun), reads its Pipes messages.
         "pipes_subprocess_client": dg.PipesSubprocessClient(),
         "judge": JudgeResource(
-            backend=os.environ.get("NUGGETS_JUDGE_BACKEND", "local"),
-            model=os.environ.get("NUGGETS_JUDGE_MODEL", "smollm2-135m-instruct"),
-            base_url=os.environ.get("NUGGETS_JUDGE_BASE_URL", "https://api.openai.com/v1"),
+            backend=settings.judge_backend,
+            model=_shown(settings, "judge_model"),
+            base_url=_shown(settings, "judge_base_url"),
             device=device,
         ),
     }
 
 
-defs = dg.Definitions(
-    assets=dg.load_assets_from_modules([ingestion, anchors, incoming, scoring, training, evaluation, exports]),
-    asset_checks=dg.load_asset_checks_from_modules([checks]),
-    resources=default_resources(),
-    jobs=sensors.JOBS,
-    sensors=sensors.SENSORS,
-    schedules=sensors.SCHEDULES,
-    executor=sensors.executor(),
-)
+def _configured(asset: dg.AssetsDefinition, settings: Settings) -> dg.AssetsDefinition:
+    """The asset with what the settings decide applied: one_shot_scores' backfill policy, automation conditions."""
+    conditions = {key: c for key, c in automation.automation_conditions(settings).items() if key in asset.keys}
+    if conditions:
+        asset = asset.with_attributes(automation_condition=conditions)
+    if scoring.one_shot_scores.key in asset.keys:
+        asset = asset.with_attributes(backfill_policy=execution.backfill_policy(settings))
+    return asset
+
+
+def build_defs(settings: Settings | None = None) -> dg.Definitions:
+    """The code location under ``settings`` (default: the environment's, validated: a bad value stops it)."""
+    settings = settings or get_settings()
+    assets = dg.load_assets_from_modules(ASSET_MODULES)
+    return dg.Definitions(
+        assets=[_configured(a, settings) if isinstance(a, dg.AssetsDefinition) else a for a in assets],
+        asset_checks=dg.load_asset_checks_from_modules([checks]),
+        resources=default_resources(settings),
+        jobs=sensors.JOBS,
+        sensors=[*sensors.sensors(settings), automation.automation_sensor(settings)],
+        schedules=automation.schedules(settings),
+        executor=execution.executor(settings),
+    )
+
+
+defs = build_defs()

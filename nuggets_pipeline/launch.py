@@ -171,6 +171,12 @@ def ops_config(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def _config_value(value: Any) -> Any:
+    """A bound field as run config: a field bound to ``dg.EnvVar`` (definitions.py) stays read from its variable."""
+    name = getattr(value, "env_var_name", None)  # dg.EnvVar is a str holding the variable's name
+    return {"env": name} if isinstance(name, str) else value
+
+
 def resources_config(args: argparse.Namespace, bound: dict[str, Any]) -> dict[str, Any]:
     """The `resources` section: for each model resource a flag changes, ALL its fields.
 
@@ -188,7 +194,7 @@ def resources_config(args: argparse.Namespace, bound: dict[str, Any]) -> dict[st
         if not change:
             continue
         resource = bound[name]
-        fields = {field: getattr(resource, field) for field in type(resource).model_fields}
+        fields = {field: _config_value(getattr(resource, field)) for field in type(resource).model_fields}
         out[name] = {"config": fields | change}
     return out
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 import dagster as dg
 
 CANDIDATE_SHARDS = "candidate_shards"
@@ -26,21 +24,3 @@ def random_seed_offset(variant: str) -> int | None:
         return 0
     prefix, _, suffix = variant.partition("-")
     return int(suffix) if prefix == "random" and suffix.isdigit() else None
-
-
-SHARDS_PER_RUN_ENV = "NUGGETS_SHARDS_PER_RUN"
-
-
-def shards_per_run() -> int:
-    """Shards one backfill run scores: 1 fans a backfill out (a pod per shard); a large value keeps it in one run.
-
-    Read when the definitions load, so a code location (or a cluster profile) chooses it by environment.
-    """
-    raw = os.environ.get(SHARDS_PER_RUN_ENV, "1")
-    try:
-        value = int(raw)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise ValueError(f"{SHARDS_PER_RUN_ENV} must be a positive integer (shards per backfill run), got {raw!r}")
-    return value

@@ -117,13 +117,18 @@ class ModelResource(dg.ConfigurableResource):
         held = _PROCESS_CLAIM["claim"]
         return held.name if held is not None else str(resolve_device(self.device))
 
+    def torch_device(self) -> str:
+        """The torch device this step's models run on: the claimed device's (a simulated device computes on the
+        CPU), else ``device`` resolved. Claims on first call, like ``device_used``."""
+        self.device_used()
+        held = _PROCESS_CLAIM["claim"]
+        return held.torch_device if held is not None else str(resolve_device(self.device))
+
     def load(self) -> LoadedModel:
         """Loaded once per process and shared by every asset that asks for the same model."""
         if self.threads is not None:
             torch.set_num_threads(self.threads)
-        self.device_used()
-        held = _PROCESS_CLAIM["claim"]
-        return load_shared(self.model, self.dtype, held.torch_device if held is not None else self.device)
+        return load_shared(self.model, self.dtype, self.torch_device())
 
 
 class ScoringResource(dg.ConfigurableResource):
@@ -185,11 +190,16 @@ class JudgeResource(dg.ConfigurableResource):
             raise ValueError(f"judge backend must be local or openai, got {value!r}")
         return value
 
-    def build(self):  # type: ignore[no-untyped-def]
+    def build(self, device: str | None = None):  # type: ignore[no-untyped-def]
+        """The judge; ``device`` (the step's claimed device) overrides the configured one for a local judge, so
+        a judge and the model it grades share the GPU their step holds."""
         from nuggets_pipeline.core.judges import make_judge
 
         if self.backend == "local":
-            return make_judge("local", load_shared(self.model, self.dtype, self.device), self.mode, name=self.model)
+            # A judge configured for the CPU stays there; otherwise it follows the step onto its claimed device.
+            target = self.device if device is None or self.device == "cpu" else device
+            loaded = load_shared(self.model, self.dtype, target)
+            return make_judge("local", loaded, self.mode, name=self.model)
         return make_judge(
             "openai",
             self.model,

@@ -1,35 +1,20 @@
-"""Operations: what runs without a person clicking anything, and how runs execute.
+"""Sensors, and the jobs they request.
 
 - `incoming_data` (sensor, on by default): hashes the files in the incoming folder, requests one ingestion run per
   new content, and, once a batch is stored, one scoring run per new shard. Nothing already scored is re-scored.
-- `nuggets_automation` (automation condition sensor, on by default): evaluates the cron condition on
-  `golden_subset`, so the selection is rebuilt at a configurable time once new scores exist.
-- `rescore_new_source_rows` (schedule, on by default, `NUGGETS_RESCORE_CRON`, default 02:00 UTC): re-reads the
-  local files `instructions` was last built from; a file that grew becomes an increment of its new rows only
-  (the ingestion run above, `skip_known`), whose new shards `incoming_data` then sends to scoring. A tick with
-  nothing new compares sizes and mtimes only and requests nothing.
-- Jobs for the two kinds of runs the sensor requests, and the executor (bounded step concurrency locally, a pod
-  per step on Kubernetes).
+- Jobs for the two kinds of runs the sensor requests (the `rescore_new_source_rows` schedule of automation.py
+  requests ingestion runs too).
 
-Settings, all from the environment (read when the definitions load):
-  NUGGETS_INCOMING_DIR         folder watched for data files (default <home>/incoming)
-  NUGGETS_INCOMING_SETTLE_S    a file must be unchanged this long before it is read (default 10)
-  NUGGETS_SENSOR_INTERVAL_S    seconds between sensor ticks (default 30)
-  NUGGETS_RESCORE_CRON         when the instruction sources are re-read for new rows (default "0 2 * * *")
-  NUGGETS_SELECTION_CRON       when golden_subset is rebuilt after new scores (default "0 3 * * *")
-  NUGGETS_SELECTION_TIMEZONE   time zone of that cron (default UTC)
-  NUGGETS_EXECUTOR             multiprocess (default), in_process or k8s
-  NUGGETS_MAX_CONCURRENT_STEPS steps at once in one run for the multiprocess executor (default 2)
-  NUGGETS_SHARDS_PER_RUN       shards per backfill run (partitions.py)
+Settings (docs/settings.md): `NUGGETS_INCOMING_DIR` and `NUGGETS_INCOMING_SETTLE_S` are read at each tick,
+`NUGGETS_SENSOR_INTERVAL_S` when the definitions are built. How runs execute is execution.py; what runs on a clock,
+automation.py.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import dagster as dg
@@ -42,77 +27,13 @@ from nuggets_pipeline.core.incoming import (
     refused_files,
     waiting_files,
 )
+from nuggets_pipeline.core.settings import Settings, get_settings
 from nuggets_pipeline.partitions import CANDIDATE_SHARDS, INCOMING_FILES, candidate_shards, incoming_files
-
-SETTLE_ENV = "NUGGETS_INCOMING_SETTLE_S"
-INTERVAL_ENV = "NUGGETS_SENSOR_INTERVAL_S"
-CRON_ENV = "NUGGETS_SELECTION_CRON"
-TIMEZONE_ENV = "NUGGETS_SELECTION_TIMEZONE"
-EXECUTOR_ENV = "NUGGETS_EXECUTOR"
-MAX_STEPS_ENV = "NUGGETS_MAX_CONCURRENT_STEPS"
-DEFAULT_CRON = "0 3 * * *"
-RESCORE_CRON_ENV = "NUGGETS_RESCORE_CRON"
-DEFAULT_RESCORE_CRON = "0 2 * * *"  # an hour before the selection's cron, so its scores are in by then
-INSTRUCTIONS = dg.AssetKey("instructions")
 
 INGEST_JOB = "ingest_increments"
 SCORE_JOB = "score_shards"
 INCREMENT_OP = "ingest_increment_file"
 ONE_SHOT = dg.AssetKey("one_shot_scores")
-
-# A pod with one GPU for every step that runs a model, read by dagster-k8s's k8s_job_executor (cluster profile,
-# NUGGETS_EXECUTOR=k8s); ignored by the local executors. The memory request covers loading a 7B model in bf16.
-MODEL_POD_TAGS: dict[str, Any] = {
-    "dagster-k8s/config": {
-        "container_config": {
-            "resources": {
-                "requests": {"nvidia.com/gpu": "1", "cpu": "4", "memory": "32Gi"},
-                "limits": {"nvidia.com/gpu": "1", "memory": "48Gi"},
-            }
-        }
-    }
-}
-
-
-def _env_number(name: str, default: float, minimum: float) -> float:
-    raw = os.environ.get(name)
-    if raw is None:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        value = minimum - 1
-    if value < minimum:
-        raise ValueError(f"{name} must be a number >= {minimum}, got {raw!r}")
-    return value
-
-
-def selection_condition() -> dg.AutomationCondition:
-    """Rebuild the selection once per cron tick, only if some input (new scores above all) changed since the last
-    build, and never while scoring runs: a tick with nothing new starts no run."""
-    cron = os.environ.get(CRON_ENV, DEFAULT_CRON)
-    timezone = os.environ.get(TIMEZONE_ENV, "UTC")
-    return (
-        dg.AutomationCondition.cron_tick_passed(cron, timezone).since_last_handled()
-        & dg.AutomationCondition.any_deps_updated().since_last_handled()
-        & ~dg.AutomationCondition.any_deps_in_progress()
-        & ~dg.AutomationCondition.in_progress()
-    ).with_label(f"new scores, then cron {cron} ({timezone})")
-
-
-def executor() -> dg.ExecutorDefinition:
-    """Steps at once in one run are bounded: the 'model' pool already keeps model steps to one per machine."""
-    kind = os.environ.get(EXECUTOR_ENV, "multiprocess")
-    if kind == "k8s":
-        from dagster_k8s import k8s_job_executor
-
-        return k8s_job_executor
-    if kind == "in_process":
-        return dg.in_process_executor
-    if kind != "multiprocess":
-        raise ValueError(f"{EXECUTOR_ENV} must be multiprocess, in_process or k8s, got {kind!r}")
-    steps = int(_env_number(MAX_STEPS_ENV, 2, 1))
-    return dg.multiprocess_executor.configured({"max_concurrent": steps}, name="bounded_multiprocess")
 
 
 ingest_increments_job = dg.define_asset_job(
@@ -155,7 +76,7 @@ class SensorState:
 
 def _new_files(context: dg.SensorEvaluationContext, state: SensorState) -> tuple[list[dg.RunRequest], list[str]]:
     folder = incoming_dir()
-    settle = _env_number(SETTLE_ENV, 10, 0)
+    settle = get_settings().incoming_settle_s  # read at each tick: a changed setting applies at the next one
     seen = set(context.instance.get_dynamic_partitions(INCOMING_FILES))
     requests: list[dg.RunRequest] = []
     added: list[str] = []
@@ -220,14 +141,7 @@ def _new_shards(context: dg.SensorEvaluationContext, state: SensorState) -> list
     return requests
 
 
-@dg.sensor(
-    name="incoming_data",
-    jobs=[ingest_increments_job, score_shards_job],
-    minimum_interval_seconds=int(_env_number(INTERVAL_ENV, 30, 1)),
-    default_status=dg.DefaultSensorStatus.RUNNING,
-    description="New files in the incoming folder -> ingestion runs -> scoring runs for their new shards only.",
-)
-def incoming_data_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
+def _incoming_data(context: dg.SensorEvaluationContext) -> dg.SensorResult:
     state = SensorState.parse(context.cursor)
     ingest_requests, batches = _new_files(context, state)
     score_requests = _new_shards(context, state)
@@ -239,64 +153,18 @@ def incoming_data_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult
     )
 
 
-def _last_read_sources(instance: dg.DagsterInstance) -> dict[str, dict[str, Any]]:
-    """The local files of the latest `instructions` build, with size, mtime and SHA-256 as they were read."""
-    event = instance.get_latest_materialization_event(INSTRUCTIONS)
-    materialization = event.asset_materialization if event else None
-    entry = materialization.metadata.get("source_files") if materialization else None
-    return json.loads(entry.value) if entry is not None else {}
+def incoming_data_sensor(settings: Settings) -> dg.SensorDefinition:
+    return dg.sensor(
+        name="incoming_data",
+        jobs=[ingest_increments_job, score_shards_job],
+        minimum_interval_seconds=int(settings.sensor_interval_s),
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description="New files in the incoming folder -> ingestion runs -> scoring runs for their new shards only.",
+    )(_incoming_data)
 
 
-@dg.schedule(
-    name="rescore_new_source_rows",
-    cron_schedule=os.environ.get(RESCORE_CRON_ENV, DEFAULT_RESCORE_CRON),
-    execution_timezone=os.environ.get(TIMEZONE_ENV, "UTC"),
-    job=ingest_increments_job,
-    default_status=dg.DefaultScheduleStatus.RUNNING,
-    description="Re-reads the instruction source files; the rows they gained become an increment that is scored "
-    "in new shards only. Nothing new: no run.",
-)
-def rescore_new_source_rows(context: dg.ScheduleEvaluationContext) -> list[dg.RunRequest] | dg.SkipReason:
-    sources = _last_read_sources(context.instance)
-    if not sources:
-        return dg.SkipReason("`instructions` has not been built from a local file yet: nothing to re-read")
-    seen = set(context.instance.get_dynamic_partitions(INCOMING_FILES))
-    requests, notes = [], []
-    for name, recorded in sorted(sources.items()):
-        path = Path(name)
-        if not path.is_file():
-            notes.append(f"{name}: gone")
-            continue
-        stat = path.stat()
-        if [stat.st_size, stat.st_mtime_ns] == [recorded.get("size"), recorded.get("mtime_ns")]:
-            notes.append(f"{path.name}: unchanged since instructions read it")
-            continue  # the cheap path: no byte is read
-        digest = file_digest(path)
-        batch = batch_key(digest)
-        if digest == recorded.get("sha256") or batch in seen:
-            notes.append(f"{path.name}: content already ingested")
-            continue
-        context.instance.add_dynamic_partitions(INCOMING_FILES, [batch])
-        requests.append(
-            dg.RunRequest(
-                run_key=f"source-{batch}",
-                job_name=INGEST_JOB,
-                partition_key=batch,
-                run_config={"ops": {INCREMENT_OP: {"config": {"path": str(path), "skip_known": True}}}},
-                tags={"nuggets/source_file": path.name},
-            )
-        )
-    return requests or dg.SkipReason("; ".join(notes))
+def sensors(settings: Settings) -> list[dg.SensorDefinition]:
+    return [incoming_data_sensor(settings)]
 
-
-automation_sensor = dg.AutomationConditionSensorDefinition(
-    "nuggets_automation",
-    target=dg.AssetSelection.all(),
-    default_status=dg.DefaultSensorStatus.RUNNING,
-    minimum_interval_seconds=int(_env_number(INTERVAL_ENV, 30, 1)),
-    description="Evaluates the automation conditions (golden_subset's cron rebuild after new scores).",
-)
 
 JOBS = [ingest_increments_job, score_shards_job]
-SENSORS = [incoming_data_sensor, automation_sensor]
-SCHEDULES = [rescore_new_source_rows]

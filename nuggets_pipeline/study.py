@@ -39,6 +39,7 @@ import dagster as dg
 import pandas as pd
 
 from nuggets_pipeline.core.paths import REPO_ROOT, nuggets_home
+from nuggets_pipeline.core.settings import get_settings
 
 STUDY_TAG = "nuggets/study_key"
 SIZE_CHOICES = ("study", "tiny")
@@ -331,9 +332,10 @@ def study_resources(settings: StudySettings) -> dict[str, Any]:
     from nuggets_pipeline.definitions import default_resources
     from nuggets_pipeline.resources import JudgeResource, ModelResource
 
-    resources = default_resources()
-    device = os.environ.get("NUGGETS_DEVICE", "cpu")
-    threads = int(os.environ["NUGGETS_THREADS"]) if os.environ.get("NUGGETS_THREADS") else None
+    environment = get_settings()
+    resources = default_resources(environment)
+    device = environment.device or "cpu"
+    threads = environment.threads
     for name in ("scoring_model", "training_model"):
         resources[name] = ModelResource(model=settings.model, dtype="float32", device=device, threads=threads)
     resources["judge"] = JudgeResource(model=settings.model, device=device)

@@ -7,13 +7,14 @@ from typing import Any, Literal, NamedTuple
 
 import dagster as dg
 import pandas as pd
+import torch
 from pydantic import Field
 
 from nuggets_pipeline import metadata as md
 from nuggets_pipeline.assets.training import finetuned_dir, finetuned_model
 from nuggets_pipeline.core import alpaca_eval, exports, mt_bench
 from nuggets_pipeline.core.judges import JudgmentCache, calibrate_judge
-from nuggets_pipeline.core.modeling import LoadedModel, load_model, resolve_device
+from nuggets_pipeline.core.modeling import LoadedModel, load_model
 from nuggets_pipeline.core.reference_likelihood import score_references, summarize_scores
 from nuggets_pipeline.core.report import (
     JudgeInfo,
@@ -24,18 +25,20 @@ from nuggets_pipeline.core.report import (
     render_markdown,
 )
 from nuggets_pipeline.partitions import training_variants
-from nuggets_pipeline.resources import JudgeResource, WarehouseResource
+from nuggets_pipeline.resources import JudgeResource, ModelResource, WarehouseResource
 
 ALL_PARTITIONS = {"allow_missing_partitions": True}
 
 
-def variant_model(home: Path, variant: str) -> LoadedModel:
+def variant_model(home: Path, variant: str, device: str) -> LoadedModel:
+    """The fine-tuned variant on ``device``: the training model's device (NUGGETS_DEVICE), claimed for this step
+    where the node has several GPUs (ModelResource.torch_device)."""
     path = finetuned_dir(home, variant) / "model"
     if not (path / "config.json").exists():
         raise dg.Failure(f"no fine-tuned checkpoint for variant {variant!r} at {path}: materialise finetuned_model")
     # On a GPU the variants generate in bfloat16; on CPUs in float32, so answers are the same on every CPU.
-    device = resolve_device("auto")
-    return load_model(str(path), dtype="auto" if device.type == "cuda" else "float32", device=str(device))
+    on_gpu = torch.device(device).type == "cuda"
+    return load_model(str(path), dtype="auto" if on_gpu else "float32", device=device)
 
 
 def judgment_cache(warehouse: WarehouseResource) -> JudgmentCache:
@@ -147,14 +150,19 @@ class MTBenchConfig(dg.Config):
     description="MT-Bench: two-turn answers graded 1-10 by the judge; one row per (question, turn).",
 )
 def mt_bench_results(
-    context: dg.AssetExecutionContext, config: MTBenchConfig, judge: JudgeResource, warehouse: WarehouseResource
+    context: dg.AssetExecutionContext,
+    config: MTBenchConfig,
+    judge: JudgeResource,
+    training_model: ModelResource,
+    warehouse: WarehouseResource,
 ) -> dg.Output[pd.DataFrame]:
     variant = context.partition_key
-    loaded = variant_model(warehouse.root(), variant)
+    device = training_model.torch_device()
+    loaded = variant_model(warehouse.root(), variant, device)
     questions, max_new_tokens = config.settings()
     rows, summary = mt_bench.evaluate(
         loaded,
-        judge.build(),
+        judge.build(device),
         limit=questions,
         max_new_tokens=max_new_tokens,
         batch_size=config.batch_size,
@@ -174,6 +182,7 @@ def mt_bench_results(
         rows,
         metadata={
             **paths_metadata(written),
+            "device": training_model.device_used(),
             "judge": summary.judge,
             "score": summary.score,
             "turn_1": summary.turn_1,
@@ -218,14 +227,19 @@ class AlpacaEvalConfig(dg.Config):
     description="AlpacaEval: the variant's outputs judged against the reference model's; one row each.",
 )
 def alpaca_eval_results(
-    context: dg.AssetExecutionContext, config: AlpacaEvalConfig, judge: JudgeResource, warehouse: WarehouseResource
+    context: dg.AssetExecutionContext,
+    config: AlpacaEvalConfig,
+    judge: JudgeResource,
+    training_model: ModelResource,
+    warehouse: WarehouseResource,
 ) -> dg.Output[pd.DataFrame]:
     variant = context.partition_key
-    loaded = variant_model(warehouse.root(), variant)
+    device = training_model.torch_device()
+    loaded = variant_model(warehouse.root(), variant, device)
     instructions, max_new_tokens = config.settings()
     annotations, summary = alpaca_eval.evaluate(
         loaded,
-        judge.build(),
+        judge.build(device),
         version=config.version,
         limit=instructions,
         generator=f"nuggets-{variant}",
@@ -247,6 +261,7 @@ def alpaca_eval_results(
         annotations,
         metadata={
             **paths_metadata(written),
+            "device": training_model.device_used(),
             "lc_glm": summary.lc_glm,
             "judge": summary.judge,
             "reference": summary.reference,
@@ -285,10 +300,13 @@ class LikelihoodConfig(dg.Config):
     description="Judge-free: mean per-token log-likelihood of strong reference answers never trained on.",
 )
 def reference_likelihood(
-    context: dg.AssetExecutionContext, config: LikelihoodConfig, warehouse: WarehouseResource
+    context: dg.AssetExecutionContext,
+    config: LikelihoodConfig,
+    training_model: ModelResource,
+    warehouse: WarehouseResource,
 ) -> dg.Output[pd.DataFrame]:
     variant = context.partition_key
-    loaded = variant_model(warehouse.root(), variant)
+    loaded = variant_model(warehouse.root(), variant, training_model.torch_device())
     frames, lines = [], {}
     for source, limit in config.items().items():
         started = time.perf_counter()
@@ -301,7 +319,7 @@ def reference_likelihood(
         lines[f"{source}_mean_logprob"] = summary.mean_logprob
         lines[f"{source}_items"] = summary.n_items
     rows = pd.concat(frames, ignore_index=True).assign(variant=variant, model_fingerprint=loaded.fingerprint)
-    return dg.Output(rows, metadata=lines)
+    return dg.Output(rows, metadata={**lines, "device": training_model.device_used()})
 
 
 def by_variant(frames: dict[str, pd.DataFrame] | pd.DataFrame) -> dict[str, pd.DataFrame]:

@@ -17,7 +17,8 @@ from nuggets_pipeline.core.score_tables import coverage, current_scores, thresho
 from nuggets_pipeline.core.scoring import score_one_shot, score_zero_shot
 from nuggets_pipeline.core.selection import select_golden
 from nuggets_pipeline.core.storage import write_parquet_atomic
-from nuggets_pipeline.partitions import candidate_shards, shards_per_run
+from nuggets_pipeline.execution import MODEL_POD_TAGS
+from nuggets_pipeline.partitions import candidate_shards
 from nuggets_pipeline.resources import ModelResource, ScoringResource, WarehouseResource
 from nuggets_pipeline.schemas import (
     CandidatesSchema,
@@ -26,7 +27,6 @@ from nuggets_pipeline.schemas import (
     OneShotScoresSchema,
     ZeroShotSchema,
 )
-from nuggets_pipeline.sensors import MODEL_POD_TAGS, selection_condition
 
 PAIR_DELTAS_TABLE = "one_shot_pair_deltas"
 
@@ -153,8 +153,8 @@ def score_shard(
     code_version="one-shot-v1",
     pool="model",
     op_tags=MODEL_POD_TAGS,
-    # NUGGETS_SHARDS_PER_RUN: 1 (default) fans a backfill out, one run (pod) per shard; N scores N per run.
-    backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=shards_per_run()),
+    # One run (pod) per shard of a backfill; the definitions apply NUGGETS_SHARDS_PER_RUN (execution.backfill_policy).
+    backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=1),
     description="Golden score of every candidate in a shard: the fraction of anchors its one-shot prefix helps.",
 )
 def one_shot_scores(
@@ -293,7 +293,7 @@ def current_provenance(zero_shot_losses: pd.DataFrame, anchor_set: pd.DataFrame)
     deps=[one_shot_scores, dg.AssetDep(INCREMENTS_TABLE)],
     dagster_type=GoldenSubsetType,
     code_version="golden-v2",
-    automation_condition=selection_condition(),
+    # Rebuilt at NUGGETS_SELECTION_CRON after new scores: the definitions apply automation.selection_condition.
     description="The candidates whose one-shot prefix helps the most anchors; also exported as Alpaca JSON. "
     "Refuses scores that do not match the current model, template, separator and anchor set.",
 )

@@ -25,10 +25,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from nuggets_pipeline.core.paths import nuggets_home
+from nuggets_pipeline.core.settings import env_name, get_settings
 
-SIMULATED_ENV = "NUGGETS_SIMULATED_DEVICES"
-WAIT_ENV = "NUGGETS_DEVICE_WAIT_S"
-DEFAULT_WAIT_S = 600.0
+SIMULATED_ENV = env_name("simulated_devices")
+WAIT_ENV = env_name("device_wait_s")
 POLL_S = 0.5
 
 Log = Callable[[str], None]
@@ -54,19 +54,6 @@ def simulated_devices(count: int) -> list[Device]:
     return [Device(f"sim:{i}", "cpu", f"sim-{i}") for i in range(count)]
 
 
-def _simulated_count() -> int | None:
-    raw = os.environ.get(SIMULATED_ENV)
-    if raw is None or raw.strip() == "":
-        return None
-    try:
-        count = int(raw)
-    except ValueError:
-        count = -1
-    if count < 0:
-        raise ValueError(f"{SIMULATED_ENV} must be a whole number of devices >= 0, got {raw!r}")
-    return count
-
-
 def cuda_devices() -> list[Device]:
     """The GPUs this process sees. Not run on a real GPU in this project yet (no GPU machine was available)."""
     import torch
@@ -85,7 +72,7 @@ def cuda_devices() -> list[Device]:
 
 def available_devices() -> list[Device]:
     """Simulated devices when NUGGETS_SIMULATED_DEVICES is set, else the CUDA GPUs (maybe none)."""
-    count = _simulated_count()
+    count = get_settings().simulated_devices
     return simulated_devices(count) if count is not None else cuda_devices()
 
 
@@ -174,21 +161,6 @@ def _holders(folder: Path, devices: Sequence[Device]) -> str:
     return "; ".join(f"{n.get('device')} by pid {n.get('pid')} ({n.get('label')})" for n in notes if n) or "unknown"
 
 
-def _wait_limit(timeout_s: float | None) -> float:
-    if timeout_s is not None:
-        return timeout_s
-    raw = os.environ.get(WAIT_ENV)
-    if raw is None:
-        return DEFAULT_WAIT_S
-    try:
-        value = float(raw)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise ValueError(f"{WAIT_ENV} must be seconds >= 0, got {raw!r}")
-    return value
-
-
 def claim(
     requested: str = "auto",
     count: int = 1,
@@ -215,7 +187,7 @@ def claim(
             f"{count} devices needed for {requested!r} but this machine has {len(pool)}: {[d.name for d in pool]}"
         )
     folder = lock_dir(home)
-    limit = _wait_limit(timeout_s)
+    limit = get_settings().device_wait_s if timeout_s is None else timeout_s
     started = time.monotonic()
     announced = False
     while True:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
 import stat
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,9 +29,9 @@ from nuggets_pipeline.core.data import (
     read_source,
 )
 from nuggets_pipeline.core.paths import nuggets_home
+from nuggets_pipeline.core.settings import get_settings
 from nuggets_pipeline.core.storage import Warehouse
 
-INCOMING_ENV = "NUGGETS_INCOMING_DIR"
 INCREMENTS_TABLE = "candidate_increments"
 QUARANTINED_INCREMENTS_TABLE = "quarantined_increments"
 BATCH_PREFIX = "inc"
@@ -43,7 +42,7 @@ PARTIAL_SUFFIXES = (".tmp", ".part", ".partial", ".crdownload", ".swp")
 
 def incoming_dir() -> Path:
     """The folder watched for new data files: $NUGGETS_INCOMING_DIR, else <home>/incoming."""
-    configured = os.environ.get(INCOMING_ENV)
+    configured = get_settings().incoming_dir
     folder = Path(configured).expanduser() if configured else nuggets_home() / "incoming"
     folder.mkdir(parents=True, exist_ok=True)
     return folder

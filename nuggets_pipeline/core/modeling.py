@@ -12,7 +12,6 @@ import hashlib
 import importlib.util
 import json
 import logging
-import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,13 +28,13 @@ from transformers import (
 )
 
 from nuggets_pipeline.core.paths import nuggets_home
+from nuggets_pipeline.core.settings import get_settings
 
 log = logging.getLogger(__name__)
 
 SMOLLM2 = "smollm2-135m-instruct"
 TINY_RANDOM_LLAMA = "tiny-random-llama"
 PRESETS = (SMOLLM2, TINY_RANDOM_LLAMA)
-MODEL_CACHE_ENV = "NUGGETS_MODEL_CACHE"
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -59,7 +58,7 @@ class LoadedModel:
 
 
 def model_cache_dir() -> Path:
-    configured = os.environ.get(MODEL_CACHE_ENV)
+    configured = get_settings().model_cache
     path = Path(configured).expanduser() if configured else nuggets_home() / "models"
     path.mkdir(parents=True, exist_ok=True)
     return path

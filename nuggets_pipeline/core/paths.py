@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
-HOME_ENV = "NUGGETS_HOME"
-DATA_ENV = "NUGGETS_DATA_DIR"
+from nuggets_pipeline.core.settings import env_name, get_settings
+
+DATA_ENV = env_name("data_dir")
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def nuggets_home() -> Path:
     """Root of every output: warehouse, DuckDB catalog, model caches, checkpoints, Dagster storage."""
-    configured = os.environ.get(HOME_ENV)
+    configured = get_settings().home
     home = Path(configured).expanduser() if configured else REPO_ROOT / ".nuggets_home"
     home.mkdir(parents=True, exist_ok=True)
     return home.resolve()
@@ -21,7 +21,7 @@ def nuggets_home() -> Path:
 
 def data_dir() -> Path:
     """The shipped `data/` folder (overridable for installs outside the repository)."""
-    configured = os.environ.get(DATA_ENV)
+    configured = get_settings().data_dir
     return Path(configured).expanduser().resolve() if configured else REPO_ROOT / "data"
 
 

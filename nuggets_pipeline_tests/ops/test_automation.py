@@ -8,11 +8,10 @@ import pytest
 from dagster._core.definitions.data_version import StaleStatus
 from dagster._utils.test.data_versions import get_stale_status_resolver  # the resolver behind the UI's badge
 
-from nuggets_pipeline.assets import scoring
-from nuggets_pipeline.definitions import defs
-from nuggets_pipeline.partitions import CANDIDATE_SHARDS, shards_per_run
+from nuggets_pipeline.core.settings import SettingsError
+from nuggets_pipeline.definitions import build_defs, defs
+from nuggets_pipeline.partitions import CANDIDATE_SHARDS
 from nuggets_pipeline.resources import ModelResource
-from nuggets_pipeline.sensors import selection_condition
 from nuggets_pipeline_tests.ops.conftest import ASSETS, score, tiny_resources
 
 UTC = datetime.UTC
@@ -46,20 +45,26 @@ def test_golden_subset_is_rebuilt_at_the_cron_tick_after_new_scores(instance: dg
 
 
 def test_the_cron_is_configurable(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On the asset the code location serves, not on a helper."""
     monkeypatch.setenv("NUGGETS_SELECTION_CRON", "30 18 * * 1-5")
-    assert "30 18 * * 1-5" in selection_condition().get_label()
+    monkeypatch.setenv("NUGGETS_SELECTION_TIMEZONE", "Europe/Paris")
+    condition = build_defs().resolve_assets_def(GOLDEN).automation_conditions_by_key[GOLDEN]
+    assert condition.get_label() == "new scores, then cron 30 18 * * 1-5 (Europe/Paris)"
+    schedule = build_defs().get_schedule_def("rescore_new_source_rows")
+    assert (schedule.cron_schedule, schedule.execution_timezone) == ("0 2 * * *", "Europe/Paris")
     monkeypatch.setenv("NUGGETS_SELECTION_CRON", "at six")
-    with pytest.raises(Exception, match="Invalid cron schedule"):
-        selection_condition()
+    with pytest.raises(SettingsError, match=r"NUGGETS_SELECTION_CRON='at six': .*Invalid cron schedule"):
+        build_defs()
 
 
 def test_backfill_runs_take_a_configurable_number_of_shards(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert scoring.one_shot_scores.backfill_policy == dg.BackfillPolicy.multi_run(shards_per_run())
+    one_shot = dg.AssetKey("one_shot_scores")
+    assert defs.resolve_assets_def(one_shot).backfill_policy == dg.BackfillPolicy.multi_run(1)
     monkeypatch.setenv("NUGGETS_SHARDS_PER_RUN", "8")
-    assert shards_per_run() == 8
+    assert build_defs().resolve_assets_def(one_shot).backfill_policy == dg.BackfillPolicy.multi_run(8)
     monkeypatch.setenv("NUGGETS_SHARDS_PER_RUN", "0")
-    with pytest.raises(ValueError, match="NUGGETS_SHARDS_PER_RUN must be a positive integer"):
-        shards_per_run()
+    with pytest.raises(SettingsError, match="NUGGETS_SHARDS_PER_RUN='0': Input should be greater than or equal to 1"):
+        build_defs()
 
 
 def test_a_model_change_makes_every_score_visibly_stale(prepared: dg.DagsterInstance, isolated_home: Path) -> None:

@@ -3,15 +3,18 @@
 import importlib.util
 from pathlib import Path
 
+import dagster as dg
 import pytest
 import yaml
 from dagster._config import process_config, resolve_to_config_type
 from dagster._core.instance.config import dagster_instance_config
 from dagster_k8s import K8sRunLauncher
+from dagster_k8s.job import get_user_defined_k8s_config
 from dagster_postgres import DagsterPostgresStorage
 
 from nuggets_pipeline.core.paths import REPO_ROOT
-from nuggets_pipeline_tests.ops.workers import context, load_definitions_under
+from nuggets_pipeline.core.settings import Settings
+from nuggets_pipeline.definitions import build_defs
 
 DEPLOY = REPO_ROOT / "deploy"
 # Stand-ins for what Kubernetes Secrets put into the environment; nothing here reaches a cluster.
@@ -56,17 +59,38 @@ def test_the_helm_values_run_these_definitions_on_k8s() -> None:
     module = deployment["dagsterApiGrpcArgs"][deployment["dagsterApiGrpcArgs"].index("--module-name") + 1]
     assert importlib.util.find_spec(module) is not None
     env = {item["name"]: item["value"] for item in deployment["env"]}
-    assert env["NUGGETS_EXECUTOR"] == "k8s" and env["NUGGETS_SHARDS_PER_RUN"] == "1"
+    assert env["NUGGETS_DEPLOYMENT"] == "cluster"
+    assert Settings(**{k: v for k, v in env.items() if k.startswith("NUGGETS_")}).executor == "k8s"
     assert deployment["includeConfigInLaunchedRuns"]["enabled"] is True
     assert values["dagsterDaemon"]["runMonitoring"]["freeSlotsAfterRunEndSeconds"] > 0
     dockerfile = (DEPLOY / "Dockerfile").read_text()
-    assert module in dockerfile and "NUGGETS_EXECUTOR=k8s" in dockerfile
+    assert module in dockerfile and "NUGGETS_DEPLOYMENT=cluster" in dockerfile
 
 
-def test_definitions_under_the_k8s_profile_put_each_model_step_in_a_gpu_pod() -> None:
-    with context().Pool(1) as pool:
-        loaded = pool.apply(load_definitions_under, ({"NUGGETS_EXECUTOR": "k8s", "NUGGETS_SHARDS_PER_RUN": "1"},))
-        fanned_in = pool.apply(load_definitions_under, ({"NUGGETS_EXECUTOR": "k8s", "NUGGETS_SHARDS_PER_RUN": "16"},))
+def describe(defs: dg.Definitions) -> dict[str, object]:
+    dg.Definitions.validate_loadable(defs)
+    pods = {
+        key: get_user_defined_k8s_config(defs.resolve_assets_def(key).node_def.tags).container_config
+        for key in ("one_shot_scores", "zero_shot_losses", "instructions")
+    }
+    return {
+        "executor": defs.resolve_job_def("score_shards").executor_def.name,
+        "shards_per_run": defs.resolve_assets_def("one_shot_scores").backfill_policy.max_partitions_per_run,
+        "pods": pods,
+    }
+
+
+def test_definitions_under_the_k8s_profile_put_each_model_step_in_a_gpu_pod(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The code location as the Helm deployment's environment builds it (no module reloads: nothing is frozen
+    at import)."""
+    values = yaml.safe_load((DEPLOY / "helm" / "values.yaml").read_text())
+    [deployment] = values["dagster-user-deployments"]["deployments"]
+    for item in deployment["env"]:
+        if item["name"] != "NUGGETS_HOME":  # /var/lib/nuggets is the pod's volume, not this machine's
+            monkeypatch.setenv(item["name"], item["value"])
+    loaded = describe(build_defs())
+    monkeypatch.setenv("NUGGETS_SHARDS_PER_RUN", "16")
+    fanned_in = describe(build_defs())
     assert loaded["executor"] == "k8s"
     assert loaded["shards_per_run"] == 1 and fanned_in["shards_per_run"] == 16
     for asset in ("one_shot_scores", "zero_shot_losses"):

@@ -10,7 +10,7 @@ import pytest
 
 from nuggets_pipeline.core.storage import Warehouse
 from nuggets_pipeline.definitions import defs
-from nuggets_pipeline.sensors import INGEST_JOB, SCORE_JOB, incoming_data_sensor
+from nuggets_pipeline.sensors import INGEST_JOB, SCORE_JOB
 from nuggets_pipeline_tests.accounting import assert_rows_accounted
 from nuggets_pipeline_tests.ops.conftest import ASSETS, example, score, tiny_resources
 
@@ -22,7 +22,7 @@ def tick(instance: dg.DagsterInstance, cursor: str | None) -> tuple[list[dg.RunR
     context = dg.build_sensor_context(
         instance=instance, instance_ref=instance.get_ref(), cursor=cursor, definitions=defs
     )
-    data = incoming_data_sensor.evaluate_tick(context)
+    data = defs.get_sensor_def("incoming_data").evaluate_tick(context)
     for request in data.dynamic_partitions_requests or []:
         instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
     return list(data.run_requests or []), data.cursor

@@ -6,10 +6,10 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from nuggets_pipeline import sensors
+from nuggets_pipeline import automation
 from nuggets_pipeline.core.storage import Warehouse
 from nuggets_pipeline.definitions import defs
-from nuggets_pipeline.sensors import INGEST_JOB, SCORE_JOB, incoming_data_sensor, rescore_new_source_rows
+from nuggets_pipeline.sensors import INGEST_JOB, SCORE_JOB
 from nuggets_pipeline_tests.ops.conftest import ASSETS, PREPARE, example, score, tiny_resources
 
 SELECTION = {INGEST_JOB: ["candidate_increments", "quarantined_increments"], SCORE_JOB: ["one_shot_scores"]}
@@ -19,13 +19,13 @@ def schedule_tick(instance: dg.DagsterInstance) -> list[dg.RunRequest] | str:
     context = dg.build_schedule_context(
         instance=instance, instance_ref=instance.get_ref(), repository_def=defs.get_repository_def()
     )
-    data = rescore_new_source_rows.evaluate_tick(context)
+    data = defs.get_schedule_def("rescore_new_source_rows").evaluate_tick(context)
     return list(data.run_requests) if data.run_requests else data.skip_message
 
 
 def sensor_tick(instance: dg.DagsterInstance) -> list[dg.RunRequest]:
     context = dg.build_sensor_context(instance=instance, instance_ref=instance.get_ref(), definitions=defs)
-    return list(incoming_data_sensor.evaluate_tick(context).run_requests or [])
+    return list(defs.get_sensor_def("incoming_data").evaluate_tick(context).run_requests or [])
 
 
 def execute(instance: dg.DagsterInstance, request: dg.RunRequest) -> dg.ExecuteInProcessResult:
@@ -74,7 +74,7 @@ def test_appended_rows_become_an_increment_and_only_they_are_scored(
         raise AssertionError(f"hashed {path} on a tick with nothing new")
 
     with monkeypatch.context() as patched:
-        patched.setattr(sensors, "file_digest", no_hashing)
+        patched.setattr(automation, "file_digest", no_hashing)
         assert "unchanged since instructions read it" in schedule_tick(instance)
 
     # The source grows in place: 5 new rows, a repeat of an old one, a new bad row.

@@ -69,33 +69,3 @@ def score_shard(
         )
     if not result.success:
         raise SystemExit(1)
-
-
-def load_definitions_under(environment: dict[str, str]) -> dict[str, object]:
-    """Load the code location as a code server started with ``environment`` would, and describe it.
-
-    The modules that read the environment when they load are reloaded in this (forked, throw-away) process."""
-    import importlib
-
-    os.environ.update(environment)
-    import dagster as dg
-    from dagster_k8s.job import get_user_defined_k8s_config
-
-    import nuggets_pipeline.assets.scoring
-    import nuggets_pipeline.checks
-    import nuggets_pipeline.definitions
-
-    for module in (nuggets_pipeline.assets.scoring, nuggets_pipeline.checks, nuggets_pipeline.definitions):
-        importlib.reload(module)
-    defs = nuggets_pipeline.definitions.defs
-    dg.Definitions.validate_loadable(defs)
-    scoring = defs.resolve_assets_def("one_shot_scores")
-    pods = {
-        key.to_user_string(): get_user_defined_k8s_config(defs.resolve_assets_def(key).node_def.tags).container_config
-        for key in (dg.AssetKey("one_shot_scores"), dg.AssetKey("zero_shot_losses"), dg.AssetKey("instructions"))
-    }
-    return {
-        "executor": defs.resolve_job_def("score_shards").executor_def.name,
-        "shards_per_run": scoring.backfill_policy.max_partitions_per_run,
-        "pods": pods,
-    }

@@ -1,0 +1,43 @@
+"""How runs execute: the executor (bounded step concurrency locally, a pod per step on Kubernetes) and the pod
+tags that give every step running a model its GPU."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import dagster as dg
+
+from nuggets_pipeline.core.settings import Settings
+
+# A pod with one GPU for every step that runs a model, read by dagster-k8s's k8s_job_executor (the cluster
+# profile's executor, NUGGETS_EXECUTOR=k8s); ignored by the local executors. The memory request covers loading a
+# 7B model in bf16.
+MODEL_POD_TAGS: dict[str, Any] = {
+    "dagster-k8s/config": {
+        "container_config": {
+            "resources": {
+                "requests": {"nvidia.com/gpu": "1", "cpu": "4", "memory": "32Gi"},
+                "limits": {"nvidia.com/gpu": "1", "memory": "48Gi"},
+            }
+        }
+    }
+}
+
+
+def executor(settings: Settings) -> dg.ExecutorDefinition:
+    """Steps at once in one run are bounded: the 'model' pool already keeps model steps to one per machine."""
+    if settings.executor == "k8s":
+        from dagster_k8s import k8s_job_executor
+
+        return k8s_job_executor
+    if settings.executor == "in_process":
+        return dg.in_process_executor
+    return dg.multiprocess_executor.configured(
+        {"max_concurrent": settings.max_concurrent_steps}, name="bounded_multiprocess"
+    )
+
+
+def backfill_policy(settings: Settings) -> dg.BackfillPolicy:
+    """Shards one backfill run of one_shot_scores scores: 1 fans a backfill out (a run, a pod, per shard); a large
+    value keeps it in one run (one model load)."""
+    return dg.BackfillPolicy.multi_run(max_partitions_per_run=settings.shards_per_run)
