@@ -113,6 +113,12 @@ def bottom_examples(size: int, pool: pd.DataFrame, scored: pd.DataFrame | None) 
     if scored is None or scored.empty:
         raise dg.Failure("the bottom variant needs one_shot_scores: score the candidate shards first")
     scored = scored[scored["candidate_id"].isin(set(pool["id"]))]
+    fingerprints = scored[["model_fingerprint", "anchor_set_hash"]].drop_duplicates()
+    if len(fingerprints) > 1 or scored["candidate_id"].duplicated().any():
+        raise dg.Failure(
+            "one_shot_scores mixes scoring models or anchor sets for this pool: re-score every shard before "
+            "training the bottom variant"
+        )
     try:
         chosen = select_bottom(scored, size)
     except ValueError as error:
