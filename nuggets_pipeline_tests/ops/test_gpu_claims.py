@@ -73,7 +73,7 @@ def score_on_simulated_devices(
     )
     import torch
 
-    from nuggets_pipeline.assets import scoring
+    from nuggets_pipeline.core import shard_scoring as scoring
 
     torch.set_num_threads(1)
     score = scoring.score_one_shot

@@ -39,7 +39,7 @@ def score_shard(
     import dagster as dg
     import torch
 
-    from nuggets_pipeline.assets import scoring
+    from nuggets_pipeline.core import shard_scoring as scoring
     from nuggets_pipeline.resources import ScoringResource
     from nuggets_pipeline_tests.ops.conftest import ASSETS, tiny_resources
 
