@@ -38,6 +38,8 @@ from typing import Any
 import dagster as dg
 import pandas as pd
 
+from nuggets_pipeline import metadata as md
+from nuggets_pipeline.core.incoming import file_digest
 from nuggets_pipeline.core.paths import REPO_ROOT, nuggets_home
 
 STUDY_TAG = "nuggets/study_key"
@@ -230,7 +232,7 @@ def study_stages(settings: StudySettings, scored_pool: Path | None = None) -> li
         likelihood["mt_bench_items"] = s.likelihood_mt_bench_items
     one_shot = StudyStage("one-shot", ["one_shot_scores"], {}, partitions=lambda: list(base_shards()))
     if scored_pool is not None:
-        one_shot.identity = {"scored_pool": file_digest(scored_pool)}
+        one_shot.identity = {"scored_pool": file_digest(scored_pool)[:16]}
         one_shot.before = lambda: seed_scoring_checkpoints(scored_pool)
     return [
         StudyStage("ingest", ["instructions", "quarantined_instructions"], {}),
@@ -289,10 +291,6 @@ def base_shards() -> list[str]:
 
     candidates = Warehouse(nuggets_home() / "warehouse").read("candidates")
     return sorted(candidates["shard"].unique())
-
-
-def file_digest(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
 
 
 def latest_study_key(instance: dg.DagsterInstance, asset: str, partition: str | None) -> str | None:
@@ -478,11 +476,7 @@ def headline(comparisons: Sequence[dict[str, Any]], model: str) -> str:
 
 def difference_plot(comparisons: pd.DataFrame, path: Path) -> None:
     """Each comparison's paired difference with its interval, one panel per likelihood source."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = md.pyplot()
     sources = sorted(comparisons["source"].unique())
     figure, axes = plt.subplots(1, len(sources), figsize=(6 * len(sources), 0.5 * len(comparisons) + 2), squeeze=False)
     colours = {"ahead": "#2e7d32", "behind": "#c62828", "within noise": "#757575"}

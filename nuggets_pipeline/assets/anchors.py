@@ -79,14 +79,7 @@ def anchor_set(
         template = get_template(scoring_model.template)
         texts = [template.full(r.instruction, r.input, r.output) for r in pool.itertuples()]
         context.log.info(f"embedding {len(texts)} examples with {loaded_model.name} for KMeans (k={n})")
-        logged = [0]
-
-        def report(done: int, total: int) -> None:
-            # Log about every tenth of the way: Dagster's log shows progress without flooding it.
-            if done - logged[0] >= max(total // 10, 1) or done == total:
-                logged[0] = done
-                context.log.info(f"embedded {done}/{total}")
-
+        report = md.progress_logger(context.log.info, "embedded {done}/{total}", parts=10)
         embeddings = embed_texts(loaded_model, texts, max_tokens=config.embed_max_tokens, progress=report)
         choice = kmeans_anchors(pool.reset_index(drop=True), embeddings, n, config.seed)
         extra["embedding_model"] = loaded_model.name

@@ -281,16 +281,9 @@ def launch_training(
 
 
 def loss_plot(losses: pd.DataFrame, path: Path) -> dg.MetadataValue:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axis = plt.subplots(figsize=(6, 3))
+    figure, axis = md.pyplot().subplots(figsize=(6, 3))
     axis.plot(losses["step"], losses["loss"], marker="o", color="#4f6bed")
     axis.set_xlabel("optimizer step")
     axis.set_ylabel("training loss")
     axis.set_title(path.stem)
-    value = md.save_plot(figure, path)
-    plt.close(figure)
-    return value
+    return md.save_plot(figure, path)

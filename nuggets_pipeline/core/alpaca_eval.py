@@ -33,7 +33,7 @@ import pandas as pd
 import sklearn
 
 from nuggets_pipeline.core.generation import ProgressCallback, generate, user
-from nuggets_pipeline.core.judges import (
+from nuggets_pipeline.core.judging import (
     Judge,
     Judgment,
     JudgmentCache,

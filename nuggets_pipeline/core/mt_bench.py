@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 import pandas as pd
 
 from nuggets_pipeline.core.generation import Message, ProgressCallback, assistant, generate, user
-from nuggets_pipeline.core.judges import Judge, JudgmentCache, SingleRequest, grade_single
+from nuggets_pipeline.core.judging import Judge, JudgmentCache, SingleRequest, grade_single
 from nuggets_pipeline.core.modeling import LoadedModel
 from nuggets_pipeline.core.paths import shipped
 

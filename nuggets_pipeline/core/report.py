@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from nuggets_pipeline.core.alpaca_eval import AlpacaEvalSummary
-from nuggets_pipeline.core.judges import Calibration
+from nuggets_pipeline.core.judging import Calibration
 from nuggets_pipeline.core.mt_bench import MTBenchSummary
 from nuggets_pipeline.core.reference_likelihood import LikelihoodSummary, paired_standard_error
 from nuggets_pipeline.core.statistics import PairedDifference, compare_variants

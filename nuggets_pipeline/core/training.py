@@ -295,7 +295,7 @@ def set_aside_unusable_checkpoints(checkpoints: Path, emit: Log) -> None:
 def _run_identity(
     base_model: str, variant: str, subset: str, config: TrainingConfig, data: SFTDataset
 ) -> dict[str, Any]:
-        return {
+    return {
         "base_model": base_model,
         "variant": variant,
         "subset_hash": subset,

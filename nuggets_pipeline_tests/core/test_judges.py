@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import torch
 
-from nuggets_pipeline.core.judges import (
+from nuggets_pipeline.core.judging import (
     BothOrders,
     JudgmentCache,
     LocalJudge,

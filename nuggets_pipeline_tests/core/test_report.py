@@ -12,7 +12,7 @@ import torch
 
 from nuggets_pipeline.core import alpaca_eval, mt_bench
 from nuggets_pipeline.core.alpaca_eval import AlpacaEvalSummary
-from nuggets_pipeline.core.judges import JudgmentCache, LocalJudge, calibrate_judge
+from nuggets_pipeline.core.judging import JudgmentCache, LocalJudge, calibrate_judge
 from nuggets_pipeline.core.modeling import LoadedModel
 from nuggets_pipeline.core.mt_bench import MTBenchSummary
 from nuggets_pipeline.core.reference_likelihood import LikelihoodSummary, score_references

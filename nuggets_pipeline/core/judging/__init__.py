@@ -3,7 +3,7 @@ model), two verdict modes (``generate``: parse the written verdict; ``probabilit
 distribution), a SQLite judgment cache, and calibration against GPT-4's AlpacaEval verdicts.
 Plain Python, no Dagster.
 
-Import from here (or ``nuggets_pipeline.core.judges``, the same names)."""
+Import from here."""
 
 from nuggets_pipeline.core.judging.api import (
     compare_both_orders,
