@@ -18,14 +18,7 @@ from nuggets_pipeline.core import alpaca_eval, exports, mt_bench
 from nuggets_pipeline.core.judging import Judge, JudgmentCache, calibrate_judge
 from nuggets_pipeline.core.modeling import LoadedModel, load_model
 from nuggets_pipeline.core.reference_likelihood import score_references, summarize_scores
-from nuggets_pipeline.core.report import (
-    JudgeInfo,
-    VariantResults,
-    comparison_rows,
-    comparison_table,
-    likelihood_comparisons,
-    render_markdown,
-)
+from nuggets_pipeline.core.report import JudgeInfo, VariantResults, build_report
 from nuggets_pipeline.partitions import training_variants
 from nuggets_pipeline.resources import JudgeResource, ModelResource, WarehouseResource
 
@@ -468,9 +461,7 @@ def evaluation_report(
         ci_high=float(calibration["ci_high"]),
         near_chance=bool(calibration["near_chance"]),
     )
-    table = comparison_table(results, judge_info)
-    comparisons = comparison_rows(likelihood_comparisons(results), table, judge_info)
-    markdown = render_markdown(table, judge_info, comparisons=comparisons)
+    table, comparisons, markdown = build_report(results, judge_info)
     report_path = warehouse.root() / "exports" / "evaluation_report.md"
     report_path.parent.mkdir(parents=True, exist_ok=True)
     report_path.write_text(markdown)

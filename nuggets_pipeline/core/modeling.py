@@ -218,11 +218,6 @@ def load_model(name_or_path: str = SMOLLM2, dtype: str = "float32", device: str 
     )
 
 
-def copy_tokenizer_files(name_or_path: str, destination: Path) -> None:
-    """Write the tokenizer next to a checkpoint so the folder loads on its own."""
-    load_tokenizer(name_or_path).save_pretrained(destination)
-
-
 __all__ = [
     "PRESETS",
     "SMOLLM2",
@@ -230,7 +225,6 @@ __all__ = [
     "LoadedModel",
     "ModelLoadError",
     "bos_token_id",
-    "copy_tokenizer_files",
     "encode",
     "load_model",
     "load_tokenizer",

@@ -13,7 +13,7 @@ from nuggets_pipeline.definitions import defs
 from nuggets_pipeline.partitions import CANDIDATE_SHARDS, shards_per_run
 from nuggets_pipeline.resources import ModelResource
 from nuggets_pipeline.sensors import selection_condition
-from nuggets_pipeline_tests.ops.conftest import ASSETS, score, tiny_resources
+from nuggets_pipeline_tests.materialize import ASSETS, score, tiny_resources
 
 UTC = datetime.UTC
 GOLDEN = dg.AssetKey("golden_subset")

@@ -21,7 +21,7 @@ import pytest
 from nuggets_pipeline.core.devices import DeviceUnavailableError, claim, simulated_devices
 from nuggets_pipeline.core.paths import REPO_ROOT
 from nuggets_pipeline.resources import ModelResource
-from nuggets_pipeline_tests.ops.conftest import ASSETS, prepare, tiny_resources
+from nuggets_pipeline_tests.materialize import ASSETS, prepare, tiny_resources
 from nuggets_pipeline_tests.ops.workers import context
 
 HANG_GUARD_S = 300  # only stops a hung test; nothing here asserts on durations

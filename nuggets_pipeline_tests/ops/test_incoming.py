@@ -12,7 +12,7 @@ from nuggets_pipeline.core.storage import Warehouse
 from nuggets_pipeline.definitions import defs
 from nuggets_pipeline.sensors import INGEST_JOB, SCORE_JOB, incoming_data_sensor
 from nuggets_pipeline_tests.accounting import assert_rows_accounted
-from nuggets_pipeline_tests.ops.conftest import ASSETS, example, score, tiny_resources
+from nuggets_pipeline_tests.materialize import ASSETS, example, score, tiny_resources
 
 SELECTION = {INGEST_JOB: ["candidate_increments", "quarantined_increments"], SCORE_JOB: ["one_shot_scores"]}
 

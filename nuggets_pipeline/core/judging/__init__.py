@@ -11,7 +11,6 @@ from nuggets_pipeline.core.judging.api import (
     grade_single,
     judge_prompts,
     rate_pointwise,
-    tally,
 )
 from nuggets_pipeline.core.judging.backends import (
     DEFAULT_API_KEY_ENV,
@@ -75,6 +74,5 @@ __all__ = [
     "pointwise_prompt",
     "rate_pointwise",
     "read_distribution",
-    "tally",
     "wilson_interval",
 ]
