@@ -9,9 +9,12 @@ import dagster as dg
 
 from nuggets_pipeline.definitions import default_resources, defs
 from nuggets_pipeline.resources import JudgeResource, ModelResource, ScoringResource
+from nuggets_pipeline.sensors import INGEST_JOB, SCORE_JOB
 
 ASSETS = [*defs.assets, *defs.asset_checks]
 PREPARE = ["instructions", "quarantined_instructions", "anchor_set", "candidates", "zero_shot_losses"]
+# What each job of a sensor's run request materialises.
+SELECTION = {INGEST_JOB: ["candidate_increments", "quarantined_increments"], SCORE_JOB: ["one_shot_scores"]}
 
 
 def tiny_resources() -> dict[str, Any]:
@@ -73,4 +76,21 @@ def select(instance: dg.DagsterInstance, **config: object) -> dg.ExecuteInProces
         resources=tiny_resources(),
         run_config={"ops": {"golden_subset": {"config": config}}},
         raise_on_error=False,
+    )
+
+
+def execute(instance: dg.DagsterInstance, request: dg.RunRequest, **increment: Any) -> dg.ExecuteInProcessResult:
+    """Run a sensor's (or schedule's) run request in process, as the daemon would; ``increment`` overrides the
+    incoming batch's config."""
+    run_config = json.loads(json.dumps(request.run_config or {}))
+    if increment:
+        run_config["ops"]["ingest_increment_file"]["config"].update(increment)
+    return dg.materialize(
+        ASSETS,
+        selection=SELECTION[request.job_name],
+        instance=instance,
+        resources=tiny_resources(),
+        partition_key=request.partition_key,
+        run_config=run_config,
+        tags=request.tags,
     )

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
 import pytest
-import torch
 
 from nuggets_pipeline.core import shard_scoring
 from nuggets_pipeline.core.ids import ids_hash
@@ -20,7 +18,9 @@ from nuggets_pipeline.core.shard_scoring import (
     score_shard_resumable,
 )
 from nuggets_pipeline.core.storage import Warehouse
-from nuggets_pipeline_tests.core.test_scoring import ANCHORS, CANDIDATES, frame
+
+# one_thread: test_scoring's autouse fixture (one torch thread for tiny forwards), in force here too.
+from nuggets_pipeline_tests.core.test_scoring import ANCHORS, CANDIDATES, frame, one_thread  # noqa: F401
 
 SHARD = "base-000"
 FINGERPRINT = "f" * 16
@@ -29,14 +29,6 @@ CONFIG = ScoringConfig(candidates_per_chunk=2, candidates_per_pass=2)
 
 class Killed(RuntimeError):
     """Stands in for the SIGKILL of a run: scoring stops where it is."""
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

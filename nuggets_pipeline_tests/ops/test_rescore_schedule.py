@@ -10,9 +10,7 @@ from nuggets_pipeline import sensors
 from nuggets_pipeline.core.storage import Warehouse
 from nuggets_pipeline.definitions import defs
 from nuggets_pipeline.sensors import INGEST_JOB, SCORE_JOB, incoming_data_sensor, rescore_new_source_rows
-from nuggets_pipeline_tests.materialize import ASSETS, example, materialize_pool, score, tiny_resources
-
-SELECTION = {INGEST_JOB: ["candidate_increments", "quarantined_increments"], SCORE_JOB: ["one_shot_scores"]}
+from nuggets_pipeline_tests.materialize import example, execute, materialize_pool, score
 
 
 def schedule_tick(instance: dg.DagsterInstance) -> list[dg.RunRequest] | str:
@@ -26,18 +24,6 @@ def schedule_tick(instance: dg.DagsterInstance) -> list[dg.RunRequest] | str:
 def sensor_tick(instance: dg.DagsterInstance) -> list[dg.RunRequest]:
     context = dg.build_sensor_context(instance=instance, instance_ref=instance.get_ref(), definitions=defs)
     return list(incoming_data_sensor.evaluate_tick(context).run_requests or [])
-
-
-def execute(instance: dg.DagsterInstance, request: dg.RunRequest) -> dg.ExecuteInProcessResult:
-    return dg.materialize(
-        ASSETS,
-        selection=SELECTION[request.job_name],
-        instance=instance,
-        resources=tiny_resources(),
-        partition_key=request.partition_key,
-        run_config=request.run_config,
-        tags=request.tags,
-    )
 
 
 def write_lines(path: Path, rows: list[dict], mode: str = "w") -> None:
