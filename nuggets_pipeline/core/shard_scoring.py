@@ -75,6 +75,16 @@ class ShardResult:
         return 1 - self.anchor_passes / self.anchor_passes_total if self.anchor_passes_total else 0.0
 
 
+def checkpoint_folder(warehouse: Warehouse, shard: str, fingerprint: str, anchors_hash: str) -> Path:
+    """Where a shard's chunks of one scoring version (fingerprint and anchor set) are checkpointed."""
+    return warehouse.checkpoint_dir(SCORES_TABLE, shard, f"{fingerprint}-{anchors_hash}")
+
+
+def chunk_path(folder: Path, kind: str, index: int) -> Path:
+    """A chunk's file of one kind (``scores`` or ``pairs``): what ``read_chunk_checkpoints`` finds."""
+    return folder / f"{kind}-{index:05d}.parquet"
+
+
 def score_shard_resumable(
     loaded: LoadedModel,
     anchor_set: pd.DataFrame,
@@ -100,7 +110,7 @@ def score_shard_resumable(
     stale = zero_shot[(zero_shot["model_fingerprint"] != fingerprint) | (zero_shot["anchor_set_hash"] != anchors_hash)]
     if len(stale):
         raise StaleZeroShotError(fingerprint, anchors_hash)
-    checkpoints = warehouse.checkpoint_dir(SCORES_TABLE, shard, f"{fingerprint}-{anchors_hash}")
+    checkpoints = checkpoint_folder(warehouse, shard, fingerprint, anchors_hash)
     chunks, next_index = read_chunk_checkpoints(checkpoints, ("scores", "pairs"), ("candidate_id",), warn)
     done = [chunk["scores"] for chunk in chunks.values()]
     done_ids = set(pd.concat(done)["candidate_id"]) if done else set()
@@ -111,8 +121,8 @@ def score_shard_resumable(
         log(f"{shard}: resuming, {len(done_ids)} candidates already checkpointed, {len(todo)} to go")
     for chunk in score_one_shot(loaded, anchor_set, zero_shot, todo, config):
         # Deltas first: a kill between the two writes re-scores the chunk instead of leaving scores without deltas.
-        write_parquet_atomic(chunk.pair_deltas, checkpoints / f"pairs-{next_index:05d}.parquet")
-        write_parquet_atomic(chunk.scores, checkpoints / f"scores-{next_index:05d}.parquet")
+        write_parquet_atomic(chunk.pair_deltas, chunk_path(checkpoints, "pairs", next_index))
+        write_parquet_atomic(chunk.scores, chunk_path(checkpoints, "scores", next_index))
         next_index += 1
         done.append(chunk.scores)
         result.add(chunk)
@@ -138,4 +148,11 @@ def score_shard_resumable(
     return result
 
 
-__all__ = ["PAIR_DELTAS_TABLE", "ShardResult", "StaleZeroShotError", "score_shard_resumable"]
+__all__ = [
+    "PAIR_DELTAS_TABLE",
+    "ShardResult",
+    "StaleZeroShotError",
+    "checkpoint_folder",
+    "chunk_path",
+    "score_shard_resumable",
+]
