@@ -3,7 +3,7 @@
 import dagster as dg
 import pandas as pd
 
-from nuggets_pipeline.core.anchors import anchor_set_hash
+from nuggets_pipeline.core.ids import ids_hash
 from nuggets_pipeline.core.incoming import with_increments
 from nuggets_pipeline.core.score_tables import coverage
 from nuggets_pipeline.resources import WarehouseResource
@@ -55,7 +55,7 @@ def golden_subset_scores_complete(
     store = warehouse.warehouse()
     # The pool is the base candidates plus every incoming batch: a new batch's unscored shards count as missing.
     pool = with_increments(candidates, store, CandidatesSchema)
-    anchors = anchor_set_hash(anchor_set)
+    anchors = ids_hash(anchor_set["id"])
     fingerprints = sorted(set(zero_shot_losses["model_fingerprint"]))
     cover = coverage(store, pool, fingerprints[0], anchors, OneShotScoresSchema)
     metadata = cover.metadata()

@@ -1,10 +1,11 @@
-"""Turn tables and distributions into metadata the Dagster UI shows: Markdown tables, bar charts, PNG plots."""
+"""Turn tables and distributions into metadata the Dagster UI shows: Markdown tables, bar charts, PNG plots;
+and progress lines for a step's log."""
 
 from __future__ import annotations
 
 import base64
 import io
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import dagster as dg
@@ -44,27 +45,45 @@ def histogram_md(values: Sequence[float], bins: int | Sequence[float] = 10, labe
     return dg.MetadataValue.md("\n".join(lines))
 
 
+def progress_logger(log: Callable[[str], None], message: str, parts: int) -> Callable[[int, int], None]:
+    """A ``progress(done, total)`` callback that logs ``message`` (formatted with ``done`` and ``total``) about
+    ``parts`` times and at the end: the step's log shows progress without flooding it."""
+    logged = [0]
+
+    def report(done: int, total: int) -> None:
+        if done - logged[0] >= max(total // parts, 1) or done == total:
+            logged[0] = done
+            log(message.format(done=done, total=total))
+
+    return report
+
+
+def pyplot():  # type: ignore[no-untyped-def]
+    """matplotlib's pyplot on the Agg backend: files only, no display (servers, run workers, threads)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
 def save_plot(figure, path: Path) -> dg.MetadataValue:  # type: ignore[no-untyped-def]
-    """Save a matplotlib figure under the home and return Markdown that embeds it, plus the file stays on disk."""
+    """Save a matplotlib figure under the home and return Markdown that embeds it, plus the file stays on disk.
+    The figure is closed: pyplot keeps every open figure alive until then."""
     path.parent.mkdir(parents=True, exist_ok=True)
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
+    pyplot().close(figure)
     path.write_bytes(buffer.getvalue())
     encoded = base64.b64encode(buffer.getvalue()).decode()
     return dg.MetadataValue.md(f"![{path.stem}](data:image/png;base64,{encoded})\n\n`{path}`")
 
 
 def histogram_plot(values: Sequence[float], path: Path, title: str, xlabel: str, bins: int = 30) -> dg.MetadataValue:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axis = plt.subplots(figsize=(6, 3))
+    figure, axis = pyplot().subplots(figsize=(6, 3))
     axis.hist([v for v in values if v == v], bins=bins, color="#4f6bed")
     axis.set_title(title)
     axis.set_xlabel(xlabel)
     axis.set_ylabel("count")
-    value = save_plot(figure, path)
-    plt.close(figure)
-    return value
+    return save_plot(figure, path)

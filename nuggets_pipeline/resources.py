@@ -193,7 +193,7 @@ class JudgeResource(dg.ConfigurableResource):
     def build(self, device: str | None = None):  # type: ignore[no-untyped-def]
         """The judge; ``device`` (the step's claimed device) overrides the configured one for a local judge, so
         a judge and the model it grades share the GPU their step holds."""
-        from nuggets_pipeline.core.judges import make_judge
+        from nuggets_pipeline.core.judging import make_judge
 
         if self.backend == "local":
             # A judge configured for the CPU stays there; otherwise it follows the step onto its claimed device.
@@ -222,9 +222,6 @@ class WarehouseResource(dg.ConfigurableResource):
 
     def warehouse(self) -> Warehouse:
         return Warehouse(self.root() / "warehouse")
-
-    def query(self, sql: str) -> pd.DataFrame:
-        return self.warehouse().query(sql)
 
 
 class ParquetWarehouseIOManager(dg.UPathIOManager):

@@ -231,7 +231,9 @@ def study_stages(settings: StudySettings, scored_pool: Path | None = None) -> li
         likelihood["mt_bench_items"] = s.likelihood_mt_bench_items
     one_shot = StudyStage("one-shot", ["one_shot_scores"], {}, partitions=lambda: list(base_shards()))
     if scored_pool is not None:
-        one_shot.identity = {"scored_pool": file_digest(scored_pool)}
+        from nuggets_pipeline.core.incoming import file_digest
+
+        one_shot.identity = {"scored_pool": file_digest(scored_pool)[:16]}
         one_shot.before = lambda: seed_scoring_checkpoints(scored_pool)
     return [
         StudyStage("ingest", ["instructions", "quarantined_instructions"], {}),
@@ -290,10 +292,6 @@ def base_shards() -> list[str]:
 
     candidates = Warehouse(nuggets_home() / "warehouse").read("candidates")
     return sorted(candidates["shard"].unique())
-
-
-def file_digest(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
 
 
 def latest_study_key(instance: dg.DagsterInstance, asset: str, partition: str | None) -> str | None:
@@ -379,6 +377,7 @@ def seed_scoring_checkpoints(path: Path) -> None:
     """Place a committed scored pool as each shard's scoring checkpoint, after checking it was scored with this
     model, template and anchor set against this very pool."""
     from nuggets_pipeline.core.scoring import SCORE_COLUMNS
+    from nuggets_pipeline.core.shard_scoring import checkpoint_folder, chunk_path
     from nuggets_pipeline.core.storage import Warehouse, write_parquet_atomic
 
     pool = pd.read_parquet(path)
@@ -403,8 +402,9 @@ def seed_scoring_checkpoints(path: Path) -> None:
             f"({len(set(have) ^ set(wanted))} differ, or their shards do): same study settings are required"
         )
     for shard, rows in pool.groupby("shard"):
-        folder = warehouse.checkpoint_dir("one_shot_scores", str(shard), f"{expected[0]}-{expected[1]}")
-        write_parquet_atomic(rows[SCORE_COLUMNS].reset_index(drop=True), folder / "scores-00000.parquet")
+        # One chunk of scores per shard (no deltas): scoring resumes from it and has nothing left to score.
+        folder = checkpoint_folder(warehouse, str(shard), *expected)
+        write_parquet_atomic(rows[SCORE_COLUMNS].reset_index(drop=True), chunk_path(folder, "scores", 0))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -480,11 +480,9 @@ def headline(comparisons: Sequence[dict[str, Any]], model: str) -> str:
 
 def difference_plot(comparisons: pd.DataFrame, path: Path) -> None:
     """Each comparison's paired difference with its interval, one panel per likelihood source."""
-    import matplotlib
+    from nuggets_pipeline import metadata as md
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = md.pyplot()
     sources = sorted(comparisons["source"].unique())
     figure, axes = plt.subplots(1, len(sources), figsize=(6 * len(sources), 0.5 * len(comparisons) + 2), squeeze=False)
     colours = {"ahead": "#2e7d32", "behind": "#c62828", "within noise": "#757575"}

@@ -9,7 +9,6 @@ from pydantic import Field
 
 from nuggets_pipeline import metadata as md
 from nuggets_pipeline.core.anchors import (
-    anchor_set_hash,
     candidate_pool,
     file_anchors,
     kmeans_anchors,
@@ -17,6 +16,7 @@ from nuggets_pipeline.core.anchors import (
 )
 from nuggets_pipeline.core.data import ingest
 from nuggets_pipeline.core.embedding import embed_texts
+from nuggets_pipeline.core.ids import ids_hash
 from nuggets_pipeline.core.paths import KMEANS_100_ANCHORS, data_dir
 from nuggets_pipeline.core.templates import get_template
 from nuggets_pipeline.partitions import CANDIDATE_SHARDS
@@ -79,14 +79,7 @@ def anchor_set(
         template = get_template(scoring_model.template)
         texts = [template.full(r.instruction, r.input, r.output) for r in pool.itertuples()]
         context.log.info(f"embedding {len(texts)} examples with {loaded_model.name} for KMeans (k={n})")
-        logged = [0]
-
-        def report(done: int, total: int) -> None:
-            # Log about every tenth of the way: Dagster's log shows progress without flooding it.
-            if done - logged[0] >= max(total // 10, 1) or done == total:
-                logged[0] = done
-                context.log.info(f"embedded {done}/{total}")
-
+        report = md.progress_logger(context.log.info, "embedded {done}/{total}", parts=10)
         embeddings = embed_texts(loaded_model, texts, max_tokens=config.embed_max_tokens, progress=report)
         choice = kmeans_anchors(pool.reset_index(drop=True), embeddings, n, config.seed)
         extra["embedding_model"] = loaded_model.name
@@ -102,12 +95,12 @@ def anchor_set(
         metadata={
             "dagster/row_count": len(anchors),
             "method": choice.method,
-            "anchor_set_hash": anchor_set_hash(anchors),
+            "anchor_set_hash": ids_hash(anchors["id"]),
             "preview": md.preview(anchors, ["id", "cluster", "cluster_size", "instruction", "output"], rows=10),
             "response_chars_mean": float(anchors["output"].str.len().mean()),
             **extra,
         },
-        data_version=dg.DataVersion(anchor_set_hash(anchors)),
+        data_version=dg.DataVersion(ids_hash(anchors["id"])),
     )
 
 

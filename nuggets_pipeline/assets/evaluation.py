@@ -2,8 +2,10 @@
 
 import json
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal
 
 import dagster as dg
 import pandas as pd
@@ -13,17 +15,10 @@ from pydantic import Field
 from nuggets_pipeline import metadata as md
 from nuggets_pipeline.assets.training import finetuned_dir, finetuned_model
 from nuggets_pipeline.core import alpaca_eval, exports, mt_bench
-from nuggets_pipeline.core.judges import JudgmentCache, calibrate_judge
+from nuggets_pipeline.core.judging import Judge, JudgmentCache, calibrate_judge
 from nuggets_pipeline.core.modeling import LoadedModel, load_model
 from nuggets_pipeline.core.reference_likelihood import score_references, summarize_scores
-from nuggets_pipeline.core.report import (
-    JudgeInfo,
-    VariantResults,
-    comparison_rows,
-    comparison_table,
-    likelihood_comparisons,
-    render_markdown,
-)
+from nuggets_pipeline.core.report import JudgeInfo, VariantResults, build_report
 from nuggets_pipeline.partitions import training_variants
 from nuggets_pipeline.resources import JudgeResource, ModelResource, WarehouseResource
 
@@ -54,19 +49,10 @@ def paths_metadata(written: dict[str, Path]) -> dict[str, dg.MetadataValue]:
     return {f"export_{name}": dg.MetadataValue.path(str(path)) for name, path in written.items()}
 
 
-def progress_logger(context: dg.AssetExecutionContext, what: str):  # type: ignore[no-untyped-def]
-    logged = [0]
-
-    def report(done: int, total: int) -> None:
-        if done - logged[0] >= max(total // 5, 1) or done == total:
-            logged[0] = done
-            context.log.info(f"{what}: {done}/{total}")
-
-    return report
-
-
-class EvaluationProfile(NamedTuple):
-    """Subset sizes and decoding lengths; ``None`` means the whole set."""
+@dataclass(frozen=True, kw_only=True)
+class EvaluationProfile:
+    """Subset sizes and decoding lengths; ``None`` means the whole set. Keywords only: seven numbers in a row
+    cannot be told apart."""
 
     mt_bench_questions: int | None
     mt_bench_max_new_tokens: int
@@ -81,8 +67,24 @@ class EvaluationProfile(NamedTuple):
 # AlpacaEval's 2,048). `cpu-demo`: slices small enough for 2 CPU cores, the asset defaults.
 EvaluationProfileName = Literal["cpu-demo", "paper"]
 EVALUATION_PROFILES: dict[EvaluationProfileName, EvaluationProfile] = {
-    "cpu-demo": EvaluationProfile(4, 128, 16, 128, 32, None, 16),
-    "paper": EvaluationProfile(None, 1024, None, 2048, None, None, 100),
+    "cpu-demo": EvaluationProfile(
+        mt_bench_questions=4,
+        mt_bench_max_new_tokens=128,
+        alpaca_eval_instructions=16,
+        alpaca_eval_max_new_tokens=128,
+        likelihood_alpaca_eval_items=32,
+        likelihood_mt_bench_items=None,
+        calibration_pairs=16,
+    ),
+    "paper": EvaluationProfile(
+        mt_bench_questions=None,
+        mt_bench_max_new_tokens=1024,
+        alpaca_eval_instructions=None,
+        alpaca_eval_max_new_tokens=2048,
+        likelihood_alpaca_eval_items=None,
+        likelihood_mt_bench_items=None,
+        calibration_pairs=100,
+    ),
 }
 
 
@@ -128,6 +130,41 @@ def judge_calibration(
     )
 
 
+# What a benchmark's core `evaluate` gets from the shared body: the variant, its model, the judge on its device,
+# and (as keywords) the judgment cache and a progress callback; it returns the rows and their summary.
+BenchmarkRun = Callable[..., tuple[pd.DataFrame, Any]]
+
+
+def judged_benchmark(
+    context: dg.AssetExecutionContext,
+    judge: JudgeResource,
+    training_model: ModelResource,
+    warehouse: WarehouseResource,
+    what: str,
+    decoding: dict[str, Any],
+    run: BenchmarkRun,
+) -> tuple[pd.DataFrame, Any, str]:
+    """The shape MT-Bench and AlpacaEval share: load the partition's variant on the training model's device, run
+    the benchmark with the judge there (judgments cached in the home), stamp every row with the variant, model
+    and decoding. Returns the rows, the summary and the variant."""
+    variant = context.partition_key
+    device = training_model.torch_device()
+    loaded = variant_model(warehouse.root(), variant, device)
+    rows, summary = run(
+        variant,
+        loaded,
+        judge.build(device),
+        cache=judgment_cache(warehouse),
+        progress=md.progress_logger(context.log.info, what + ": {done}/{total}", parts=5),
+    )
+    rows = rows.assign(variant=variant, model_fingerprint=loaded.fingerprint, decoding=json.dumps(decoding))
+    return rows, summary, variant
+
+
+def benchmark_metadata(written: dict[str, Path], training_model: ModelResource, **figures: Any) -> dict[str, Any]:
+    return {**paths_metadata(written), "device": training_model.device_used(), **figures}
+
+
 class MTBenchConfig(dg.Config):
     profile: EvaluationProfileName = profile_field()
     questions: int | None = Field(default=None, gt=0, description="first N of the 80 questions (80: all)")
@@ -156,43 +193,41 @@ def mt_bench_results(
     training_model: ModelResource,
     warehouse: WarehouseResource,
 ) -> dg.Output[pd.DataFrame]:
-    variant = context.partition_key
-    device = training_model.torch_device()
-    loaded = variant_model(warehouse.root(), variant, device)
     questions, max_new_tokens = config.settings()
-    rows, summary = mt_bench.evaluate(
-        loaded,
-        judge.build(device),
-        limit=questions,
-        max_new_tokens=max_new_tokens,
-        batch_size=config.batch_size,
-        seed=config.seed,
-        cache=judgment_cache(warehouse),
-        progress=progress_logger(context, "MT-Bench answers"),
-    )
-    rows = rows.assign(
-        variant=variant,
-        model_fingerprint=loaded.fingerprint,
-        decoding=json.dumps({"max_new_tokens": max_new_tokens, "temperatures": "fastchat"}),
+
+    def run(variant: str, loaded: LoadedModel, built: Judge, **shared: Any) -> tuple[pd.DataFrame, Any]:
+        return mt_bench.evaluate(
+            loaded,
+            built,
+            limit=questions,
+            max_new_tokens=max_new_tokens,
+            batch_size=config.batch_size,
+            seed=config.seed,
+            **shared,
+        )
+
+    decoding = {"max_new_tokens": max_new_tokens, "temperatures": "fastchat"}
+    rows, summary, variant = judged_benchmark(
+        context, judge, training_model, warehouse, "MT-Bench answers", decoding, run
     )
     categories = pd.DataFrame(sorted(summary.per_category.items()), columns=["category", "mean_rating"])
     # FastChat's files: show_result reads the grades, gen_judgment can re-grade the answers with GPT-4.
     written = exports.export_mt_bench(rows, variant, exports_dir(warehouse))
     return dg.Output(
         rows,
-        metadata={
-            **paths_metadata(written),
-            "device": training_model.device_used(),
-            "judge": summary.judge,
-            "score": summary.score,
-            "turn_1": summary.turn_1,
-            "turn_2": summary.turn_2,
-            "standard_error": summary.standard_error,
-            "questions": summary.n_questions,
-            "unparseable_judgments": summary.n_unparseable,
-            "failed_judgments": summary.n_failed,
-            "per_category": md.table(categories),
-        },
+        metadata=benchmark_metadata(
+            written,
+            training_model,
+            judge=summary.judge,
+            score=summary.score,
+            turn_1=summary.turn_1,
+            turn_2=summary.turn_2,
+            standard_error=summary.standard_error,
+            questions=summary.n_questions,
+            unparseable_judgments=summary.n_unparseable,
+            failed_judgments=summary.n_failed,
+            per_category=md.table(categories),
+        ),
     )
 
 
@@ -233,47 +268,45 @@ def alpaca_eval_results(
     training_model: ModelResource,
     warehouse: WarehouseResource,
 ) -> dg.Output[pd.DataFrame]:
-    variant = context.partition_key
-    device = training_model.torch_device()
-    loaded = variant_model(warehouse.root(), variant, device)
     instructions, max_new_tokens = config.settings()
-    annotations, summary = alpaca_eval.evaluate(
-        loaded,
-        judge.build(device),
-        version=config.version,
-        limit=instructions,
-        generator=f"nuggets-{variant}",
-        protocol=config.protocol,
-        max_new_tokens=max_new_tokens,
-        batch_size=config.batch_size,
-        seed=config.seed,
-        cache=judgment_cache(warehouse),
-        progress=progress_logger(context, "AlpacaEval outputs"),
-    )
-    annotations = annotations.assign(
-        variant=variant,
-        model_fingerprint=loaded.fingerprint,
-        decoding=json.dumps({"max_new_tokens": max_new_tokens, "temperature": 0}),
+
+    def run(variant: str, loaded: LoadedModel, built: Judge, **shared: Any) -> tuple[pd.DataFrame, Any]:
+        return alpaca_eval.evaluate(
+            loaded,
+            built,
+            version=config.version,
+            limit=instructions,
+            generator=f"nuggets-{variant}",
+            protocol=config.protocol,
+            max_new_tokens=max_new_tokens,
+            batch_size=config.batch_size,
+            seed=config.seed,
+            **shared,
+        )
+
+    decoding = {"max_new_tokens": max_new_tokens, "temperature": 0}
+    annotations, summary, _ = judged_benchmark(
+        context, judge, training_model, warehouse, "AlpacaEval outputs", decoding, run
     )
     datasets = pd.DataFrame(sorted(summary.per_dataset.items()), columns=["dataset", "win_rate"])
     written = exports.export_alpaca_eval(annotations, exports_dir(warehouse))
     return dg.Output(
         annotations,
-        metadata={
-            **paths_metadata(written),
-            "device": training_model.device_used(),
-            "lc_glm": summary.lc_glm,
-            "judge": summary.judge,
-            "reference": summary.reference,
-            "win_rate": summary.win_rate,
-            "standard_error": summary.standard_error,
-            "length_controlled_win_rate": summary.length_controlled_win_rate,
-            "avg_output_length": summary.avg_length,
-            "instructions": summary.n_instructions,
-            "unparseable_judgments": summary.n_unparseable,
-            "failed_judgments": summary.n_failed,
-            "per_dataset": md.table(datasets),
-        },
+        metadata=benchmark_metadata(
+            written,
+            training_model,
+            lc_glm=summary.lc_glm,
+            judge=summary.judge,
+            reference=summary.reference,
+            win_rate=summary.win_rate,
+            standard_error=summary.standard_error,
+            length_controlled_win_rate=summary.length_controlled_win_rate,
+            avg_output_length=summary.avg_length,
+            instructions=summary.n_instructions,
+            unparseable_judgments=summary.n_unparseable,
+            failed_judgments=summary.n_failed,
+            per_dataset=md.table(datasets),
+        ),
     )
 
 
@@ -428,9 +461,7 @@ def evaluation_report(
         ci_high=float(calibration["ci_high"]),
         near_chance=bool(calibration["near_chance"]),
     )
-    table = comparison_table(results, judge_info)
-    comparisons = comparison_rows(likelihood_comparisons(results), table, judge_info)
-    markdown = render_markdown(table, judge_info, comparisons=comparisons)
+    table, comparisons, markdown = build_report(results, judge_info)
     report_path = warehouse.root() / "exports" / "evaluation_report.md"
     report_path.parent.mkdir(parents=True, exist_ok=True)
     report_path.write_text(markdown)
@@ -468,15 +499,10 @@ def comparisons_preview(comparisons: pd.DataFrame) -> pd.DataFrame:
 
 def comparison_chart(table: pd.DataFrame, path: Path) -> dg.MetadataValue:
     """One bar group per metric, one bar per variant: the answer at a glance."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     variants = [c for c in table.columns if c in training_variants.get_partition_keys()]
     headline = table[table["headline"].astype(bool)] if "headline" in table else table
     numeric = headline.set_index("metric")[variants].apply(pd.to_numeric, errors="coerce").dropna(how="all")
-    figure, axes = plt.subplots(1, max(len(numeric), 1), figsize=(3 * max(len(numeric), 1), 3), squeeze=False)
+    figure, axes = md.pyplot().subplots(1, max(len(numeric), 1), figsize=(3 * max(len(numeric), 1), 3), squeeze=False)
     for axis, (metric, values) in zip(axes[0], numeric.iterrows(), strict=False):
         palette = ["#d4a017", "#8a8a8a", "#b0b0b0", "#c0504d", "#4f6bed", "#6a9f58"]
         axis.bar(values.index, values.to_numpy(), color=[palette[i % len(palette)] for i in range(len(values))])
@@ -486,6 +512,4 @@ def comparison_chart(table: pd.DataFrame, path: Path) -> dg.MetadataValue:
         margin = (upper - lower) * 0.5 or abs(upper) * 0.05 or 1.0
         axis.set_ylim(lower - margin, upper + margin)  # small judges differ by hundredths: zoom in, not from 0
     figure.tight_layout()
-    value = md.save_plot(figure, path)
-    plt.close(figure)
-    return value
+    return md.save_plot(figure, path)

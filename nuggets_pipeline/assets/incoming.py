@@ -14,7 +14,8 @@ import pandas as pd
 from pydantic import Field
 
 from nuggets_pipeline import metadata as md
-from nuggets_pipeline.core.data import FieldMap, SourceError, check_path
+from nuggets_pipeline.assets.ingestion import FieldMapConfig
+from nuggets_pipeline.core.data import SourceError, check_path
 from nuggets_pipeline.core.incoming import (
     INCREMENTS_TABLE,
     QUARANTINED_INCREMENTS_TABLE,
@@ -30,16 +31,11 @@ from nuggets_pipeline.resources import WarehouseResource
 from nuggets_pipeline.schemas import CandidatesSchema, CandidatesType, QuarantineSchema, QuarantineType
 
 
-class IncrementConfig(dg.Config):
+class IncrementConfig(FieldMapConfig):
     path: str | None = Field(
         default=None, description="the file; by default the file in the incoming folder whose content hash matches"
     )
     shard_size: int = Field(default=64, gt=0, description="candidates per shard of this batch (about)")
-    instruction_field: str = "instruction"
-    input_field: str = "input"
-    output_field: str = "output"
-    conversations_field: str = "conversations"
-    max_chars: int = Field(default=16_384, gt=0, description="longer examples are quarantined, never cut")
     skip_known: bool = Field(
         default=False,
         description="skip (and count) rows already stored or quarantined instead of quarantining them as duplicates: "
@@ -102,14 +98,13 @@ def ingest_increment_file(
             keys = [k for k in store.partitions(table) if k != batch]
             if keys:
                 known_raw |= set(store.read(table, keys, schema=QuarantineSchema)["raw"])
-    fields = FieldMap(config.instruction_field, config.input_field, config.output_field, config.conversations_field)
     increment = ingest_increment(
         path,
         batch,
         known,
         anchor_set,
         config.shard_size,
-        fields,
+        config.field_map(),
         config.max_chars,
         skip_known=config.skip_known,
         known_raw=known_raw,

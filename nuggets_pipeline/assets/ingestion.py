@@ -11,21 +11,29 @@ from nuggets_pipeline import metadata as md
 from nuggets_pipeline.core.data import FieldMap, HubOptions, ingest
 from nuggets_pipeline.core.incoming import file_digest
 from nuggets_pipeline.core.paths import ALPACA_CLEANED, data_dir
-from nuggets_pipeline.resources import WarehouseResource
 from nuggets_pipeline.schemas import InstructionsSchema, InstructionsType, QuarantineSchema, QuarantineType
 
 
-class IngestConfig(dg.Config):
-    sources: list[str] = Field(
-        default=[ALPACA_CLEANED],
-        description="files (JSON, JSONL(.gz), Parquet, CSV), saved `datasets` folders or hub ids; relative "
-        "paths are looked up in the working directory, then in the shipped data/ folder",
-    )
+class FieldMapConfig(dg.Config):
+    """Which source fields hold an example (``core.data.FieldMap``) and the longest example kept: shared by the
+    base pool's ingestion and every incoming batch, so both read a file the same way."""
+
     instruction_field: str = "instruction"
     input_field: str = "input"
     output_field: str = "output"
     conversations_field: str = Field(default="conversations", description="ShareGPT-style turns, if present")
     max_chars: int = Field(default=16_384, gt=0, description="longer examples are quarantined, never cut")
+
+    def field_map(self) -> FieldMap:
+        return FieldMap(self.instruction_field, self.input_field, self.output_field, self.conversations_field)
+
+
+class IngestConfig(FieldMapConfig):
+    sources: list[str] = Field(
+        default=[ALPACA_CLEANED],
+        description="files (JSON, JSONL(.gz), Parquet, CSV), saved `datasets` folders or hub ids; relative "
+        "paths are looked up in the working directory, then in the shipped data/ folder",
+    )
     hub_split: str = Field(default="train", description="hub datasets: the split to read")
     hub_name: str | None = Field(default=None, description="hub datasets: the configuration (subset) name")
     hub_revision: str | None = Field(default=None, description="hub datasets: branch, tag or commit to pin")
@@ -46,9 +54,6 @@ class IngestConfig(dg.Config):
 
     def hub_options(self) -> HubOptions:
         return HubOptions(self.hub_split, self.hub_name, self.hub_revision)
-
-    def field_map(self) -> FieldMap:
-        return FieldMap(self.instruction_field, self.input_field, self.output_field, self.conversations_field)
 
 
 def source_files(sources: list[str]) -> dict[str, dict[str, object]]:
@@ -76,7 +81,7 @@ def source_files(sources: list[str]) -> dict[str, dict[str, object]]:
     group_name="ingestion",
     code_version="ingest-v1",
 )
-def ingest_instructions(context: dg.AssetExecutionContext, config: IngestConfig, warehouse: WarehouseResource):
+def ingest_instructions(context: dg.AssetExecutionContext, config: IngestConfig):
     sources = config.resolved_sources()
     result = ingest(
         sources, config.field_map(), config.max_chars, hub=config.hub_options(), allow_symlinks=config.allow_symlinks

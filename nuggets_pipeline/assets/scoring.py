@@ -10,13 +10,12 @@ import pandera.pandas as pa
 from pydantic import Field, model_validator
 
 from nuggets_pipeline import metadata as md
-from nuggets_pipeline.core.anchors import anchor_set_hash
-from nuggets_pipeline.core.checkpoints import read_chunk_checkpoints
+from nuggets_pipeline.core.ids import ids_hash
 from nuggets_pipeline.core.incoming import INCREMENTS_TABLE, shard_candidates, with_increments
 from nuggets_pipeline.core.score_tables import coverage, current_scores, threshold_table
-from nuggets_pipeline.core.scoring import score_one_shot, score_zero_shot
+from nuggets_pipeline.core.scoring import score_zero_shot
 from nuggets_pipeline.core.selection import select_golden
-from nuggets_pipeline.core.storage import write_parquet_atomic
+from nuggets_pipeline.core.shard_scoring import StaleZeroShotError, score_shard_resumable
 from nuggets_pipeline.execution import MODEL_POD_TAGS
 from nuggets_pipeline.partitions import candidate_shards
 from nuggets_pipeline.resources import ModelResource, ScoringResource, WarehouseResource
@@ -27,8 +26,6 @@ from nuggets_pipeline.schemas import (
     OneShotScoresSchema,
     ZeroShotSchema,
 )
-
-PAIR_DELTAS_TABLE = "one_shot_pair_deltas"
 
 
 def column_schema(schema: type[pa.DataFrameModel]) -> dg.TableSchema:
@@ -55,7 +52,7 @@ def zero_shot_losses(
     frame = score_zero_shot(loaded, anchor_set, scoring.core_config(scoring_model.template))
     seconds = time.perf_counter() - started
     frame["model_fingerprint"] = scoring.fingerprint(loaded.fingerprint, scoring_model.template)
-    frame["anchor_set_hash"] = anchor_set_hash(anchor_set)
+    frame["anchor_set_hash"] = ids_hash(anchor_set["id"])
     ZeroShotSchema.validate(frame)
     tokens = int(frame["response_tokens"].sum() + frame["prompt_tokens"].sum())
     context.log.info(f"zero-shot scored {len(frame)} anchors in {seconds:.1f}s")
@@ -80,73 +77,6 @@ def zero_shot_losses(
     )
 
 
-def score_shard(
-    context: dg.AssetExecutionContext,
-    shard: str,
-    shard_candidates: pd.DataFrame,
-    anchor_set: pd.DataFrame,
-    zero_shot_losses: pd.DataFrame,
-    scoring_model: ModelResource,
-    scoring: ScoringResource,
-    warehouse: WarehouseResource,
-) -> tuple[pd.DataFrame, dict[str, float]]:
-    """Score one shard, checkpointing every few candidates so a killed run resumes where it stopped."""
-    loaded = scoring_model.load()
-    fingerprint = scoring.fingerprint(loaded.fingerprint, scoring_model.template)
-    anchors_hash = anchor_set_hash(anchor_set)
-    stale = zero_shot_losses[
-        (zero_shot_losses["model_fingerprint"] != fingerprint) | (zero_shot_losses["anchor_set_hash"] != anchors_hash)
-    ]
-    if len(stale):
-        raise dg.Failure(
-            "zero_shot_losses were computed with another model, template or anchor set: re-materialise it first",
-            metadata={"expected_fingerprint": fingerprint, "expected_anchor_set_hash": anchors_hash},
-        )
-    store = warehouse.warehouse()
-    checkpoints = store.checkpoint_dir("one_shot_scores", shard, f"{fingerprint}-{anchors_hash}")
-    # A checkpoint that cannot be read is set aside (renamed, logged) and its candidates are scored again.
-    chunks, next_index = read_chunk_checkpoints(
-        checkpoints, ("scores", "pairs"), ("candidate_id",), context.log.warning
-    )
-    done = [chunk["scores"] for chunk in chunks.values()]
-    done_ids = set(pd.concat(done)["candidate_id"]) if done else set()
-    todo = shard_candidates[~shard_candidates["id"].isin(done_ids)]
-    if done_ids:
-        context.log.info(f"{shard}: resuming, {len(done_ids)} candidates already checkpointed, {len(todo)} to go")
-    totals = {"anchor_tokens": 0.0, "prefix_tokens": 0.0, "seconds": 0.0, "passes": 0.0, "passes_total": 0.0}
-    config = scoring.core_config(scoring_model.template)
-    for chunk in score_one_shot(loaded, anchor_set, zero_shot_losses, todo, config):
-        # Scores and pair deltas of a chunk land in one checkpoint step: deltas first, so a kill between the
-        # two writes re-scores the chunk instead of leaving scores without their deltas.
-        write_parquet_atomic(chunk.pair_deltas, checkpoints / f"pairs-{next_index:05d}.parquet")
-        write_parquet_atomic(chunk.scores, checkpoints / f"scores-{next_index:05d}.parquet")
-        next_index += 1
-        done.append(chunk.scores)
-        totals["anchor_tokens"] += chunk.anchor_tokens
-        totals["prefix_tokens"] += chunk.prefix_tokens
-        totals["seconds"] += chunk.seconds
-        totals["passes"] += chunk.anchor_passes
-        totals["passes_total"] += chunk.anchor_passes_total
-        context.log.info(
-            f"{shard}: {sum(len(d) for d in done)}/{len(shard_candidates)} candidates, "
-            f"{chunk.tokens_per_s:.0f} anchor tokens/s"
-        )
-    scores = pd.concat(done, ignore_index=True) if done else pd.DataFrame(columns=["candidate_id"])
-    scores = scores.drop_duplicates("candidate_id", keep="last")
-    scores = scores[scores["candidate_id"].isin(set(shard_candidates["id"]))].reset_index(drop=True)
-    scores.insert(1, "shard", shard)
-    scores["model_fingerprint"] = fingerprint
-    scores["anchor_set_hash"] = anchors_hash
-    scores["decision_threshold"] = float("nan") if config.decision_threshold is None else config.decision_threshold
-    pair_files = store.checkpoint_files(checkpoints, "pairs")
-    pairs = pd.concat([store.read_file(p) for p in pair_files], ignore_index=True) if pair_files else pd.DataFrame()
-    if len(pairs):
-        pairs = pairs.drop_duplicates(["candidate_id", "anchor_id"], keep="last")
-        store.write(PAIR_DELTAS_TABLE, pairs.assign(shard=shard), shard)
-    OneShotScoresSchema.validate(scores)
-    return scores, totals
-
-
 @dg.asset(
     group_name="scoring",
     partitions_def=candidate_shards,
@@ -169,6 +99,7 @@ def one_shot_scores(
     outputs: dict[str, pd.DataFrame] = {}
     rows = []
     store = warehouse.warehouse()
+    config = scoring.core_config(scoring_model.template)
     for shard in context.partition_keys:
         # Base shards come from `candidates`; a shard of an incoming batch from that batch's stored increment.
         in_shard = shard_candidates(candidates, shard, store)
@@ -178,19 +109,38 @@ def one_shot_scores(
                 "or delete the partition"
             )
         started = time.perf_counter()
-        scores, totals = score_shard(
-            context, shard, in_shard, anchor_set, zero_shot_losses, scoring_model, scoring, warehouse
-        )
+        loaded = scoring_model.load()  # once per process (shared); the first shard's wall time includes it
+        fingerprint = scoring.fingerprint(loaded.fingerprint, scoring_model.template)
+        try:
+            # Checkpoints, resume, deduplication and the pair-delta write: the core's crash-safe shard scoring.
+            result = score_shard_resumable(
+                loaded,
+                anchor_set,
+                zero_shot_losses,
+                in_shard,
+                config,
+                shard=shard,
+                fingerprint=fingerprint,
+                warehouse=store,
+                log=context.log.info,
+                warn=context.log.warning,
+            )
+        except StaleZeroShotError as error:
+            raise dg.Failure(
+                str(error),
+                metadata={"expected_fingerprint": error.fingerprint, "expected_anchor_set_hash": error.anchors_hash},
+            ) from None
         wall = time.perf_counter() - started
-        outputs[shard] = scores
+        OneShotScoresSchema.validate(result.scores)
+        outputs[shard] = result.scores
         rows.append(
             {
                 "shard": shard,
-                "candidates": len(scores),
-                "anchor_passes": int(totals["passes"]),
-                "passes_saved": 1 - totals["passes"] / totals["passes_total"] if totals["passes_total"] else 0.0,
-                "tokens_per_s": totals["anchor_tokens"] / totals["seconds"] if totals["seconds"] else 0.0,
-                "candidates_per_s": len(scores) / wall if wall else 0.0,
+                "candidates": len(result.scores),
+                "anchor_passes": result.anchor_passes,
+                "passes_saved": result.passes_saved,
+                "tokens_per_s": result.tokens_per_s,
+                "candidates_per_s": len(result.scores) / wall if wall else 0.0,
                 "wall_s": wall,
             }
         )
@@ -273,7 +223,7 @@ class GoldenSelectionConfig(dg.Config):
 
 def current_provenance(zero_shot_losses: pd.DataFrame, anchor_set: pd.DataFrame) -> tuple[str, str]:
     """The scoring fingerprint and anchor-set hash every score (and every subset) must carry to be current."""
-    anchors = anchor_set_hash(anchor_set)
+    anchors = ids_hash(anchor_set["id"])
     zero_shot_anchors = set(zero_shot_losses["anchor_set_hash"])
     if zero_shot_anchors != {anchors}:
         raise dg.Failure(

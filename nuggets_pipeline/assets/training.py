@@ -1,7 +1,6 @@
 """Stage 4: fine-tune the training model on each variant: the golden subset, same-size bottom and random controls,
 or the whole pool."""
 
-import hashlib
 import sys
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ from nuggets_pipeline import metadata as md
 from nuggets_pipeline.assets.scoring import current_provenance
 from nuggets_pipeline.core.devices import DeviceUnavailableError, available_devices
 from nuggets_pipeline.core.devices import claim as claim_devices
+from nuggets_pipeline.core.ids import ids_hash
 from nuggets_pipeline.core.incoming import with_increments
 from nuggets_pipeline.core.paths import REPO_ROOT
 from nuggets_pipeline.core.score_tables import current_scores
@@ -26,10 +26,6 @@ from nuggets_pipeline.partitions import random_seed_offset, training_variants
 from nuggets_pipeline.resources import ModelResource, WarehouseResource
 from nuggets_pipeline.schemas import CandidatesSchema, OneShotScoresSchema
 from nuggets_pipeline.training_launch import LAUNCH_MODULE, config_to_json
-
-
-def subset_hash(frame: pd.DataFrame) -> str:
-    return hashlib.sha256("\n".join(sorted(frame["id"])).encode()).hexdigest()[:16]
 
 
 def finetuned_dir(home: Path, variant: str) -> Path:
@@ -174,7 +170,7 @@ def finetuned_model(
             f"variant {variant!r} has no examples to train on (the golden subset is empty): "
             "lower the selection threshold or score more candidates"
         )
-    digest = subset_hash(examples)
+    digest = ids_hash(examples["id"])
     output = finetuned_dir(warehouse.root(), variant)
     launcher = config.resolved_launcher()
     context.log.info(
@@ -291,16 +287,9 @@ def launch_training(
 
 
 def loss_plot(losses: pd.DataFrame, path: Path) -> dg.MetadataValue:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axis = plt.subplots(figsize=(6, 3))
+    figure, axis = md.pyplot().subplots(figsize=(6, 3))
     axis.plot(losses["step"], losses["loss"], marker="o", color="#4f6bed")
     axis.set_xlabel("optimizer step")
     axis.set_ylabel("training loss")
     axis.set_title(path.stem)
-    value = md.save_plot(figure, path)
-    plt.close(figure)
-    return value
+    return md.save_plot(figure, path)

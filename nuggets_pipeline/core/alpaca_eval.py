@@ -33,7 +33,7 @@ import pandas as pd
 import sklearn
 
 from nuggets_pipeline.core.generation import ProgressCallback, generate, user
-from nuggets_pipeline.core.judges import (
+from nuggets_pipeline.core.judging import (
     Judge,
     Judgment,
     JudgmentCache,
@@ -52,7 +52,6 @@ DEFAULT_VERSION = "alpaca_eval_1"
 PROTOCOLS = ("pairwise", "both_orders", "pointwise")
 
 INSTRUCTION_COLUMNS = ["index", "instruction", "dataset", "reference_output", "reference_generator"]
-OUTPUT_COLUMNS = [*INSTRUCTION_COLUMNS, "output", "generator", "temperature", "completion_tokens", "finished"]
 ANNOTATION_COLUMNS = [
     "index",
     "instruction",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,11 +16,6 @@ class AnchorChoice:
     anchors: pd.DataFrame
     method: str
     cluster_sizes: list[int]
-
-
-def anchor_set_hash(anchors: pd.DataFrame) -> str:
-    """Identifies an anchor set by content and order-free membership; scores computed against it carry it."""
-    return hashlib.sha256("\n".join(sorted(anchors["id"])).encode()).hexdigest()[:16]
 
 
 def random_anchors(pool: pd.DataFrame, n: int, seed: int) -> AnchorChoice:

@@ -53,9 +53,6 @@ class FieldMap:
     conversations: str = "conversations"
 
 
-PROMPT_COMPLETION = FieldMap(instruction="prompt", input="input", output="completion")
-
-
 @dataclass(frozen=True)
 class HubOptions:
     """Which part of a Hugging Face hub dataset to read: ``load_dataset(id, name, split=, revision=)``."""

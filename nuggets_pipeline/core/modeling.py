@@ -217,11 +217,6 @@ def load_model(name_or_path: str = SMOLLM2, dtype: str = "float32", device: str 
     )
 
 
-def copy_tokenizer_files(name_or_path: str, destination: Path) -> None:
-    """Write the tokenizer next to a checkpoint so the folder loads on its own."""
-    load_tokenizer(name_or_path).save_pretrained(destination)
-
-
 __all__ = [
     "PRESETS",
     "SMOLLM2",
@@ -229,7 +224,6 @@ __all__ = [
     "LoadedModel",
     "ModelLoadError",
     "bos_token_id",
-    "copy_tokenizer_files",
     "encode",
     "load_model",
     "load_tokenizer",

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 import pandas as pd
 
 from nuggets_pipeline.core.generation import Message, ProgressCallback, assistant, generate, user
-from nuggets_pipeline.core.judges import Judge, JudgmentCache, SingleRequest, grade_single
+from nuggets_pipeline.core.judging import Judge, JudgmentCache, SingleRequest, grade_single
 from nuggets_pipeline.core.modeling import LoadedModel
 from nuggets_pipeline.core.paths import shipped
 
@@ -303,23 +303,6 @@ def answers_frame(answers: Sequence[Answer]) -> pd.DataFrame:
     )
 
 
-def answers_from_frame(frame: pd.DataFrame) -> list[Answer]:
-    """The inverse of ``answers_frame``: answers read back from storage, ready to grade."""
-    answers = []
-    for question_id, group in frame.sort_values(["question_id", "turn"]).groupby("question_id", sort=False):
-        answers.append(
-            Answer(
-                question_id=int(question_id),
-                category=str(group["category"].iloc[0]),
-                temperature=float(group["temperature"].iloc[0]),
-                turns=tuple(group["answer"]),
-                completion_tokens=tuple(int(n) for n in group["completion_tokens"]),
-                finished=tuple(bool(f) for f in group["finished"]),
-            )
-        )
-    return answers
-
-
 __all__ = [
     "CATEGORY_TEMPERATURE",
     "REFERENCE_CATEGORIES",
@@ -328,7 +311,6 @@ __all__ = [
     "MTBenchSummary",
     "Question",
     "answers_frame",
-    "answers_from_frame",
     "conversation",
     "evaluate",
     "generate_answers",

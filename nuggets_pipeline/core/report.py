@@ -16,7 +16,6 @@ from dataclasses import dataclass
 import pandas as pd
 
 from nuggets_pipeline.core.alpaca_eval import AlpacaEvalSummary
-from nuggets_pipeline.core.judges import Calibration
 from nuggets_pipeline.core.mt_bench import MTBenchSummary
 from nuggets_pipeline.core.reference_likelihood import LikelihoodSummary, paired_standard_error
 from nuggets_pipeline.core.statistics import PairedDifference, compare_variants
@@ -49,18 +48,6 @@ class JudgeInfo:
     ci_low: float | None = None
     ci_high: float | None = None
     near_chance: bool | None = None
-
-    @classmethod
-    def from_calibration(cls, calibration: Calibration) -> JudgeInfo:
-        return cls(
-            name=calibration.judge,
-            backend=calibration.backend,
-            mode=calibration.mode,
-            agreement=calibration.agreement,
-            ci_low=calibration.ci_low,
-            ci_high=calibration.ci_high,
-            near_chance=calibration.near_chance or calibration.agreement is None,
-        )
 
     @property
     def trusted(self) -> bool:
@@ -353,11 +340,11 @@ def render_markdown(
 
 def build_report(
     results: Sequence[VariantResults], judge: JudgeInfo, title: str = "NUGGETS evaluation"
-) -> tuple[pd.DataFrame, str]:
-    """The comparison table and its Markdown rendering (with the paired comparisons), in one call."""
+) -> tuple[pd.DataFrame, pd.DataFrame, str]:
+    """The comparison table, the paired comparisons and their Markdown rendering, in one call."""
     table = comparison_table(results, judge)
     comparisons = comparison_rows(likelihood_comparisons(results), table, judge)
-    return table, render_markdown(table, judge, title, comparisons)
+    return table, comparisons, render_markdown(table, judge, title, comparisons)
 
 
 __all__ = [

@@ -14,7 +14,6 @@ Differences from Alpaca's train.py, each deliberate:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import string
 from dataclasses import dataclass, field
@@ -180,14 +179,6 @@ def random_subset(pool: pd.DataFrame, size: int, seed: int) -> pd.DataFrame:
     return ordered.sample(n=size, random_state=seed).reset_index(drop=True)
 
 
-def subset_fingerprint(examples: pd.DataFrame) -> str:
-    """Identifies a training subset by its example ids, whatever their order."""
-    ids = sorted(_text_column(examples, "id")) if "id" in examples.columns else []
-    if not ids:
-        raise TrainingDataError("examples need an 'id' column to be hashed")
-    return hashlib.sha256("\n".join(ids).encode()).hexdigest()[:16]
-
-
 # --- Chat template ------------------------------------------------------------------------------------------
 # Later turns of a conversation repeat the instruction block without the once-per-conversation preamble, the
 # same continuation generation.render_alpaca uses for models without a template.
@@ -266,5 +257,4 @@ __all__ = [
     "prepare_sft_dataset",
     "random_subset",
     "sft_collator",
-    "subset_fingerprint",
 ]

@@ -21,7 +21,6 @@ import pandas as pd
 
 CONFIDENCE = 0.95
 RESAMPLES = 10_000
-VERDICTS = ("ahead", "behind", "within noise")
 
 
 @dataclass(frozen=True)
@@ -218,19 +217,13 @@ def compare_variants(
     return out
 
 
-def comparison_frame(differences: Sequence[PairedDifference]) -> pd.DataFrame:
-    return pd.DataFrame([d.as_dict() for d in differences])
-
-
 __all__ = [
     "CONFIDENCE",
     "RESAMPLES",
-    "VERDICTS",
     "ComparisonSpec",
     "PairedDifference",
     "bootstrap_mean_interval",
     "compare_variants",
-    "comparison_frame",
     "paired_difference",
     "random_controls",
     "side_values",

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import json
 import os
 import shutil
@@ -42,6 +41,7 @@ from transformers import (
 )
 
 from nuggets_pipeline.core.checkpoints import set_aside, trainer_checkpoint_problem
+from nuggets_pipeline.core.ids import ids_hash
 from nuggets_pipeline.core.modeling import load_model, load_tokenizer
 from nuggets_pipeline.core.paths import nuggets_home
 from nuggets_pipeline.core.sft_data import (
@@ -54,7 +54,6 @@ from nuggets_pipeline.core.sft_data import (
     prepare_sft_dataset,
     random_subset,
     sft_collator,
-    subset_fingerprint,
 )
 
 Log = Callable[[str], None]
@@ -296,12 +295,11 @@ def set_aside_unusable_checkpoints(checkpoints: Path, emit: Log) -> None:
 def _run_identity(
     base_model: str, variant: str, subset: str, config: TrainingConfig, data: SFTDataset
 ) -> dict[str, Any]:
-    ids_digest = hashlib.sha256("\n".join(data.ids).encode()).hexdigest()[:16]
     return {
         "base_model": base_model,
         "variant": variant,
         "subset_hash": subset,
-        "example_ids_sha256": ids_digest,
+        "example_ids_sha256": ids_hash(data.ids, ordered=True),
         "config": dataclasses.asdict(config),
     }
 
@@ -657,7 +655,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             output_dir=args.output or nuggets_home() / "training" / args.variant,
             config=config,
             variant=args.variant,
-            subset_hash=args.subset_hash or subset_fingerprint(examples),
+            subset_hash=args.subset_hash or ids_hash(examples["id"]),
         )
     except (ValueError, TrainingError) as error:  # data, configuration and subset errors are ValueErrors
         print(f"error: {error}", file=sys.stderr)

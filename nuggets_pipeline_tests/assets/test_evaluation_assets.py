@@ -7,7 +7,7 @@ import pytest
 
 from nuggets_pipeline.assets.evaluation import AlpacaEvalConfig, CalibrationConfig, LikelihoodConfig, MTBenchConfig
 from nuggets_pipeline.core.storage import Warehouse
-from nuggets_pipeline_tests.assets.conftest import ASSETS, resources, score, select
+from nuggets_pipeline_tests.materialize import ASSETS, score, select, tiny_resources
 
 SMALL = {
     "finetuned_model": {
@@ -25,7 +25,7 @@ def run(instance: dg.DagsterInstance, selection: list[str], partition: str | Non
         ASSETS,
         selection=selection,
         instance=instance,
-        resources=resources(),
+        resources=tiny_resources(),
         partition_key=partition,
         run_config={"ops": {k: v for k, v in SMALL.items() if k in selection}},
     )
@@ -70,6 +70,6 @@ def test_paper_profile_evaluates_the_full_sets_and_set_fields_override_it() -> N
     assert AlpacaEvalConfig(max_new_tokens=64).settings() == (16, 64)
     assert LikelihoodConfig(**paper).items() == {"alpaca_eval": None, "mt_bench": None}
     assert CalibrationConfig(**paper).pairs() == 100 and CalibrationConfig(n=8).pairs() == 8
-    job = dg.Definitions(assets=ASSETS, resources=resources()).get_implicit_global_asset_job_def()
+    job = dg.Definitions(assets=ASSETS, resources=tiny_resources()).get_implicit_global_asset_job_def()
     with pytest.raises(dg.DagsterInvalidConfigError, match="profile"):
         dg.validate_run_config(job, {"ops": {"mt_bench_results": {"config": {"profile": "full"}}}})

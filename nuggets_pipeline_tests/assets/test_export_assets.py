@@ -13,8 +13,8 @@ import pytest
 
 from nuggets_pipeline.core.data import ingest
 from nuggets_pipeline.core.paths import shipped
-from nuggets_pipeline_tests.assets.conftest import ASSETS, resources, score, select
 from nuggets_pipeline_tests.assets.test_evaluation_assets import SMALL
+from nuggets_pipeline_tests.materialize import ASSETS, score, select, tiny_resources
 
 
 def materialize(instance: dg.DagsterInstance, selection: list[str], partition: str | None = None, **ops: dict):
@@ -23,7 +23,7 @@ def materialize(instance: dg.DagsterInstance, selection: list[str], partition: s
         ASSETS,
         selection=selection,
         instance=instance,
-        resources=resources(),
+        resources=tiny_resources(),
         partition_key=partition,
         run_config={"ops": config},
     )

@@ -6,7 +6,7 @@ from pathlib import Path
 import dagster as dg
 
 from nuggets_pipeline.core.storage import Warehouse
-from nuggets_pipeline_tests.assets.conftest import ASSETS, resources, score, select
+from nuggets_pipeline_tests.materialize import ASSETS, score, select, tiny_resources
 
 
 def test_end_to_end_golden_subset_with_two_shards(prepared: dg.DagsterInstance, isolated_home: Path) -> None:
@@ -53,7 +53,7 @@ def test_a_missing_shard_is_refused_and_the_blocking_check_names_it(prepared: dg
         ASSETS,
         selection=dg.AssetSelection.checks_for_assets("golden_subset"),
         instance=prepared,
-        resources=resources(),
+        resources=tiny_resources(),
         raise_on_error=False,
     ).get_asset_check_evaluations()[0]
     assert not check.passed

@@ -10,7 +10,7 @@ import dagster as dg
 import pytest
 
 from nuggets_pipeline.core.storage import Warehouse
-from nuggets_pipeline_tests.assets.conftest import ASSETS, resources, score, select
+from nuggets_pipeline_tests.materialize import ASSETS, score, select, tiny_resources
 
 TINY_TRAINING = {"max_steps": 1, "per_device_batch_size": 2, "gradient_accumulation_steps": 1, "max_length": 48}
 GOLDEN = dg.AssetKey("golden_subset")
@@ -22,7 +22,7 @@ def rebuild(instance: dg.DagsterInstance, seed: int = 0, shards: int = 2) -> Non
         ASSETS,
         selection=["anchor_set", "candidates", "zero_shot_losses"],
         instance=instance,
-        resources=resources(),
+        resources=tiny_resources(),
         run_config={
             "ops": {
                 "anchor_set": {"config": {"method": "random", "n": 4, "seed": seed}},
@@ -38,7 +38,7 @@ def train(instance: dg.DagsterInstance, variant: str = "golden") -> dg.ExecuteIn
         ASSETS,
         selection=["finetuned_model"],
         instance=instance,
-        resources=resources(),
+        resources=tiny_resources(),
         partition_key=variant,
         raise_on_error=False,
         run_config={"ops": {"finetuned_model": {"config": TINY_TRAINING}}},
@@ -107,7 +107,7 @@ def test_anchors_changed_but_zero_shot_not_rerun_is_refused(prepared: dg.Dagster
         ASSETS,
         selection=["anchor_set"],
         instance=prepared,
-        resources=resources(),
+        resources=tiny_resources(),
         run_config={"ops": {"anchor_set": {"config": {"method": "random", "n": 4, "seed": 1}}}},
     )
     assert moved.success

@@ -6,7 +6,7 @@ import dagster as dg
 import pytest
 
 from nuggets_pipeline.core.modeling import load_model
-from nuggets_pipeline_tests.assets.conftest import ASSETS, resources, score, select
+from nuggets_pipeline_tests.materialize import ASSETS, score, select, tiny_resources
 
 TINY_TRAINING = {"max_steps": 2, "per_device_batch_size": 2, "gradient_accumulation_steps": 1, "max_length": 64}
 
@@ -16,7 +16,7 @@ def train(instance: dg.DagsterInstance, variant: str) -> dg.ExecuteInProcessResu
         ASSETS,
         selection=["finetuned_model"],
         instance=instance,
-        resources=resources(),
+        resources=tiny_resources(),
         partition_key=variant,
         raise_on_error=False,
         run_config={"ops": {"finetuned_model": {"config": TINY_TRAINING}}},

@@ -15,7 +15,7 @@ import pytest
 
 from nuggets_pipeline.assets.training import finetuned_dir
 from nuggets_pipeline.core.modeling import load_model
-from nuggets_pipeline_tests.assets.conftest import ASSETS, resources, score, select
+from nuggets_pipeline_tests.materialize import ASSETS, score, select, tiny_resources
 
 # Both runs see every example of the 4-example golden subset in step 1, whatever order the samplers draw.
 COMMON = {"max_steps": 2, "gradient_accumulation_steps": 1, "max_length": 64}
@@ -31,7 +31,7 @@ def train(instance: dg.DagsterInstance, config: dict) -> dg.ExecuteInProcessResu
         ASSETS,
         selection=["finetuned_model"],
         instance=instance,
-        resources=resources(),
+        resources=tiny_resources(),
         partition_key="golden",
         raise_on_error=False,
         run_config={"ops": {"finetuned_model": {"config": config}}},

@@ -10,7 +10,7 @@ from nuggets_pipeline.core.score_tables import threshold_table
 from nuggets_pipeline.core.selection import threshold_table as threshold_table_in_pandas
 from nuggets_pipeline.core.storage import StoredTableError, Warehouse
 from nuggets_pipeline.schemas import OneShotScoresSchema
-from nuggets_pipeline_tests.assets.conftest import ASSETS, resources, score, select
+from nuggets_pipeline_tests.materialize import ASSETS, score, select, tiny_resources
 
 
 def failure(result: dg.ExecuteInProcessResult) -> str:
@@ -60,7 +60,7 @@ def test_an_asset_read_back_through_the_io_manager_is_validated(
         ASSETS,
         selection=["one_shot_scores"],
         instance=prepared,
-        resources=resources(),
+        resources=tiny_resources(),
         partition_key="base-000",
         raise_on_error=False,
     )

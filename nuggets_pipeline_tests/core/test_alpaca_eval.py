@@ -21,7 +21,7 @@ from nuggets_pipeline.core.alpaca_eval import (
     preference_from_value,
     summarize,
 )
-from nuggets_pipeline.core.judges import Judgment, PairRequest, PointwiseRequest
+from nuggets_pipeline.core.judging import Judgment, PairRequest, PointwiseRequest
 from nuggets_pipeline.core.paths import shipped
 
 ANNOTATIONS = "alpaca_eval/results/alpaca-7b/alpaca_eval_gpt4/annotations.json"

@@ -5,7 +5,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from nuggets_pipeline.core.data import PROMPT_COMPLETION, SourceError, example_id, ingest
+from nuggets_pipeline.core.data import FieldMap, SourceError, example_id, ingest
 from nuggets_pipeline.core.paths import ALPACA_CLEANED, shipped
 from nuggets_pipeline.schemas import InstructionsSchema, QuarantineSchema
 from nuggets_pipeline_tests.accounting import assert_rows_accounted
@@ -111,7 +111,7 @@ def test_two_files_with_one_name_in_two_folders_are_told_apart_and_ids_stay_cont
 
 def test_field_mapping_prompt_completion_and_sharegpt(tmp_path: Path) -> None:
     (tmp_path / "pc.jsonl").write_text(json.dumps({"prompt": "Say hi.", "completion": "Hi."}) + "\n")
-    result = ingest([tmp_path / "pc.jsonl"], PROMPT_COMPLETION)
+    result = ingest([tmp_path / "pc.jsonl"], FieldMap(instruction="prompt", input="input", output="completion"))
     assert result.instructions.loc[0, ["instruction", "output"]].tolist() == ["Say hi.", "Hi."]
     assert_rows_accounted(result.instructions, result.quarantined, 1)
     sharegpt = [

@@ -8,7 +8,7 @@ import dataclasses
 import json
 import math
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import torch
 
-from nuggets_pipeline.core.judges import (
+from nuggets_pipeline.core.judging import (
     BothOrders,
     JudgmentCache,
     LocalJudge,
@@ -38,7 +38,6 @@ from nuggets_pipeline.core.judges import (
     pointwise_prompt,
     rate_pointwise,
     read_distribution,
-    tally,
     wilson_interval,
 )
 from nuggets_pipeline.core.judging.types import Judgment
@@ -47,6 +46,18 @@ from nuggets_pipeline.core.modeling import encode
 SECRET = "sk-test-0123456789-do-not-leak"
 KEY_ENV = "NUGGETS_TEST_JUDGE_KEY"
 QUESTION = SingleRequest(questions=("What is the capital of France?",), answers=("Paris.",))
+
+
+def tally(judgments: Sequence[Judgment]) -> dict[str, int]:
+    """The counts a report gives beside a judge-based metric: how many verdicts exist, why the others do not."""
+    return {
+        "n": len(judgments),
+        "parsed": sum(j.parsed for j in judgments),
+        "unparseable": sum(j.unparseable for j in judgments),
+        "failed": sum(j.failed for j in judgments),
+        "cached": sum(j.cached for j in judgments),
+    }
+
 
 # ---------------------------------------------------------------------------------------------- parsing
 

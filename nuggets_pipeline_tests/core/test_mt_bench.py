@@ -16,7 +16,6 @@ from nuggets_pipeline.core.mt_bench import (
     ROW_COLUMNS,
     Answer,
     answers_frame,
-    answers_from_frame,
     conversation,
     generate_answers,
     grading_requests,
@@ -187,6 +186,23 @@ def test_aggregation_refuses_mixed_judges_and_empty_rows() -> None:
         summarize(rows)
     with pytest.raises(ValueError, match="no MT-Bench rows"):
         summarize(rows.iloc[:0])
+
+
+def answers_from_frame(frame: pd.DataFrame) -> list[Answer]:
+    """The inverse of ``answers_frame`` (what a stored frame would be read back as)."""
+    answers = []
+    for question_id, group in frame.sort_values(["question_id", "turn"]).groupby("question_id", sort=False):
+        answers.append(
+            Answer(
+                question_id=int(question_id),
+                category=str(group["category"].iloc[0]),
+                temperature=float(group["temperature"].iloc[0]),
+                turns=tuple(group["answer"]),
+                completion_tokens=tuple(int(n) for n in group["completion_tokens"]),
+                finished=tuple(bool(f) for f in group["finished"]),
+            )
+        )
+    return answers
 
 
 def test_answers_round_trip_through_a_frame() -> None:

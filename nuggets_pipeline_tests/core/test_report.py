@@ -12,7 +12,7 @@ import torch
 
 from nuggets_pipeline.core import alpaca_eval, mt_bench
 from nuggets_pipeline.core.alpaca_eval import AlpacaEvalSummary
-from nuggets_pipeline.core.judges import JudgmentCache, LocalJudge, calibrate_judge
+from nuggets_pipeline.core.judging import JudgmentCache, LocalJudge, calibrate_judge
 from nuggets_pipeline.core.modeling import LoadedModel
 from nuggets_pipeline.core.mt_bench import MTBenchSummary
 from nuggets_pipeline.core.reference_likelihood import LikelihoodSummary, score_references
@@ -163,8 +163,16 @@ def test_end_to_end_with_the_tiny_model_as_candidate_and_judge(tiny_model: Loade
     assert golden.alpaca_eval.avg_length != random.alpaca_eval.avg_length
 
     calibration = calibrate_judge(judge, n=4, seed=0, cache=cache)
-    info = JudgeInfo.from_calibration(calibration)
-    table, text = build_report(results, info)
+    info = JudgeInfo(
+        name=calibration.judge,
+        backend=calibration.backend,
+        mode=calibration.mode,
+        agreement=calibration.agreement,
+        ci_low=calibration.ci_low,
+        ci_high=calibration.ci_high,
+        near_chance=calibration.near_chance or calibration.agreement is None,
+    )
+    table, _, text = build_report(results, info)
     assert list(table.columns[5:8]) == ["golden", "random", "golden − random"]
     assert "tiny-judge" in text and "golden vs random:" in text
     assert "MT-Bench score" in text and "AlpacaEval win rate" in text and "Reference log-likelihood" in text

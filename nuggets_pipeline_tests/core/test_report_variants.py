@@ -60,7 +60,7 @@ def test_judge_numbers_sit_beside_each_comparison_and_are_flagged_at_chance() ->
     assert rows.loc["golden vs bottom", "mt_bench_score_delta"] == pytest.approx(0.10)
     assert rows.loc["golden vs random (pooled random+random-1)", "alpaca_eval_win_rate_delta"] == pytest.approx(5.0)
     assert not rows["judge_counted"].any()
-    _, markdown = build_report(RESULTS, AT_CHANCE)
+    _, _, markdown = build_report(RESULTS, AT_CHANCE)
     assert "## Paired differences (judge-free)" in markdown
     assert "judge at chance: not evidence" in markdown
     assert "| golden vs bottom | alpaca_eval | 200 | +0.10" in markdown

@@ -12,7 +12,7 @@ from nuggets_pipeline.core.settings import SettingsError
 from nuggets_pipeline.definitions import build_defs, defs
 from nuggets_pipeline.partitions import CANDIDATE_SHARDS
 from nuggets_pipeline.resources import ModelResource
-from nuggets_pipeline_tests.ops.conftest import ASSETS, score, tiny_resources
+from nuggets_pipeline_tests.materialize import ASSETS, score, tiny_resources
 
 UTC = datetime.UTC
 GOLDEN = dg.AssetKey("golden_subset")

@@ -14,7 +14,7 @@ from nuggets_pipeline.core.incoming import batch_key, file_digest
 from nuggets_pipeline.partitions import CANDIDATE_SHARDS, INCOMING_FILES
 from nuggets_pipeline.resources import ModelResource, ScoringResource
 from nuggets_pipeline_tests.accounting import assert_rows_accounted
-from nuggets_pipeline_tests.ops.conftest import ASSETS, example, prepare, tiny_resources
+from nuggets_pipeline_tests.materialize import ASSETS, example, prepare, tiny_resources
 
 INCREMENT = ["candidate_increments", "quarantined_increments"]
 

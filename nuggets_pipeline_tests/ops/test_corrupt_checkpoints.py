@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from nuggets_pipeline.core.checkpoints import read_chunk_checkpoints
-from nuggets_pipeline_tests.ops.conftest import score
+from nuggets_pipeline_tests.materialize import score
 
 
 def checkpoint_files(home: Path, shard: str) -> Path:

@@ -18,7 +18,7 @@ import pytest
 from nuggets_pipeline.core.paths import REPO_ROOT
 from nuggets_pipeline.core.storage import Warehouse
 from nuggets_pipeline.pools import WORKER_TAG, worker_identity
-from nuggets_pipeline_tests.ops.conftest import prepare
+from nuggets_pipeline_tests.materialize import prepare
 from nuggets_pipeline_tests.ops.workers import PAUSED, context, score_shard
 
 SECRET = "hf_nuggets-test-sentinel-3c1e9a"  # a token-shaped value that must never be written anywhere

@@ -21,7 +21,7 @@ import pytest
 from nuggets_pipeline.core.devices import DeviceUnavailableError, claim, simulated_devices
 from nuggets_pipeline.core.paths import REPO_ROOT
 from nuggets_pipeline.resources import ModelResource
-from nuggets_pipeline_tests.ops.conftest import ASSETS, prepare, tiny_resources
+from nuggets_pipeline_tests.materialize import ASSETS, prepare, tiny_resources
 from nuggets_pipeline_tests.ops.workers import context
 
 HANG_GUARD_S = 300  # only stops a hung test; nothing here asserts on durations
@@ -73,7 +73,7 @@ def score_on_simulated_devices(
     )
     import torch
 
-    from nuggets_pipeline.assets import scoring
+    from nuggets_pipeline.core import shard_scoring as scoring
 
     torch.set_num_threads(1)
     score = scoring.score_one_shot

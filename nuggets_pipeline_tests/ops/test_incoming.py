@@ -3,7 +3,6 @@
 import json
 import shutil
 from pathlib import Path
-from typing import Any
 
 import dagster as dg
 import pytest
@@ -12,9 +11,7 @@ from nuggets_pipeline.core.storage import Warehouse
 from nuggets_pipeline.definitions import defs
 from nuggets_pipeline.sensors import INGEST_JOB, SCORE_JOB
 from nuggets_pipeline_tests.accounting import assert_rows_accounted
-from nuggets_pipeline_tests.ops.conftest import ASSETS, example, score, tiny_resources
-
-SELECTION = {INGEST_JOB: ["candidate_increments", "quarantined_increments"], SCORE_JOB: ["one_shot_scores"]}
+from nuggets_pipeline_tests.materialize import ASSETS, example, execute, score, tiny_resources
 
 
 def tick(instance: dg.DagsterInstance, cursor: str | None) -> tuple[list[dg.RunRequest], str | None]:
@@ -26,21 +23,6 @@ def tick(instance: dg.DagsterInstance, cursor: str | None) -> tuple[list[dg.RunR
     for request in data.dynamic_partitions_requests or []:
         instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
     return list(data.run_requests or []), data.cursor
-
-
-def execute(instance: dg.DagsterInstance, request: dg.RunRequest, **increment: Any) -> dg.ExecuteInProcessResult:
-    run_config = json.loads(json.dumps(request.run_config or {}))
-    if increment:
-        run_config["ops"]["ingest_increment_file"]["config"].update(increment)
-    return dg.materialize(
-        ASSETS,
-        selection=SELECTION[request.job_name],
-        instance=instance,
-        resources=tiny_resources(),
-        partition_key=request.partition_key,
-        run_config=run_config,
-        tags=request.tags,
-    )
 
 
 def write_batch(path: Path, new: range, repeated: range) -> Path:

@@ -10,9 +10,7 @@ from nuggets_pipeline import automation
 from nuggets_pipeline.core.storage import Warehouse
 from nuggets_pipeline.definitions import defs
 from nuggets_pipeline.sensors import INGEST_JOB, SCORE_JOB
-from nuggets_pipeline_tests.ops.conftest import ASSETS, PREPARE, example, score, tiny_resources
-
-SELECTION = {INGEST_JOB: ["candidate_increments", "quarantined_increments"], SCORE_JOB: ["one_shot_scores"]}
+from nuggets_pipeline_tests.materialize import example, execute, materialize_pool, score
 
 
 def schedule_tick(instance: dg.DagsterInstance) -> list[dg.RunRequest] | str:
@@ -28,18 +26,6 @@ def sensor_tick(instance: dg.DagsterInstance) -> list[dg.RunRequest]:
     return list(defs.get_sensor_def("incoming_data").evaluate_tick(context).run_requests or [])
 
 
-def execute(instance: dg.DagsterInstance, request: dg.RunRequest) -> dg.ExecuteInProcessResult:
-    return dg.materialize(
-        ASSETS,
-        selection=SELECTION[request.job_name],
-        instance=instance,
-        resources=tiny_resources(),
-        partition_key=request.partition_key,
-        run_config=request.run_config,
-        tags=request.tags,
-    )
-
-
 def write_lines(path: Path, rows: list[dict], mode: str = "w") -> None:
     with path.open(mode) as handle:
         for row in rows:
@@ -51,20 +37,7 @@ def test_appended_rows_become_an_increment_and_only_they_are_scored(
 ) -> None:
     source = tmp_path / "grows.jsonl"
     write_lines(source, [example(i) for i in range(16)] + [{"instruction": "No answer", "output": " "}])
-    prepared = dg.materialize(
-        ASSETS,
-        selection=PREPARE,
-        instance=instance,
-        resources=tiny_resources(),
-        run_config={
-            "ops": {
-                "ingest_instructions": {"config": {"sources": [str(source)]}},
-                "anchor_set": {"config": {"method": "random", "n": 4}},
-                "candidates": {"config": {"shards": 2, "limit": None}},
-            }
-        },
-    )
-    assert prepared.success
+    assert materialize_pool(instance, source).success
     assert score(instance, "base-000", "base-001").success
     scores_dir = isolated_home / "warehouse" / "one_shot_scores"
     base_scores = {p.name: p.read_bytes() for p in scores_dir.iterdir() if p.suffix == ".parquet"}

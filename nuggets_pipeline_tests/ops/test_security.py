@@ -9,7 +9,7 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from nuggets_pipeline.core.modeling import ModelLoadError, copy_tokenizer_files, load_model
+from nuggets_pipeline.core.modeling import ModelLoadError, load_model, load_tokenizer
 from nuggets_pipeline.core.paths import REPO_ROOT
 
 
@@ -23,7 +23,7 @@ def tiny_checkpoint(folder: Path, safe: bool) -> Path:
     else:  # the pickle format a downloaded checkpoint may still come in (unpickling can run arbitrary code)
         config.save_pretrained(folder)
         torch.save(model.state_dict(), folder / "pytorch_model.bin")
-    copy_tokenizer_files("tiny-random-llama", folder)
+    load_tokenizer("tiny-random-llama").save_pretrained(folder)  # the folder loads on its own
     return folder
 
 
@@ -70,7 +70,7 @@ def test_links_to_secrets_and_system_files_are_refused_and_copied_nowhere(
     """A link dropped into the incoming folder (or named as a source) to an environment file or /etc/passwd is
     never read: no run is requested for it, a run forced onto it fails naming the link, and not one line of the
     target reaches the warehouse, the quarantine tables, the run database or the event log."""
-    from nuggets_pipeline_tests.ops.conftest import ASSETS, tiny_resources
+    from nuggets_pipeline_tests.materialize import ASSETS, tiny_resources
     from nuggets_pipeline_tests.ops.test_incoming import execute, tick
 
     monkeypatch.setenv("NUGGETS_INCOMING_SETTLE_S", "0")

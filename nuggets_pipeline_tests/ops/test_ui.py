@@ -24,7 +24,7 @@ import pytest
 from nuggets_pipeline.core.paths import REPO_ROOT
 from nuggets_pipeline.core.storage import Warehouse
 from nuggets_pipeline.definitions import defs
-from nuggets_pipeline_tests.ops.conftest import example
+from nuggets_pipeline_tests.materialize import example
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [

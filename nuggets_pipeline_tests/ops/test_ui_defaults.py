@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from nuggets_pipeline.core.paths import REPO_ROOT
-from nuggets_pipeline_tests.ops.conftest import example
+from nuggets_pipeline_tests.materialize import example
 from nuggets_pipeline_tests.ops.test_ui import (
     ARTIFACTS,
     BACKFILL,

@@ -12,7 +12,7 @@ import threading
 from multiprocessing.context import BaseContext
 from pathlib import Path
 
-PRELOAD = ["nuggets_pipeline.definitions", "nuggets_pipeline_tests.ops.conftest", "nuggets_pipeline_tests.ops.workers"]
+PRELOAD = ["nuggets_pipeline.definitions", "nuggets_pipeline_tests.materialize", "nuggets_pipeline_tests.ops.workers"]
 PAUSED = "paused"
 
 
@@ -39,9 +39,9 @@ def score_shard(
     import dagster as dg
     import torch
 
-    from nuggets_pipeline.assets import scoring
+    from nuggets_pipeline.core import shard_scoring as scoring
     from nuggets_pipeline.resources import ScoringResource
-    from nuggets_pipeline_tests.ops.conftest import ASSETS, tiny_resources
+    from nuggets_pipeline_tests.materialize import ASSETS, tiny_resources
 
     torch.set_num_threads(1)
     if pause_after:

@@ -3,7 +3,7 @@ model), two verdict modes (``generate``: parse the written verdict; ``probabilit
 distribution), a SQLite judgment cache, and calibration against GPT-4's AlpacaEval verdicts.
 Plain Python, no Dagster.
 
-Import from here (or ``nuggets_pipeline.core.judges``, the same names)."""
+Import from here."""
 
 from nuggets_pipeline.core.judging.api import (
     compare_both_orders,
@@ -11,7 +11,6 @@ from nuggets_pipeline.core.judging.api import (
     grade_single,
     judge_prompts,
     rate_pointwise,
-    tally,
 )
 from nuggets_pipeline.core.judging.backends import (
     DEFAULT_API_KEY_ENV,
@@ -75,6 +74,5 @@ __all__ = [
     "pointwise_prompt",
     "rate_pointwise",
     "read_distribution",
-    "tally",
     "wilson_interval",
 ]

@@ -104,14 +104,3 @@ def rate_pointwise(
 ) -> list[Judgment]:
     """Rate each output alone on 1-10 (the route for weak judges)."""
     return judge_prompts(judge, [pointwise_prompt(r, judge.mode) for r in requests], cache=cache)
-
-
-def tally(judgments: Sequence[Judgment]) -> dict[str, int]:
-    """Counts to report beside any judge-based metric: how many verdicts exist and why the others do not."""
-    return {
-        "n": len(judgments),
-        "parsed": sum(j.parsed for j in judgments),
-        "unparseable": sum(j.unparseable for j in judgments),
-        "failed": sum(j.failed for j in judgments),
-        "cached": sum(j.cached for j in judgments),
-    }
