@@ -723,7 +723,7 @@ def run(args: argparse.Namespace) -> int:
     estimate = estimate_seconds(settings)
     print("=== study settings (fixed before anything runs)\n" + json.dumps(settings.as_dict(), indent=1), flush=True)
     print(
-        "=== estimated wall time on 2 cores (README throughputs): "
+        "=== estimated wall time on 2 cores (throughputs of benchmarks/RESULTS.md): "
         + ", ".join(f"{k} {v:,.0f}s" for k, v in estimate.items())
         + f"; total {sum(estimate.values()) / 3600:.2f} h",
         flush=True,
