@@ -37,7 +37,7 @@ install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	set -e; \
-	if $(PY) -m pip install -q uv==$(UV_VERSION); then install="$(UV_INSTALL)"; \
+	if $(PY) -m pip install -q uv==$(UV_VERSION) >/dev/null 2>&1; then install="$(UV_INSTALL)"; \
 	else echo "uv could not be installed: installing with pip (slower)"; \
 		$(PY) -m pip install -q --upgrade pip; install="$(PY) -m pip install -q"; fi; \
 	installed=$$($(PY) -c 'import importlib.metadata as m; print(m.version("torch"))' 2>/dev/null || true); \
