@@ -18,7 +18,8 @@ TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 # This machine's pip configuration (/etc/pip.conf, /etc/xdg/pip/pip.conf) spelled out, because uv does not read
 # pip.conf: local wheels, two local indexes searched together with PyPI (pip's best-version-anywhere rule, which uv
 # calls unsafe-best-match), a constraint file. Each applies only where its path exists; elsewhere plain PyPI.
-FIND_LINKS ?= /opt/wheels
+# FIND_LINKS follows PIP_FIND_LINKS where that is set.
+FIND_LINKS ?= $(or $(PIP_FIND_LINKS),/opt/wheels)
 EXTRA_INDEXES ?= /opt/pypi/simple /opt/pypi-more/simple
 PIP_CONSTRAINTS ?= /etc/xdg/pip/constraints.txt
 LOCAL_SOURCES := $(addprefix --find-links ,$(wildcard $(FIND_LINKS))) \
