@@ -105,8 +105,8 @@ def run_stages(args: argparse.Namespace, bound: dict[str, Any]) -> list[Stage]:
 
 def selection(args: argparse.Namespace) -> dict[str, float | None]:
     """The demo keeps the best quarter: SmolLM2 with 8 anchors rarely gets a candidate above the paper's 0.8
-    (measured: mean one-shot delta -0.71 nats, none of 24 candidates above 0.67), which would leave nothing to
-    train on. `--threshold 0.8` gives the paper's rule."""
+    (benchmarks/RESULTS.md, the demo), which would leave nothing to train on. `--threshold 0.8` gives the
+    paper's rule."""
     if args.threshold is not None:
         return {"threshold": args.threshold}
     return {"threshold": None, "top_fraction": args.top_fraction}

@@ -82,7 +82,7 @@ class StudySettings:
 VARIANTS = ("golden", "bottom", "random", "random-1", "full")
 
 SIZES: dict[str, StudySettings] = {
-    # Sized in docs/study.md (and `estimate_seconds` below) from the README's measured 2-core throughputs.
+    # Sized in docs/study.md (and `estimate_seconds` below) from the 2-core throughputs in benchmarks/RESULTS.md.
     # 16 anchors: the issue's floor; each anchor costs a forward pass per candidate, so 16 instead of the paper's
     # 100 buys 6x the candidates for the same scoring time, and a 600-candidate pool is the issue's floor too.
     # Training: the project's cpu-demo profile (learning rate 5e-5, cosine, batch 4 x 2) with 2 epochs and 256
@@ -146,14 +146,15 @@ SIZES: dict[str, StudySettings] = {
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Sizing: the arithmetic of docs/study.md, from the README's measured throughputs (estimates until the run).
+# Sizing: the arithmetic of docs/study.md, from the measured throughputs (estimates until the run).
 
-# Measured on the project's 2-core machine (README, Performance), float32, 2 threads:
+# Rates on the project's 2-core machine, float32, 2 threads, chosen from the demo and benchmark figures in
+# benchmarks/RESULTS.md (re-measure there first, then update these):
 THROUGHPUT = {
-    "scoring_anchor_tokens_per_s": 300.0,  # one-shot engine: 207-303 in the demo, 415 in the quiet benchmark
-    "training_tokens_per_s": 72.0,  # cpu-demo training: 62-71 in the demo, up to 85
-    "reference_tokens_per_s": 440.0,  # zero-shot engine on long answers: between the engine (415) and raw (486)
-    "embed_s_per_text_128": 0.147,  # KMeans embedding: 300 texts of <= 128 tokens in 44 s (demo)
+    "scoring_anchor_tokens_per_s": 300.0,  # one-shot engine: near the demo's best, below the quiet benchmark
+    "training_tokens_per_s": 72.0,  # cpu-demo training: the demo's range
+    "reference_tokens_per_s": 440.0,  # zero-shot engine on long answers: between the engine and the raw forward
+    "embed_s_per_text_128": 0.147,  # KMeans embedding, texts of <= 128 tokens (demo)
     "judge_s_per_variant": 66.0,  # demo: 2 MT-Bench questions + 8 AlpacaEval instructions, 96 new tokens
 }
 # Token counts measured with SmolLM2's tokenizer on the shipped data (see docs/study.md):
@@ -722,7 +723,7 @@ def run(args: argparse.Namespace) -> int:
     estimate = estimate_seconds(settings)
     print("=== study settings (fixed before anything runs)\n" + json.dumps(settings.as_dict(), indent=1), flush=True)
     print(
-        "=== estimated wall time on 2 cores (README throughputs): "
+        "=== estimated wall time on 2 cores (throughputs of benchmarks/RESULTS.md): "
         + ", ".join(f"{k} {v:,.0f}s" for k, v in estimate.items())
         + f"; total {sum(estimate.values()) / 3600:.2f} h",
         flush=True,

@@ -26,7 +26,7 @@ def embed_texts(
 
     ``max_tokens`` caps each text for embedding only (the cluster a long text belongs to is decided by its
     beginning); the cap never touches the stored example. ``batch_tokens`` (padded tokens per forward) defaults
-    by device: measured on 2 CPU cores with SmolLM2, 1,024 embeds 1.6x faster than 8,192.
+    by device: small batches are faster on CPU (benchmarks/RESULTS.md), large ones fill a GPU.
     """
     if batch_tokens is None:
         batch_tokens = CUDA_BATCH_TOKENS if loaded.device.type == "cuda" else CPU_BATCH_TOKENS

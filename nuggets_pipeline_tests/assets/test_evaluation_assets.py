@@ -31,6 +31,7 @@ def run(instance: dg.DagsterInstance, selection: list[str], partition: str | Non
     )
 
 
+@pytest.mark.slow
 def test_evaluation_report_compares_golden_and_random(prepared: dg.DagsterInstance, isolated_home: Path) -> None:
     for shard in prepared.get_dynamic_partitions("candidate_shards"):
         assert score(prepared, shard).success

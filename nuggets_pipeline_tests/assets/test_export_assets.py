@@ -44,6 +44,7 @@ def exported(result: dg.ExecuteInProcessResult, asset: str) -> dict[str, Path]:
     return {k.removeprefix("export_"): Path(v.value) for k, v in metadata.items() if k.startswith("export_")}
 
 
+@pytest.mark.slow
 def test_every_export_is_listed_and_read_back(prepared: dg.DagsterInstance, isolated_home: Path) -> None:
     for shard in prepared.get_dynamic_partitions("candidate_shards"):
         assert score(prepared, shard).success

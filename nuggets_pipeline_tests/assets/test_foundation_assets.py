@@ -82,6 +82,7 @@ def test_paper_anchor_file_and_random_anchors(isolated_home: Path) -> None:
     assert result.output_for_node("anchor_set").shape[0] == 100  # no n: the whole file
 
 
+@pytest.mark.slow
 def test_anchor_file_honours_n_deterministically_and_refuses_more_than_it_holds(isolated_home: Path) -> None:
     def run(n: int, seed: int = 0) -> dg.ExecuteInProcessResult:
         config = {"method": "file", "file": KMEANS_100_ANCHORS, "n": n, "seed": seed}

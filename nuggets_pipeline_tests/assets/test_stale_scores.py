@@ -58,6 +58,7 @@ def golden_materialisations(instance: dg.DagsterInstance) -> int:
     return len(instance.fetch_materializations(GOLDEN, limit=100).records)
 
 
+@pytest.mark.slow
 def test_new_anchors_without_rescoring_store_nothing_and_train_nothing(
     prepared: dg.DagsterInstance, isolated_home: Path
 ) -> None:
@@ -114,6 +115,7 @@ def test_anchors_changed_but_zero_shot_not_rerun_is_refused(prepared: dg.Dagster
     assert "materialise zero_shot_losses" in failure(select(prepared, top_fraction=1.0))
 
 
+@pytest.mark.slow
 def test_a_reshard_never_reads_scores_of_shards_that_left_the_pool(
     prepared: dg.DagsterInstance, isolated_home: Path
 ) -> None:
@@ -137,6 +139,7 @@ def test_a_reshard_never_reads_scores_of_shards_that_left_the_pool(
     assert check.passed and check.metadata["shards_not_in_pool"].value == "base-002"
 
 
+@pytest.mark.slow
 def test_selection_and_training_defaults_run_and_an_empty_selection_shows_the_threshold_table(
     prepared: dg.DagsterInstance,
 ) -> None:

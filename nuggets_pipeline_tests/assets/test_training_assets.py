@@ -23,6 +23,7 @@ def train(instance: dg.DagsterInstance, variant: str) -> dg.ExecuteInProcessResu
     )
 
 
+@pytest.mark.slow
 def test_golden_and_random_variants_train_same_size_subsets(prepared: dg.DagsterInstance, isolated_home: Path) -> None:
     for shard in prepared.get_dynamic_partitions("candidate_shards"):
         assert score(prepared, shard).success

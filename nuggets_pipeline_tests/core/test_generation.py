@@ -65,6 +65,7 @@ def test_greedy_matches_plain_hf_generate(chatty: LoadedModel) -> None:
         assert generation.text == expected.strip()
 
 
+@pytest.mark.slow
 def test_per_item_temperature_is_honoured(chatty: LoadedModel) -> None:
     temperatures = [0.0, 1.5, 0.0, 1.5, 0.7]
     mixed = generate(chatty, CONVERSATIONS, temperature=temperatures, max_new_tokens=12, seed=7, batch_size=8)

@@ -73,6 +73,7 @@ def test_turn_two_conversation_contains_turn_one_and_the_models_answer() -> None
         conversation(question, [], 2)
 
 
+@pytest.mark.slow
 def test_generation_runs_turn_by_turn_with_category_temperatures(
     tiny_model: LoadedModel, monkeypatch: pytest.MonkeyPatch
 ) -> None:

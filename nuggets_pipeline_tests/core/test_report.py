@@ -141,6 +141,7 @@ def _chatty(tiny_model: LoadedModel) -> LoadedModel:
     return dataclasses.replace(tiny_model, name="tiny-chatty", model=model)
 
 
+@pytest.mark.slow
 def test_end_to_end_with_the_tiny_model_as_candidate_and_judge(tiny_model: LoadedModel, tmp_path) -> None:
     judge = LocalJudge(tiny_model, "probabilities", name="tiny-judge")
     cache = JudgmentCache(tmp_path / "judgments.sqlite")

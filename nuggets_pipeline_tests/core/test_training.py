@@ -162,6 +162,7 @@ def test_checkpoints_of_another_run_are_refused(tmp_path):
         train_sft(TINY_RANDOM_LLAMA, examples(4), tmp_path / "run", FAST, "golden", "this subset")
 
 
+@pytest.mark.slow
 def test_training_lowers_loss_and_saves_a_reloadable_model(tmp_path):
     subset = pd.concat([examples(8), examples(1, start=50).assign(output="word " * 200)], ignore_index=True)
     lines: list[str] = []
@@ -242,6 +243,7 @@ def test_cli_lora_run_saves_a_merged_plain_model(tmp_path, tiny_model):
     assert torch.equal(trained[name.format("k_proj")], base[name.format("k_proj")])  # not a LoRA target
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_from_its_last_checkpoint(tmp_path):
     run_dir, marker = tmp_path / "run", tmp_path / "checkpoint-saved"
     # The child blocks once its first checkpoint is on disk, so the SIGKILL lands mid-run every time.
@@ -300,6 +302,7 @@ def test_smollm2_short_run_reloads(tmp_path):
     assert loaded.tokenizer.bos_token_id == 1 and loaded.tokenizer.eos_token_id == 2
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage", ["optimizer.pt", "model.safetensors", "trainer_state.json"])
 def test_a_corrupt_checkpoint_is_set_aside_and_training_resumes_from_the_one_before(tmp_path, damage):
     run_dir = tmp_path / "run"

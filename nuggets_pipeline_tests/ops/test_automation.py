@@ -67,6 +67,7 @@ def test_backfill_runs_take_a_configurable_number_of_shards(monkeypatch: pytest.
         build_defs()
 
 
+@pytest.mark.slow
 def test_a_model_change_makes_every_score_visibly_stale(prepared: dg.DagsterInstance, isolated_home: Path) -> None:
     """The template is part of the scoring fingerprint, as the model and the anchor set are."""
     assert score(prepared, "base-000", "base-001").success  # both shards in one run (a single-run backfill)

@@ -161,6 +161,7 @@ def test_print_config_is_the_launchpad_yaml(capsys: pytest.CaptureFixture[str], 
     assert printed["resources"]["training_model"]["config"]["model"] == str(tmp_path.resolve())
 
 
+@pytest.mark.slow
 def test_run_scores_your_file_with_your_model(tmp_path, monkeypatch: pytest.MonkeyPatch, isolated_home) -> None:  # type: ignore[no-untyped-def]
     """`nuggets run` on a user's prompt/completion JSONL with the tiny model, through selection and export."""
     import json

@@ -15,6 +15,7 @@ def checkpoint_files(home: Path, shard: str) -> Path:
     return folder
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage", ["garbage", "torn"])
 def test_a_corrupt_scoring_checkpoint_is_set_aside_and_its_candidates_rescored(
     prepared: dg.DagsterInstance, isolated_home: Path, damage: str

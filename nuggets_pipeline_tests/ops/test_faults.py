@@ -67,6 +67,7 @@ def start(setup: Setup, shard: str, **options: object):  # type: ignore[no-untyp
     return process
 
 
+@pytest.mark.slow
 def test_four_shard_runs_at_once_in_separate_processes(setup: Setup) -> None:
     shards = [f"base-00{i}" for i in range(4)]
     with setup.instance() as instance:
@@ -97,6 +98,7 @@ def test_four_shard_runs_at_once_in_separate_processes(setup: Setup) -> None:
             assert SECRET.encode() not in path.read_bytes(), path
 
 
+@pytest.mark.slow
 def test_a_run_killed_mid_shard_resumes_from_its_last_checkpoint(setup: Setup, monkeypatch: pytest.MonkeyPatch) -> None:
     shard = "base-004"
     with setup.instance() as instance:
@@ -155,6 +157,7 @@ def test_a_run_killed_mid_shard_resumes_from_its_last_checkpoint(setup: Setup, m
     assert len(pairs) == len(in_shard) * 4 and not pairs.duplicated(["candidate_id", "anchor_id"]).any()
 
 
+@pytest.mark.slow
 def test_a_step_waiting_for_a_live_holder_sleeps_and_stops_on_sigterm(setup: Setup) -> None:
     """A slot held by a live process is not taken from it; the waiting run stops cleanly on SIGTERM, marked as
     ended, its pending claim given back (before, it ignored SIGTERM and stayed "started" for ever)."""

@@ -133,6 +133,7 @@ def materialized_device(instance: dg.DagsterInstance, run_id: str) -> str:
     return event.dagster_event.step_materialization_data.materialization.metadata["device"].value
 
 
+@pytest.mark.slow
 def test_four_runs_on_two_simulated_devices_never_share_one(setup: Setup) -> None:
     shards = [f"base-00{i}" for i in range(4)]
     barrier = context().Barrier(len(shards))
@@ -158,6 +159,7 @@ def test_four_runs_on_two_simulated_devices_never_share_one(setup: Setup) -> Non
     assert sum(len(spans) for spans in held.values()) == 4
 
 
+@pytest.mark.slow
 def test_a_sigkilled_runs_device_is_free_again_for_the_next(setup: Setup, monkeypatch: pytest.MonkeyPatch) -> None:
     worker = start(setup, "base-004", 1, freeze=True)
     marker = setup.root / HOLDING

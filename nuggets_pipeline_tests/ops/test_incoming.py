@@ -33,6 +33,7 @@ def write_batch(path: Path, new: range, repeated: range) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_a_new_file_is_ingested_once_and_only_its_shards_are_scored(
     prepared: dg.DagsterInstance, isolated_home: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -32,6 +32,7 @@ def write_lines(path: Path, rows: list[dict], mode: str = "w") -> None:
             handle.write(json.dumps(row) + "\n")
 
 
+@pytest.mark.slow
 def test_appended_rows_become_an_increment_and_only_they_are_scored(
     instance: dg.DagsterInstance, tmp_path: Path, isolated_home: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

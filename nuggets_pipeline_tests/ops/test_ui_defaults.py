@@ -1,7 +1,7 @@
 """The selection's defaults, as a person uses them: in Chromium, the golden_subset asset page, Materialize with
 the defaults the UI shows (no launchpad edits), and the run succeeds (the tiny model is chosen by environment).
 
-Needs Debian's Chromium at /usr/bin/chromium, like test_ui.py, whose helpers start and stop `dagster dev`.
+Needs Debian's Chromium and skips without it, like test_ui.py, whose helpers start and stop `dagster dev`.
 """
 
 import contextlib
@@ -20,9 +20,9 @@ from nuggets_pipeline_tests.ops.test_ui import (
     ARTIFACTS,
     BACKFILL,
     BACKFILL_STATUS,
-    CHROMIUM,
     CHROMIUM_ARGS,
     TERMINAL,
+    chromium,
     dagster_dev,
     finished,
     free_port,
@@ -45,7 +45,7 @@ def all_runs(url: str) -> dict[str, str]:
 def test_materialize_golden_subset_from_its_page_with_the_defaults(tmp_path: Path, isolated_home: Path) -> None:
     from playwright.sync_api import sync_playwright
 
-    assert Path(CHROMIUM).exists(), "install Debian's Chromium: apt-get install -y chromium (make test does)"
+    browser_path = chromium()
     dagster_home = tmp_path / "dagster_home"
     dagster_home.mkdir()
     shutil.copy(REPO_ROOT / "dagster.yaml", dagster_home / "dagster.yaml")
@@ -93,7 +93,7 @@ def test_materialize_golden_subset_from_its_page_with_the_defaults(tmp_path: Pat
 
         assert wait_for("the backfill", backfill_done, log)["status"] in ("COMPLETED", "COMPLETED_SUCCESS")
 
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        browser = playwright.chromium.launch(executable_path=browser_path, args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1600, "height": 1000})
         page.set_default_timeout(60_000)
         page.goto(f"{url}/assets/golden_subset", wait_until="networkidle")
