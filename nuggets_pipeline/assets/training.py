@@ -43,6 +43,10 @@ class TrainingAssetConfig(dg.Config):
     gradient_accumulation_steps: int | None = Field(default=None, gt=0)
     method: str | None = Field(default=None, description="full or lora")
     dtype: str | None = Field(default=None, description="float32 or bfloat16")
+    padding_free: bool | None = Field(
+        default=None, description="examples end to end in one row instead of padded: same loss, less compute"
+    )
+    save_steps: int | None = Field(default=None, gt=0, description="optimizer steps between resumable checkpoints")
     random_seed: int = Field(default=0, description="seed of `random`; `random-N` draws with seed + N")
     full_limit: int | None = Field(default=None, gt=0, description="cap the `full` variant (None: whole pool)")
     launcher: str | None = Field(

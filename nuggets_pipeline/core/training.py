@@ -90,6 +90,8 @@ class TrainingConfig:
     seed: int = 42
     dtype: str = "float32"
     gradient_checkpointing: bool = False
+    # Examples end to end in one row instead of padded (same loss, no compute spent on padding; sft_collator).
+    padding_free: bool = False
     method: str = "full"
     lora_r: int = 16
     lora_alpha: int = 32
@@ -221,8 +223,16 @@ class _SFTTrainer(Trainer):
 
     def compute_loss(self, model: torch.nn.Module, inputs: dict[str, torch.Tensor], *args: Any, **kwargs: Any):
         if model.training:
-            self.throughput.examples += int(inputs["input_ids"].shape[0])
-            self.throughput.tokens += int(inputs["attention_mask"].sum())
+            if "attention_mask" in inputs:
+                self.throughput.examples += int(inputs["input_ids"].shape[0])
+                self.throughput.tokens += int(inputs["attention_mask"].sum())
+            else:  # padding-free: one row of examples end to end, each starting at position 0
+                self.throughput.examples += int((inputs["position_ids"] == 0).sum())
+                self.throughput.tokens += int(inputs["input_ids"].numel())
+        if "attention_mask" not in inputs:
+            # transformers reads example boundaries from position ids only without a KV cache; with one it would
+            # let every token attend to the examples before it in the row.
+            inputs = {**inputs, "use_cache": False}
         return super().compute_loss(model, inputs, *args, **kwargs)
 
 
@@ -448,7 +458,7 @@ def train_sft(
         model=model,
         args=args,
         train_dataset=Dataset.from_list(data.features),
-        data_collator=sft_collator(tokenizer),
+        data_collator=sft_collator(tokenizer, padding_free=config.padding_free),
         processing_class=tokenizer,
         callbacks=[_Progress(throughput, emit, state.num_processes), *callbacks],
         throughput=throughput,

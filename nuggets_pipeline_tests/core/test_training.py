@@ -83,6 +83,34 @@ def test_collator_pads_right_and_ignores_padded_labels(tiny_model):
     assert batch["labels"][0, n - 1].item() == tokenizer.eos_token_id
 
 
+def test_padding_free_batch_gives_the_padded_batch_loss_and_gradients(tiny_model):
+    tokenizer = tiny_model.tokenizer
+    mixed = pd.concat([examples(3), examples(1, start=60).assign(output="word " * 40)], ignore_index=True)
+    features = prepare_sft_dataset(mixed, tokenizer, max_length=512).features
+    lengths = [len(f["input_ids"]) for f in features]
+    assert len(set(lengths)) > 1  # the padded batch really pads
+
+    padded = sft_collator(tokenizer)(features)
+    flat = sft_collator(tokenizer, padding_free=True)(features)
+    assert flat["input_ids"].shape == (1, sum(lengths)) and "attention_mask" not in flat
+    assert flat["position_ids"][0].tolist() == [i for n in lengths for i in range(n)]
+    # The same tokens carry a label either way: only padding is gone.
+    assert int((flat["labels"] != IGNORE_INDEX).sum()) == int((padded["labels"] != IGNORE_INDEX).sum())
+
+    model = tiny_model.model
+    model.zero_grad()
+    padded_loss = model(**padded).loss
+    padded_loss.backward()
+    padded_grad = model.model.embed_tokens.weight.grad.clone()
+    model.zero_grad()
+    flat_loss = model(**flat, use_cache=False).loss  # as the trainer calls it: boundaries need no KV cache
+    flat_loss.backward()
+    # Attention stays inside each example: with a leak across examples the loss would differ far beyond this.
+    assert flat_loss.item() == pytest.approx(padded_loss.item(), abs=1e-5)
+    assert torch.allclose(model.model.embed_tokens.weight.grad, padded_grad, atol=1e-5)
+    model.zero_grad()
+
+
 def test_overlong_examples_are_counted_and_truncated_or_skipped(tiny_model):
     tokenizer = tiny_model.tokenizer
     fits = examples(1)
@@ -207,6 +235,20 @@ def test_training_lowers_loss_and_saves_a_reloadable_model(tmp_path):
     with torch.no_grad():
         generated = loaded.model.generate(prompt, max_new_tokens=4, do_sample=False)
     assert generated.shape[1] > prompt.shape[1]
+
+
+def test_padding_free_training_follows_the_padded_run(tmp_path):
+    subset = pd.concat([examples(6), examples(2, start=70).assign(output="word " * 30)], ignore_index=True)
+    config = dataclasses.replace(FAST, epochs=2, save_steps=100)
+    padded = train_sft(TINY_RANDOM_LLAMA, subset, tmp_path / "padded", config, "golden", "h")
+    flat = train_sft(
+        TINY_RANDOM_LLAMA, subset, tmp_path / "flat", dataclasses.replace(config, padding_free=True), "golden", "h"
+    )
+    assert [s for s, _ in flat.losses] == [s for s, _ in padded.losses] == [1, 2, 3, 4]
+    assert [round(v, 3) for _, v in flat.losses] == [round(v, 3) for _, v in padded.losses]
+    # The same examples and real tokens are counted, though each padding-free batch is a single row.
+    assert (flat.examples_seen, flat.train_tokens) == (padded.examples_seen, padded.train_tokens)
+    assert flat.examples_seen == 16
 
 
 def test_cli_lora_run_saves_a_merged_plain_model(tmp_path, tiny_model):
