@@ -456,10 +456,37 @@ def variant_figures(instance: dg.DagsterInstance, variants: Sequence[str]) -> di
         metadata = records[0].asset_materialization.metadata  # type: ignore[union-attr]
         out[variant] = {
             k: metadata[k].value
-            for k in ("examples", "subset_hash", "steps", "train_tokens", "final_loss", "wall_s", "tokens_per_s")
+            for k in (
+                "examples",
+                "subset_hash",
+                "steps",
+                "examples_seen",
+                "train_tokens",
+                "final_loss",
+                "wall_s",
+                "tokens_per_s",
+            )
             if k in metadata
         }
     return out
+
+
+def length_check(pool: pd.DataFrame, quarter: int) -> dict[str, Any]:
+    """How golden score goes with response length over the scored pool: a reference-likelihood gain could come from
+    training on longer answers rather than better ones, so the report shows the length of what each quarter holds."""
+    from nuggets_pipeline.core.storage import Warehouse
+
+    texts = Warehouse(nuggets_home() / "warehouse").read("candidates").set_index("id")["output"]
+    chars = pool["candidate_id"].map(texts.str.len()).astype(float)
+    ranked = pool.assign(chars=chars).sort_values(["golden_score", "mean_delta"], ascending=False)
+    return {
+        "spearman_golden_score_vs_response_chars": float(ranked["golden_score"].corr(ranked["chars"], "spearman")),
+        "response_chars_mean": {
+            "pool": float(ranked["chars"].mean()),
+            "golden quarter": float(ranked["chars"].head(quarter).mean()),
+            "bottom quarter": float(ranked["chars"].tail(quarter).mean()),
+        },
+    }
 
 
 def headline(comparisons: Sequence[dict[str, Any]], model: str) -> str:
@@ -557,6 +584,7 @@ def collect_results(
             "golden_score_mean": float(pool["golden_score"].mean()),
             "golden_min_score": float(golden["golden_score"].iloc[quarter - 1]) if quarter else None,
             "bottom_max_score": float(golden["golden_score"].iloc[-quarter]) if quarter else None,
+            **(length_check(pool, quarter) if quarter else {}),
         },
         "variants": {
             v: {**variant_figures(instance, [v]).get(v, {}), **likelihood_means(report, v)} for v in settings.variants
@@ -657,12 +685,27 @@ def render_blocks(results: dict[str, Any]) -> dict[str, str]:
             "\nThe judge columns come from the SmolLM2 judge, which calibration put at chance "
             f"(agreement with GPT-4 {judge.get('agreement') or float('nan'):.1%}): shown, not evidence."
         )
-    variants = ["| variant | examples | steps | final loss | train wall (s) |", "|---|---:|---:|---:|---:|"]
+    variants = [
+        "| variant | examples | tokens / example | steps | final loss | train wall (s) | tokens/s |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
     for v, f in results["variants"].items():
-        loss = f.get("final_loss")
+        loss, seen, rate = f.get("final_loss"), f.get("examples_seen"), f.get("tokens_per_s")
+        per_example = f"{f['train_tokens'] / seen:.0f}" if seen and f.get("train_tokens") else "–"
         variants.append(
-            f"| {v} | {f.get('examples', '–')} | {f.get('steps', '–')} | "
-            f"{'–' if loss is None else f'{loss:.4f}'} | {f.get('wall_s', 0):,.0f} |"
+            f"| {v} | {f.get('examples', '–')} | {per_example} | {f.get('steps', '–')} | "
+            f"{'–' if loss is None else f'{loss:.4f}'} | {f.get('wall_s', 0):,.0f} | "
+            f"{'–' if rate is None else f'{rate:.0f}'} |"
+        )
+    pool = results.get("scored_pool", {})
+    length = "_Not measured._"
+    if "spearman_golden_score_vs_response_chars" in pool:
+        means = pool["response_chars_mean"]
+        length = (
+            f"Across the {pool['candidates']} scored candidates, golden score and response length (characters) have "
+            f"a Spearman correlation of {pool['spearman_golden_score_vs_response_chars']:+.2f}; mean response "
+            f"length: golden quarter {means['golden quarter']:,.0f}, bottom quarter {means['bottom quarter']:,.0f}, "
+            f"whole pool {means['pool']:,.0f} characters."
         )
     settings = "```json\n" + json.dumps(s, indent=1) + "\n```"
     machine_line = ", ".join(f"{k} {v}" for k, v in results["machine"].items())
@@ -673,6 +716,7 @@ def render_blocks(results: dict[str, Any]) -> dict[str, str]:
         "timings": "\n".join(lines),
         "comparisons": "\n".join(comparison),
         "variants": "\n".join(variants),
+        "length": length,
     }
 
 

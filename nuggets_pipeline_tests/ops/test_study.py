@@ -87,7 +87,7 @@ def test_the_doc_is_rendered_from_results_and_only_inside_its_blocks() -> None:
 
 def test_the_shipped_doc_and_readme_have_the_blocks_the_renderer_fills() -> None:
     doc = (REPO_ROOT / "docs" / "study.md").read_text()
-    for name in ("headline", "settings", "machine", "timings", "comparisons", "variants"):
+    for name in ("headline", "settings", "machine", "timings", "comparisons", "variants", "length"):
         assert f"<!-- study:{name} -->" in doc and f"<!-- /study:{name} -->" in doc
     assert "<!-- study:headline -->" in (REPO_ROOT / "README.md").read_text()
 
@@ -130,6 +130,9 @@ def test_the_tiny_study_runs_end_to_end_resumes_and_reruns_from_its_scored_pool(
     assert set(table["comparison"]) == COMPARISONS
     pool = pd.read_parquet(out / "scored_pool.parquet")
     assert len(pool) == 24 and pool["golden_score"].between(0, 1).all()
+    lengths = results["scored_pool"]["response_chars_mean"]
+    assert -1 <= results["scored_pool"]["spearman_golden_score_vs_response_chars"] <= 1
+    assert set(lengths) == {"pool", "golden quarter", "bottom quarter"} and min(lengths.values()) > 0
     rendered = doc.read_text()
     assert results["headline"] in rendered and "| golden vs bottom |" in rendered
 
