@@ -54,7 +54,7 @@ $(VENV)/.installed: pyproject.toml
 demo: install
 	$(PY) -m nuggets_pipeline.cli demo $(ARGS)
 
-# The golden-vs-random study (docs/study.md): about 2.7 hours on 2 cores, resumable (re-run to continue). Its own
+# The golden-vs-random study (docs/study.md): about 2.8 hours on 2 cores, resumable (re-run to continue). Its own
 # home, so `make demo` never overwrites its pool; `make ui NUGGETS_HOME=$(STUDY_HOME)` browses it.
 STUDY_HOME ?= $(CURDIR)/.nuggets_study
 study: install
