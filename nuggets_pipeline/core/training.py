@@ -222,14 +222,15 @@ class _SFTTrainer(Trainer):
         self.throughput = throughput
 
     def compute_loss(self, model: torch.nn.Module, inputs: dict[str, torch.Tensor], *args: Any, **kwargs: Any):
+        padding_free = "attention_mask" not in inputs  # one row of examples end to end, each from position 0
         if model.training:
-            if "attention_mask" in inputs:
-                self.throughput.examples += int(inputs["input_ids"].shape[0])
-                self.throughput.tokens += int(inputs["attention_mask"].sum())
-            else:  # padding-free: one row of examples end to end, each starting at position 0
+            if padding_free:
                 self.throughput.examples += int((inputs["position_ids"] == 0).sum())
                 self.throughput.tokens += int(inputs["input_ids"].numel())
-        if "attention_mask" not in inputs:
+            else:
+                self.throughput.examples += int(inputs["input_ids"].shape[0])
+                self.throughput.tokens += int(inputs["attention_mask"].sum())
+        if padding_free:
             # transformers reads example boundaries from position ids only without a KV cache; with one it would
             # let every token attend to the examples before it in the row.
             inputs = {**inputs, "use_cache": False}
