@@ -6,6 +6,7 @@ table with its raw text, its origin and why it was rejected.
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import io
 import json
@@ -76,6 +77,7 @@ class RawRecord:
     value: Any
     raw: str
     error: str | None = None
+    layout: str = ""  # how a table was read (a CSV's delimiter), quoted when a configured field is missing
 
 
 @dataclass
@@ -199,6 +201,19 @@ def _read_jsonl(path: Path, data: bytes, problem: str | None = None) -> Iterator
 
 
 _OBJECT_START = re.compile(r"[,\[]\s*(?=\{)")
+# What surrogateescape decodes a byte that is not UTF-8 to (U+DC80-U+DCFF); valid UTF-8 never decodes to these.
+_ESCAPED_BYTE = re.compile("[\udc80-\udcff]")
+
+
+def _readable(text: str) -> str:
+    """Text decoded with surrogateescape as storable text: each undecodable byte becomes U+FFFD."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
+def _undecodable(escaped: str, where: str) -> str:
+    """The quarantine reason of a record holding a byte that is not UTF-8 (``escaped``: its surrogateescape)."""
+    byte = ord(escaped) - 0xDC00
+    return f"undecodable_bytes: byte 0x{byte:02x} at {where} is not UTF-8 (Latin-1 or cp1252?); save the file as UTF-8"
 
 
 def _element_end(text: str, start: int) -> int | None:
@@ -249,9 +264,10 @@ def _read_json_array(path: Path, data: bytes, problem: str | None = None) -> Ite
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
-        # Decode line by line instead so the bad bytes are confined to the rows that hold them.
-        yield from _read_jsonl(path, data, problem)
-        return
+        # Not line by line: a pretty-printed array spreads each record over many lines, so the line reader would
+        # turn 20 records into 100 junk rows. Each undecodable byte becomes a lone surrogate (surrogateescape)
+        # that no valid UTF-8 text holds, and only the elements holding one are quarantined (``_escaped``).
+        text = data.decode("utf-8", "surrogateescape")
     stripped = text.lstrip()
     if not stripped.startswith("["):
         if stripped.startswith("{") and "\n{" in stripped:
@@ -264,7 +280,12 @@ def _read_json_array(path: Path, data: bytes, problem: str | None = None) -> Ite
         for key in ("data", "rows", "examples", "instances"):
             if isinstance(value, dict) and isinstance(value.get(key), list):
                 for number, item in enumerate(value[key]):
-                    yield RawRecord(str(path), number, item, json.dumps(item, ensure_ascii=False))
+                    raw = json.dumps(item, ensure_ascii=False)
+                    if found := _ESCAPED_BYTE.search(raw):
+                        reason = _undecodable(found.group(), f"{key}[{number}]")
+                        yield RawRecord(str(path), number, None, _readable(raw), reason)
+                    else:
+                        yield RawRecord(str(path), number, item, raw)
                 return
         raise SourceError(f"{path}: JSON top level must be an array of examples")
     decoder = json.JSONDecoder()
@@ -298,20 +319,29 @@ def _read_json_array(path: Path, data: bytes, problem: str | None = None) -> Ite
                 resumed = _resync(text, position + 1, decoder)
                 end = resumed - 1 if resumed is not None else None  # resumed - 1: the separator before it
             if end is None:
-                rest = text[position:]
+                rest = _readable(text[position:])
                 yield RawRecord(source, number, None, _preview(rest), f"malformed_json: {message}; rest of file")
                 return
-            raw = text[position:end].rstrip().rstrip(",").rstrip()
+            raw = _readable(text[position:end].rstrip().rstrip(",").rstrip())
             yield RawRecord(source, number, None, _preview(raw), f"malformed_json: {message}")
             position, number = max(end, position + 1), number + 1
             continue
+        element = text[position:end]
+        if found := _ESCAPED_BYTE.search(element):
+            # It parsed, but a text in it holds bytes that are not UTF-8: the record cannot be read as written.
+            line = text.count("\n", 0, position + found.start()) + 1
+            reason = _undecodable(found.group(), f"line {line}")
+            yield RawRecord(source, number, None, _preview(_readable(element)), reason)
+            position, number = end, number + 1
+            continue
         # After the closing ``]`` (depth 0) an object is one more row, like an element of a further array.
-        yield RawRecord(source, number, value, text[position:end])
+        yield RawRecord(source, number, value, element)
         position = end
         number += 1
 
 
 def _read_table(path: Path, kind: str) -> Iterator[RawRecord]:
+    layout = ""
     if kind == "parquet":
         try:
             frame = pd.read_parquet(path)
@@ -324,8 +354,10 @@ def _read_table(path: Path, kind: str) -> Iterator[RawRecord]:
         data, problem = _open_bytes(path)
         if problem is not None:
             raise SourceError(f"{path}: {problem}")
+        delimiter = _csv_delimiter(data)
+        layout = f"read as CSV with delimiter {delimiter!r}"
         try:
-            frame = pd.read_csv(io.BytesIO(data), dtype=str, keep_default_na=False, encoding="utf-8")
+            frame = pd.read_csv(io.BytesIO(data), sep=delimiter, dtype=str, keep_default_na=False, encoding="utf-8")
         except pd.errors.EmptyDataError:
             raise SourceError(f"{path}: source file is empty") from None
         except pd.errors.ParserError as error:
@@ -336,7 +368,20 @@ def _read_table(path: Path, kind: str) -> Iterator[RawRecord]:
         except UnicodeDecodeError as error:
             raise SourceError(f"{path}: CSV is not UTF-8 ({error}); save it as UTF-8") from None
     for number, row in enumerate(frame.to_dict(orient="records")):
-        yield RawRecord(str(path), number, row, json.dumps(row, ensure_ascii=False, default=str))
+        yield RawRecord(str(path), number, row, json.dumps(row, ensure_ascii=False, default=str), layout=layout)
+
+
+CSV_DELIMITERS = (",", ";", "\t", "|")
+
+
+def _csv_delimiter(data: bytes) -> str:
+    """The delimiter that splits the header line into the most fields (a comma on a tie): a semicolon CSV, as a
+    spreadsheet in a comma-decimal locale saves it, read with commas is one column and every row is quarantined.
+
+    Only the header is looked at: field names hold no delimiters, where texts below may hold any of them."""
+    header = data.split(b"\n", 1)[0].decode("utf-8", "replace").rstrip("\r")
+    counts = {d: len(next(csv.reader([header], delimiter=d), [])) for d in CSV_DELIMITERS}
+    return max(CSV_DELIMITERS, key=lambda d: (counts[d], -CSV_DELIMITERS.index(d)))
 
 
 def _read_hf_disk(path: Path) -> Iterator[RawRecord]:
@@ -417,7 +462,19 @@ def _from_conversations(turns: Any) -> tuple[Any, Any] | str:
     return turns[human].get("value"), reply.get("value")
 
 
-def _extract(value: Any, fields: FieldMap) -> tuple[str, str, str] | str:
+def _missing(name: str, role: str, value: dict[str, Any], layout: str) -> str:
+    """Why a record lacks a field: the field asked for (by the field map), and the fields the record has, so a
+    misspelt field map or a misread table shows in the reason itself."""
+    found = [str(k) for k in value]
+    listed = ", ".join(repr(k) for k in found[:12]) + (f" and {len(found) - 12} more" if len(found) > 12 else "")
+    described = f"configured {role} field {name!r}" if name != role else f"the {role} field"
+    return (
+        f"missing_field: {name} ({described}; fields found: {listed or 'none'}"
+        f"{'; ' + layout if layout else ''}; set {role}_field to the one that holds it)"
+    )
+
+
+def _extract(value: Any, fields: FieldMap, layout: str = "") -> tuple[str, str, str] | str:
     """The (instruction, input, output) of one record, or the reason it is rejected."""
     if not isinstance(value, dict):
         return f"not_an_object: got {type(value).__name__}"
@@ -428,9 +485,9 @@ def _extract(value: Any, fields: FieldMap) -> tuple[str, str, str] | str:
         instruction, output = extracted
         input_text: Any = ""
     else:
-        for name in (fields.instruction, fields.output):
+        for name, role in ((fields.instruction, "instruction"), (fields.output, "output")):
             if name not in value:
-                return f"missing_field: {name}"
+                return _missing(name, role, value, layout)
         instruction, output = value[fields.instruction], value[fields.output]
         input_text = value.get(fields.input, "")
         if input_text is None:
@@ -462,7 +519,7 @@ def normalise(records: Iterable[RawRecord], fields: FieldMap = FieldMap(), max_c
         if record.error:
             reject(record, record.error)
             continue
-        extracted = _extract(record.value, fields)
+        extracted = _extract(record.value, fields, record.layout)
         if isinstance(extracted, str):
             reject(record, extracted)
             continue
@@ -547,6 +604,8 @@ def ingest(
     if known_ids:
         quarantine_known(result, result.instructions["id"].isin(known_ids).to_numpy())
     if result.instructions.empty:
-        top = ", ".join(f"{k}: {v}" for k, v in result.reasons.most_common(3))
-        raise SourceError(f"{', '.join(map(str, sources))}: no valid rows (all quarantined; {top})")
+        top = ", ".join(f"{k}: {v} row{'s' * (v != 1)}" for k, v in result.reasons.most_common(3))
+        # The counts alone ("missing_field: 10 rows") do not say which field or why: quote the first reason whole.
+        first = result.quarantined["reason"].iloc[0] if len(result.quarantined) else "none"
+        raise SourceError(f"{', '.join(map(str, sources))}: no valid rows (all quarantined; {top}); first row: {first}")
     return result

@@ -334,3 +334,52 @@ def test_a_linked_source_is_read_only_when_links_are_allowed_explicitly(tmp_path
     (tmp_path / "env.jsonl").symlink_to("/proc/self/environ")
     with pytest.raises(SourceError, match="/proc"):  # system paths stay refused, link or not
         ingest([tmp_path / "env.jsonl"], allow_symlinks=True)
+
+
+@pytest.mark.parametrize("layout", ["array", "data_key"])
+def test_one_latin1_byte_in_a_pretty_printed_array_costs_that_record_only(tmp_path: Path, layout: str) -> None:
+    """Issue 23 item 4: the array reader fell back to the line reader on a UnicodeDecodeError, so 20 records of
+    an Alpaca-style (indented) array gave 0 ingested and a quarantine row per line."""
+    records = [example(i) for i in range(20)]
+    records[7] = {**records[7], "instruction": "Caf\xe9 au lait: describe it."}
+    value = records if layout == "array" else {"data": records}
+    path = tmp_path / "alpaca.json"
+    path.write_bytes(json.dumps(value, indent=2, ensure_ascii=False).encode("latin-1"))
+    result = ingest([path])
+    assert len(result.instructions) == 19 and 7 not in result.instructions["row_number"].tolist()
+    assert result.quarantined["row_number"].tolist() == [7]
+    reason = result.quarantined.loc[0, "reason"]
+    assert reason.startswith("undecodable_bytes: byte 0xe9") and "save the file as UTF-8" in reason
+    assert "Caf\ufffd au lait" in result.quarantined.loc[0, "raw"]  # the bad byte shown, storable as text
+    assert_rows_accounted(result.instructions, result.quarantined, 20)
+    QuarantineSchema.validate(result.quarantined)
+    result.quarantined.to_parquet(tmp_path / "q.parquet")  # no lone surrogate reaches a stored file
+
+
+@pytest.mark.parametrize("delimiter", [";", "\t", "|"])
+def test_a_csv_with_another_delimiter_is_read_by_its_header(tmp_path: Path, delimiter: str) -> None:
+    """Issue 23 item 10: a semicolon CSV (a spreadsheet's export in a comma-decimal locale) failed with
+    "missing_field: 10" and no word about the delimiter. Texts holding commas stay whole."""
+    path = tmp_path / "sheet.csv"
+    rows = [f"Say {i}, please.{delimiter}{delimiter}It is {i}, then." for i in range(10)]
+    path.write_text(delimiter.join(["instruction", "input", "output"]) + "\n" + "\n".join(rows) + "\n")
+    result = ingest([path])
+    assert result.instructions["instruction"].tolist() == [f"Say {i}, please." for i in range(10)]
+    assert result.instructions["output"].iloc[3] == "It is 3, then."
+    assert_rows_accounted(result.instructions, result.quarantined, 10)
+
+
+def test_a_missing_field_names_the_field_asked_for_the_fields_found_and_how_a_csv_was_read(tmp_path: Path) -> None:
+    """Issue 23 item 10: "missing_field" alone did not say which configured field, or what the file holds."""
+    jsonl = write_jsonl(tmp_path / "qa.jsonl", [json.dumps({"question": "Q?", "answer": "A."}).encode()])
+    with pytest.raises(SourceError) as error:
+        ingest([jsonl], FieldMap(instruction="prompt", output="answer"))
+    message = str(error.value)
+    assert "missing_field: 1 row" in message
+    assert "missing_field: prompt (configured instruction field 'prompt'; fields found: 'question', 'answer'" in message
+    assert "set instruction_field" in message
+    # A CSV whose delimiter is none of those tried: the reason quotes the header found and the delimiter used.
+    sheet = tmp_path / "colon.csv"
+    sheet.write_text("instruction:output\nSay hi.:Hi.\n")
+    with pytest.raises(SourceError, match="fields found: 'instruction:output'; read as CSV with delimiter ','"):
+        ingest([sheet])

@@ -154,6 +154,31 @@ def test_non_utf8_bytes_quarantine_only_their_line(store: Store, tmp_path: Path)
     assert outputs(ingest_file(store, path), 4) == (3, ["undecodable_bytes"])
 
 
+def test_one_latin1_byte_in_a_pretty_printed_array_quarantines_only_its_record(store: Store, tmp_path: Path) -> None:
+    """Issue 23 item 4: the whole array was read line by line instead: 0 ingested, a junk row per line."""
+    path = tmp_path / "alpaca.json"
+    records = [example(i, "harbour") for i in range(20)]
+    records[4] = {**records[4], "output": "Voil\xe0."}
+    path.write_bytes(json.dumps(records, indent=4, ensure_ascii=False).encode("latin-1"))
+    result = ingest_file(store, path)
+    assert outputs(result, 20) == (19, ["undecodable_bytes"])
+    quarantined = result.output_for_node("ingest_increment_file", "quarantined_increments")
+    assert quarantined["row_number"].tolist() == [4] and "byte 0xe0" in quarantined["reason"].iloc[0]
+
+
+def test_a_semicolon_csv_is_read_and_a_missing_configured_field_is_named(store: Store, tmp_path: Path) -> None:
+    """Issue 23 item 10: a semicolon CSV quarantined every row as "missing_field"; the reason never named the
+    configured field nor the fields the file has."""
+    sheet = tmp_path / "sheet.csv"
+    sheet.write_text("instruction;output\n" + "".join(f"Spell {i} in Latin, please.;Numerus {i}.\n" for i in range(5)))
+    assert outputs(ingest_file(store, sheet), 5) == (5, [])
+    path = path_with(tmp_path / "qa.jsonl", lines({"question": "Say hi.", "reply": "Hi."}))
+    result = ingest_file(store, path, instruction_field="prompt", output_field="reply")
+    assert outputs(result, 1) == (0, ["missing_field"])
+    reason = result.output_for_node("ingest_increment_file", "quarantined_increments")["reason"].iloc[0]
+    assert reason.startswith("missing_field: prompt (configured instruction field 'prompt'; fields found: 'question'")
+
+
 def test_a_truncated_gzip_keeps_its_rows_before_the_cut(store: Store, tmp_path: Path) -> None:
     path = tmp_path / "cut.jsonl.gz"
     data = gzip.compress(lines(*(example(i, "meadow") for i in range(60))).encode())
