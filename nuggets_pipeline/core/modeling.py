@@ -173,25 +173,74 @@ def tiny_random_llama(vocab_size: int, bos: int, eos: int, seed: int = 0) -> Lla
 
 
 def _from_pretrained(factory: type, name_or_path: str, **kwargs: object) -> object:
+    what = "tokenizer" if "Tokenizer" in factory.__name__ else "model"
+    folder = Path(name_or_path).expanduser()
+    if folder.is_dir():
+        # A local folder is never a hub id: say which folder, and what it lacks, instead of a loader's ValueError.
+        needs = ("tokenizer.json", "tokenizer_config.json") if what == "tokenizer" else ("config.json",)
+        if not any((folder / name).is_file() for name in needs):
+            found = sorted(p.name for p in folder.iterdir())[:10]
+            raise ModelLoadError(
+                f"cannot load the {what} from local folder {folder}: it holds no {' or '.join(needs)} "
+                f"(found {found or 'nothing'}); point the model setting at a folder written by save_pretrained"
+            )
     try:
         return factory.from_pretrained(name_or_path, trust_remote_code=False, **kwargs)
     except OSError as error:
+        if folder.is_dir():
+            raise ModelLoadError(
+                f"cannot load the {what} from local folder {folder} (models load from safetensors weights only): "
+                f"{error}"
+            ) from error
         offline = " (this machine has no access to the Hugging Face hub: use a local path)"
         raise ModelLoadError(
             f"cannot load model {name_or_path!r}: not a preset {list(PRESETS)}, not a local folder with "
             f"safetensors weights, and not reachable on the hub{offline}. Cause: {error}"
         ) from error
+    except (ValueError, KeyError, TypeError) as error:  # a malformed config or tokenizer file, read as a dict
+        raise ModelLoadError(f"cannot load the {what} {name_or_path!r}: {type(error).__name__}: {error}") from error
 
 
-def fingerprint(name: str, model: PreTrainedModel, dtype: torch.dtype) -> str:
-    """Identifies the scoring function: which weights (by config and a parameter checksum) at which dtype."""
-    digest = hashlib.sha256()
-    digest.update(name.encode())
-    digest.update(json.dumps(model.config.to_dict(), sort_keys=True, default=str).encode())
+# Config keys that say where or how a model was found, not what it computes: the same weights under another home,
+# path, hub id or transformers release score identically and must keep their scores current.
+_LOCATION_KEYS = frozenset(
+    {"_name_or_path", "name_or_path", "_commit_hash", "transformers_version", "dtype", "torch_dtype"}
+)
+
+
+def _weights_digest(model: PreTrainedModel) -> str:
+    """A checksum of every parameter's bytes, by name: exact, so no CPU's summation order can change it."""
+    digest = hashlib.blake2b(digest_size=16)
     with torch.no_grad():
-        for _, parameter in list(model.named_parameters())[:4]:
-            digest.update(f"{parameter.float().sum().item():.6e}".encode())
+        for name, tensor in sorted([*model.named_parameters(), *model.named_buffers()], key=lambda item: item[0]):
+            flat = tensor.detach().reshape(-1)
+            digest.update(f"{name}|{tuple(tensor.shape)}|{tensor.dtype}|".encode())
+            if flat.device.type != "cpu":
+                flat = flat.cpu()
+            # Bytes through an integer view: bfloat16 has no numpy dtype, and a view copies nothing.
+            digest.update(flat.contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def tokenizer_digest(tokenizer: PreTrainedTokenizerBase) -> str:
+    """What the tokenizer maps text to: its vocabulary and special tokens (never its folder)."""
+    digest = hashlib.sha256()
+    digest.update(json.dumps(sorted(tokenizer.get_vocab().items()), ensure_ascii=False).encode())
+    digest.update(json.dumps(tokenizer.special_tokens_map, sort_keys=True, default=str).encode())
+    return digest.hexdigest()[:16]
+
+
+def fingerprint(model: PreTrainedModel, dtype: torch.dtype, tokenizer: PreTrainedTokenizerBase | None = None) -> str:
+    """Identifies the function a model computes: its config (without path or name keys), a checksum of its
+    weights' bytes, the dtype and the tokenizer. Never where its files lie: the same model loaded from two homes,
+    a copied home or a preset name and its local folder give the same fingerprint."""
+    config = {k: v for k, v in model.config.to_dict().items() if k not in _LOCATION_KEYS}
+    digest = hashlib.sha256()
+    digest.update(json.dumps(config, sort_keys=True, default=str).encode())
+    digest.update(_weights_digest(model).encode())
     digest.update(str(dtype).encode())
+    if tokenizer is not None:
+        digest.update(tokenizer_digest(tokenizer).encode())
     return digest.hexdigest()[:16]
 
 
@@ -206,14 +255,15 @@ def load_model(name_or_path: str = SMOLLM2, dtype: str = "float32", device: str 
         model = AutoModelForCausalLM.from_pretrained(_smollm2_safetensors_dir(), dtype=torch_dtype)
     else:
         model = _from_pretrained(AutoModelForCausalLM, name_or_path, dtype=torch_dtype, use_safetensors=True)
-    model = model.to(device=torch_device, dtype=torch_dtype).eval()
+    model = model.to(dtype=torch_dtype).eval()
+    identity = fingerprint(model, torch_dtype, tokenizer)  # read on the host, before the weights leave it
     return LoadedModel(
         name=name_or_path,
-        model=model,
+        model=model.to(device=torch_device),
         tokenizer=tokenizer,
         device=torch_device,
         dtype=torch_dtype,
-        fingerprint=fingerprint(name_or_path, model, torch_dtype),
+        fingerprint=identity,
     )
 
 

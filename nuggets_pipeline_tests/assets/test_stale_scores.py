@@ -4,6 +4,7 @@ With the tiny model: scores against anchors of seed 0, then anchors of seed 1 wi
 candidate pool re-sharded from 3 shards to 2.
 """
 
+import json
 from pathlib import Path
 
 import dagster as dg
@@ -171,3 +172,69 @@ def test_candidates_default_to_the_whole_pool() -> None:
 
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+
+@pytest.mark.slow
+def test_a_home_copied_elsewhere_keeps_every_score_current(
+    tmp_path: Path, isolated_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The model lives under the home (as the converted SmolLM2 cache does); the home is copied to another path,
+    as a user moving it or a pod mounting it elsewhere would: zero-shot is re-run there, nothing is re-scored, and
+    the selection finds every score current."""
+    import shutil
+
+    from nuggets_pipeline.core.modeling import load_model
+    from nuggets_pipeline.resources import ModelResource
+    from nuggets_pipeline_tests.materialize import PREPARE, example
+
+    tiny = load_model("tiny-random-llama")
+    tiny.model.save_pretrained(isolated_home / "models" / "tiny")
+    tiny.tokenizer.save_pretrained(isolated_home / "models" / "tiny")
+
+    def resources(home: Path) -> dict[str, object]:
+        found = tiny_resources()
+        found["scoring_model"] = ModelResource(model=str(home / "models" / "tiny"))
+        return found
+
+    source = tmp_path / "pool.json"
+    source.write_text(json.dumps([example(i) for i in range(12)]))
+    instance = dg.DagsterInstance.ephemeral()
+    prepared = dg.materialize(
+        ASSETS,
+        selection=PREPARE,
+        instance=instance,
+        resources=resources(isolated_home),
+        run_config={
+            "ops": {
+                "ingest_instructions": {"config": {"sources": [str(source)]}},
+                "anchor_set": {"config": {"method": "random", "n": 4}},
+                "candidates": {"config": {"shards": 1, "limit": None}},
+            }
+        },
+    )
+    assert prepared.success
+    scored = dg.materialize(
+        ASSETS,
+        selection=["one_shot_scores"],
+        instance=instance,
+        resources=resources(isolated_home),
+        partition_key="base-000",
+    )
+    assert scored.success
+    before = Warehouse(isolated_home / "warehouse").read("zero_shot_losses")["model_fingerprint"].iloc[0]
+
+    moved = shutil.copytree(isolated_home, tmp_path / "mounted" / "elsewhere")
+    monkeypatch.setenv("NUGGETS_HOME", str(moved))
+    again = dg.materialize(ASSETS, selection=["zero_shot_losses"], instance=instance, resources=resources(moved))
+    assert again.success
+    assert Warehouse(moved / "warehouse").read("zero_shot_losses")["model_fingerprint"].iloc[0] == before
+    selected = dg.materialize(
+        ASSETS,
+        selection=["golden_subset"],
+        instance=instance,
+        resources=resources(moved),
+        run_config={"ops": {"golden_subset": {"config": {"top_fraction": 0.5}}}},
+        raise_on_error=False,
+    )
+    assert selected.success, failure(selected)
+    assert set(selected.output_for_node("golden_subset")["scores_fingerprint"]) == {before}

@@ -61,3 +61,38 @@ def test_real_smollm2_loads_from_the_safetensors_cache_and_predicts(smollm2) -> 
     with torch.inference_mode():
         logits = smollm2.model(torch.tensor([ids])).logits[0, -1]
     assert smollm2.tokenizer.decode(logits.argmax()).strip() == "Paris"
+
+
+def _saved_tiny(tiny_model, folder) -> None:
+    tiny_model.model.save_pretrained(folder)
+    tiny_model.tokenizer.save_pretrained(folder)
+
+
+def test_fingerprint_names_the_function_never_the_folder(tiny_model, tmp_path) -> None:
+    import shutil
+
+    first = tmp_path / "home-a" / "models" / "tiny"
+    _saved_tiny(tiny_model, first)
+    copied = shutil.copytree(first.parent.parent, tmp_path / "elsewhere" / "home-b") / "models" / "tiny"
+    here, there = load_model(str(first)), load_model(str(copied))
+    assert here.model.config._name_or_path != there.model.config._name_or_path  # what the old fingerprint hashed
+    assert here.fingerprint == there.fingerprint
+    # What does define the function still changes it: the dtype, and one weight.
+    assert load_model(str(first), dtype="bfloat16").fingerprint != here.fingerprint
+    with torch.no_grad():
+        there.model.model.norm.weight[0] += 1e-3
+    changed = tmp_path / "changed"
+    there.model.save_pretrained(changed)
+    there.tokenizer.save_pretrained(changed)
+    assert load_model(str(changed)).fingerprint != here.fingerprint
+
+
+def test_an_empty_or_incomplete_model_folder_is_named_in_the_error(tmp_path) -> None:
+    empty = tmp_path / "empty-model"
+    empty.mkdir()
+    with pytest.raises(ModelLoadError, match=f"local folder {empty}: it holds no tokenizer.json"):
+        load_model(str(empty))
+    (empty / "tokenizer.json").write_text("{}")
+    (empty / "tokenizer_config.json").write_text("{}")
+    with pytest.raises(ModelLoadError, match=str(empty)):
+        load_model(str(empty))
