@@ -385,6 +385,53 @@ def scored_pool_frame() -> pd.DataFrame:
     return scores[SCORED_POOL_COLUMNS].sort_values("candidate_id").reset_index(drop=True)
 
 
+def _first(ids: pd.Series, count: int = 5) -> str:
+    unique = list(dict.fromkeys(ids.astype(str)))
+    return ", ".join(unique[:count]) + (f" and {len(unique) - count} more" if len(unique) > count else "")
+
+
+def read_scored_pool(path: Path) -> pd.DataFrame:
+    """A scored pool file, refused (naming the file and the first offending ids) unless every candidate has one
+    row with a real score: its rows become scoring checkpoints, which scoring then trusts without re-scoring.
+
+    Exact repeats of a row are dropped (a concatenated file); the same candidate with two different scores is
+    refused (a dict would keep the last, so a forged row would replace the real one and be selected). The study
+    scores every candidate exactly (no decision threshold), so a golden score must be a number in [0, 1] equal to
+    wins / n_anchors over all anchors: a NaN would be stored as scored."""
+    try:
+        pool = pd.read_parquet(path)
+    except Exception as error:  # Arrow's errors (ArrowInvalid, OSError ...) name neither the file nor the cause
+        raise ValueError(
+            f"scored pool {path}: not a readable Parquet file ({type(error).__name__}: {str(error)[:200]}); "
+            "copy it again (a truncated download?) or re-score (run without --scored-pool)"
+        ) from None
+    missing = [c for c in SCORED_POOL_COLUMNS if c not in pool.columns]
+    if missing:
+        raise ValueError(f"scored pool {path}: missing column(s) {missing}")
+    pool = pool.drop_duplicates(SCORED_POOL_COLUMNS).reset_index(drop=True)
+    repeated = pool.loc[pool["candidate_id"].duplicated(keep=False), "candidate_id"]
+    if len(repeated):
+        raise ValueError(
+            f"scored pool {path}: {repeated.nunique()} candidate id(s) carry conflicting scores, first "
+            f"{_first(repeated)}: refused (which row is real cannot be told); re-export the pool or re-score"
+        )
+    score = pd.to_numeric(pool["golden_score"], errors="coerce")
+    expected = pool["wins"] / pool["n_anchors"].where(pool["n_anchors"] > 0)
+    bad = (
+        score.isna()
+        | ~score.between(0.0, 1.0)
+        | (pool["anchors_scored"] != pool["n_anchors"])
+        | ((score - expected).abs() > 1e-9)
+    )
+    if bad.any():
+        raise ValueError(
+            f"scored pool {path}: {int(bad.sum())} row(s) have no valid golden score (NaN, outside [0, 1], not "
+            f"wins / n_anchors, or not every anchor scored), first {_first(pool.loc[bad, 'candidate_id'])}: "
+            "refused, they would be stored as scored; re-export the pool or re-score"
+        )
+    return pool
+
+
 def seed_scoring_checkpoints(path: Path) -> None:
     """Place a committed scored pool as each shard's scoring checkpoint, after checking it was scored with this
     model, template and anchor set against this very pool."""
@@ -392,10 +439,7 @@ def seed_scoring_checkpoints(path: Path) -> None:
     from nuggets_pipeline.core.shard_scoring import checkpoint_folder, chunk_path
     from nuggets_pipeline.core.storage import Warehouse, write_parquet_atomic
 
-    pool = pd.read_parquet(path)
-    missing = [c for c in SCORED_POOL_COLUMNS if c not in pool.columns]
-    if missing:
-        raise ValueError(f"scored pool {path}: missing column(s) {missing}")
+    pool = read_scored_pool(path)
     warehouse = Warehouse(nuggets_home() / "warehouse")
     zero_shot = warehouse.read("zero_shot_losses")
     expected = (str(zero_shot["model_fingerprint"].iloc[0]), str(zero_shot["anchor_set_hash"].iloc[0]))

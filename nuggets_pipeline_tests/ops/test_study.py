@@ -198,3 +198,44 @@ def test_the_headline_does_not_credit_the_selection_with_a_gap_two_random_seeds_
     assert "not clearly the selection's doing" in text
     assert "larger than the 0.0050" in study.headline([{**row, "seed_spread": 0.005, "beyond_seed_spread": True}], "m")
     assert "cannot be told apart" in study.headline([{**row, "verdict": "within noise", "ci_low": -0.001}], "m")
+
+
+def _damaged_pool(kind: str) -> pd.DataFrame:
+    pool = pd.read_parquet(REPO_ROOT / "docs" / "study" / "scored_pool.parquet").head(12)
+    if kind == "conflicting duplicate":  # a forged row for a real candidate: a dict kept whichever came last
+        forged = pool.iloc[[3, 8]].assign(golden_score=1.0, wins=pool["n_anchors"].iloc[0])
+        return pd.concat([pool, forged], ignore_index=True)
+    if kind == "nan score":
+        return pool.assign(golden_score=pool["golden_score"].where(pool.index != 5))
+    return pool
+
+
+@pytest.mark.parametrize(
+    ("kind", "message", "offending"),
+    [
+        ("conflicting duplicate", "2 candidate id(s) carry conflicting scores", [3, 8]),
+        ("nan score", "1 row(s) have no valid golden score", [5]),
+        ("truncated", "not a readable Parquet file", []),
+    ],
+)
+def test_a_scored_pool_with_conflicting_nan_or_cut_rows_is_refused_naming_the_file_and_ids(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str, message: str, offending: list[int]
+) -> None:
+    """Issue 23 item 3: conflicting duplicates replaced the real scores, NaN scores were stored as scored, and a
+    truncated file failed with an Arrow error naming no file; each is refused before any checkpoint is written."""
+    _use_home(monkeypatch, tmp_path / "home")
+    path = tmp_path / "scored_pool.parquet"
+    pool = _damaged_pool(kind)
+    pool.to_parquet(path)
+    if kind == "truncated":
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(ValueError) as error:
+        study.seed_scoring_checkpoints(path)
+    text = str(error.value)
+    assert text.startswith(f"scored pool {path}: ") and message in text
+    assert all(str(pool["candidate_id"].iloc[i]) in text for i in offending)
+    assert not (tmp_path / "home" / "checkpoints").exists()
+    # Exact repeats of a row (a file concatenated twice) are the same scores: accepted, one row each.
+    pool = _damaged_pool("clean")
+    pd.concat([pool, pool]).to_parquet(path)
+    assert study.read_scored_pool(path)["candidate_id"].tolist() == pool["candidate_id"].tolist()
