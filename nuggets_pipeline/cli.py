@@ -228,13 +228,29 @@ def main(argv: list[str] | None = None) -> int:
     from nuggets_pipeline.definitions import default_resources
 
     resources = default_resources()
-    if args.command == "run" and args.print_config:
-        import yaml
+    if args.command == "run":
+        from nuggets_pipeline.definitions import defs
 
-        print(yaml.safe_dump(launch.run_config(args, resources), sort_keys=False), end="")
-        return 0
+        config = launch.run_config(args, resources)
+        try:
+            launch.validate_run_config(config, list(defs.assets or []), resources)
+        except launch.RunConfigError as error:
+            print(f"nuggets run: {error}", file=sys.stderr)
+            return 2
+        if args.print_config:
+            import yaml
+
+            print(yaml.safe_dump(config, sort_keys=False), end="")
+            return 0
     instance = dg.DagsterInstance.get()
     stages = run_stages(args, resources) if args.command == "run" else demo_stages(args)
+    if args.until is not None and args.until not in {stage.name for stage in stages}:
+        print(
+            f"nuggets {args.command}: --until {args.until!r} is no stage; use one of "
+            f"{[stage.name for stage in stages]}",
+            file=sys.stderr,
+        )
+        return 2
     timings: dict[str, float] = {}
     for stage in stages:
         timings[stage.name] = run_stage(stage, instance, resources)

@@ -8,6 +8,8 @@ path. ``nuggets run ... --print-config`` prints that config as YAML instead of r
 from __future__ import annotations
 
 import argparse
+import inspect
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +61,18 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     models.add_argument("--training-model", default=None, help="model that is fine-tuned (default smollm2)")
     models.add_argument("--judge-model", default=None, help="local judge model, or the served model name")
     models.add_argument("--judge-backend", choices=["local", "openai"], default=None, help="judge backend")
+    models.add_argument(
+        "--judge-timeout-s", type=float, default=None, help="openai judge: seconds a try waits on the server (60)"
+    )
+    models.add_argument(
+        "--judge-max-retries", type=int, default=None, help="openai judge: retries after a timeout, 429 or 5xx (3)"
+    )
+    models.add_argument(
+        "--judge-max-failed-fraction",
+        type=float,
+        default=None,
+        help="evaluation fails when more than this share of judgments failed (0.5; all failed: always)",
+    )
     models.add_argument("--device", default=None, help="cpu, cuda, cuda:N or auto, for every model")
 
     anchors = parser.add_argument_group("anchors (asset `anchor_set`) and candidates")
@@ -117,6 +131,7 @@ def _absolute(value: str | None) -> str | None:
 
 
 DEFAULT_ANCHORS = 8  # random and KMeans anchors when --anchors is not given
+DEFAULT_TOP_FRACTION = 0.25  # the selection when no criterion flag is given
 
 
 def _set(target: dict[str, Any], **values: Any) -> dict[str, Any]:
@@ -153,7 +168,9 @@ def ops_config(args: argparse.Namespace) -> dict[str, Any]:
     elif args.top_k is not None:
         selection = {"threshold": None, "top_k": args.top_k}
     else:
-        selection = {"threshold": None, "top_fraction": args.top_fraction or 0.25}
+        # `is not None`, never `or`: a value the user gave (0 included) is validated, not replaced.
+        top_fraction = args.top_fraction if args.top_fraction is not None else DEFAULT_TOP_FRACTION
+        selection = {"threshold": None, "top_fraction": top_fraction}
     training = _set({"profile": args.train_profile}, max_steps=args.train_steps)
     evaluation = {"profile": args.eval_profile}
     return {
@@ -187,7 +204,15 @@ def resources_config(args: argparse.Namespace, bound: dict[str, Any]) -> dict[st
     changes: dict[str, dict[str, Any]] = {
         "scoring_model": _set({}, model=_absolute(args.scoring_model), dtype=args.scoring_dtype, device=args.device),
         "training_model": _set({}, model=_absolute(args.training_model), device=args.device),
-        "judge": _set({}, model=_absolute(args.judge_model), backend=args.judge_backend, device=args.device),
+        "judge": _set(
+            {},
+            model=_absolute(args.judge_model),
+            backend=args.judge_backend,
+            device=args.device,
+            timeout_s=args.judge_timeout_s,
+            max_retries=args.judge_max_retries,
+            max_failed_fraction=args.judge_max_failed_fraction,
+        ),
     }
     out = {}
     for name, change in changes.items():
@@ -207,6 +232,57 @@ def run_config(args: argparse.Namespace, bound: dict[str, Any]) -> dict[str, Any
     return config
 
 
+class RunConfigError(ValueError):
+    """The run config holds values its assets or resources refuse; the message lists every one."""
+
+
+def _config_classes(assets: Sequence[Any]) -> dict[str, type]:
+    """Each asset op's ``config`` class (a ``dg.Config``), read from its compute function's signature."""
+    import dagster as dg
+
+    found: dict[str, type] = {}
+    for asset in assets:
+        if not isinstance(asset, dg.AssetsDefinition):
+            continue
+        parameter = inspect.signature(asset.op.compute_fn.decorated_fn).parameters.get("config")
+        if parameter is not None and isinstance(parameter.annotation, type):
+            found[asset.op.name] = parameter.annotation
+    return found
+
+
+def validate_run_config(config: dict[str, Any], assets: Sequence[Any], bound: dict[str, Any]) -> None:
+    """Build every op config and resource the run config names, as Dagster would at each step, so a value out
+    of range is refused before the first stage runs (not after hours of scoring); every problem is listed."""
+    import dagster as dg
+    from pydantic import ValidationError
+
+    classes = _config_classes(assets)
+    problems: list[str] = []
+
+    def attempt(where: str, build: Any) -> None:
+        try:
+            build()
+        except (ValidationError, ValueError, TypeError) as error:
+            details = error.errors() if isinstance(error, ValidationError) else [{"loc": (), "msg": str(error)}]
+            for detail in details:
+                field = ".".join(str(part) for part in detail["loc"])
+                problems.append(f"{where}{'.' + field if field else ''}: {detail['msg']}")
+
+    for op, section in config.get("ops", {}).items():
+        if op not in classes:
+            problems.append(f"ops.{op}: no asset of this code location takes config under that name")
+            continue
+        attempt(f"ops.{op}.config", lambda op=op, section=section: classes[op](**section.get("config", {})))
+    for name, section in config.get("resources", {}).items():
+        fields = {
+            k: dg.EnvVar(v["env"]) if isinstance(v, dict) and set(v) == {"env"} else v
+            for k, v in section.get("config", {}).items()
+        }
+        attempt(f"resources.{name}.config", lambda name=name, fields=fields: type(bound[name])(**fields))
+    if problems:
+        raise RunConfigError("the run config is refused before any stage runs:\n  " + "\n  ".join(problems))
+
+
 def for_selection(config: dict[str, Any], ops: set[str]) -> dict[str, Any]:
     """The part of the run config a stage's assets take (Dagster refuses config for ops not in the run)."""
     return {"ops": {k: v for k, v in config["ops"].items() if k in ops}} | (
@@ -214,4 +290,13 @@ def for_selection(config: dict[str, Any], ops: set[str]) -> dict[str, Any]:
     )
 
 
-__all__ = ["RUN_DESCRIPTION", "add_run_arguments", "for_selection", "ops_config", "resources_config", "run_config"]
+__all__ = [
+    "RUN_DESCRIPTION",
+    "RunConfigError",
+    "add_run_arguments",
+    "for_selection",
+    "ops_config",
+    "resources_config",
+    "run_config",
+    "validate_run_config",
+]

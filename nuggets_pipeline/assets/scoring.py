@@ -1,7 +1,6 @@
 """Stage 3: zero-shot anchor log-probs, partitioned one-shot golden scores, and the golden subset."""
 
 import json
-import shutil
 import time
 
 import dagster as dg
@@ -211,6 +210,11 @@ class GoldenSelectionConfig(dg.Config):
                 f"golden_subset: {' and '.join(chosen)} are both set; they select differently, so set exactly one "
                 "(or none for the default, the paper's golden share as top_fraction)"
             )
+        if self.threshold is not None and self.threshold >= 1:
+            raise ValueError(
+                f"golden_subset: threshold {self.threshold} can never select anything (a golden score is at most 1 "
+                "and must be above the threshold); use a threshold below 1, or top_k / top_fraction"
+            )
         return self
 
     def criterion(self) -> dict[str, float | int]:
@@ -244,7 +248,8 @@ def current_provenance(zero_shot_losses: pd.DataFrame, anchor_set: pd.DataFrame)
     dagster_type=GoldenSubsetType,
     code_version="golden-v2",
     # Rebuilt at NUGGETS_SELECTION_CRON after new scores: the definitions apply automation.selection_condition.
-    description="The candidates whose one-shot prefix helps the most anchors; also exported as Alpaca JSON. "
+    description="The candidates whose one-shot prefix helps the most anchors (exported as Alpaca JSON, with the "
+    "ranked pool, by scored_pool_exports). "
     "Refuses scores that do not match the current model, template, separator and anchor set.",
 )
 def golden_subset(
@@ -301,13 +306,8 @@ def golden_subset(
     subset["scores_fingerprint"] = fingerprint
     subset["anchor_set_hash"] = anchors
     GoldenSubsetSchema.validate(subset)
-    export = warehouse.root() / "exports" / "golden_subset.json"
-    export.parent.mkdir(parents=True, exist_ok=True)
-    staging = export.with_suffix(".json.tmp")
-    staging.write_text(
-        json.dumps(subset[["instruction", "input", "output"]].to_dict(orient="records"), indent=1, ensure_ascii=False)
-    )
-    shutil.move(staging, export)
+    # No export here: scored_pool_exports writes the subset's Alpaca JSON with the rest of the selection's files,
+    # all replaced together. A second copy written here was rewritten even when that export then failed.
     ranked = current.merge(pool[["id", "instruction", "output"]], left_on="candidate_id", right_on="id")
     ranked = ranked.sort_values("golden_score", ascending=False)
     plot = md.histogram_plot(
@@ -337,6 +337,5 @@ def golden_subset(
             "threshold_table": md.table(thresholds),
             "top_examples": md.preview(ranked, ["golden_score", "instruction", "output"], rows=5),
             "bottom_examples": md.preview(ranked.iloc[::-1], ["golden_score", "instruction", "output"], rows=5),
-            "export": dg.MetadataValue.path(str(export)),
         },
     )

@@ -101,6 +101,23 @@ def test_run_flags_map_onto_the_run_config_the_launchpad_takes() -> None:
     assert dg.validate_run_config(job, config)["resources"]["scoring_model"]["config"] == scoring
 
 
+def test_judge_flags_set_timeout_retries_and_failure_share_on_the_judge_resource() -> None:
+    """Before: no such flags; the judge waited 120 s per try, 6 tries, and evaluation never failed on judgments."""
+    from nuggets_pipeline.definitions import default_resources
+    from nuggets_pipeline.launch import run_config
+
+    bound = default_resources()
+    flags = ["--judge-timeout-s", "5", "--judge-max-retries", "1", "--judge-max-failed-fraction", "0.2"]
+    config = run_config(build_parser().parse_args(["run", "--source", "user.jsonl", *flags]), bound)
+    judge = config["resources"]["judge"]["config"]
+    assert (judge["timeout_s"], judge["max_retries"], judge["max_failed_fraction"]) == (5.0, 1, 0.2)
+    assert judge["model"] == bound["judge"].model  # the rest as bound
+    job = dg.Definitions(
+        assets=list(defs.assets), asset_checks=list(defs.asset_checks), resources=bound
+    ).get_implicit_global_asset_job_def()
+    assert dg.validate_run_config(job, config)["resources"]["judge"]["config"]["timeout_s"] == 5.0
+
+
 def test_an_anchor_file_keeps_all_its_rows_unless_anchors_is_given() -> None:
     from nuggets_pipeline.definitions import default_resources
     from nuggets_pipeline.launch import run_config
@@ -186,3 +203,36 @@ def test_run_scores_your_file_with_your_model(tmp_path, monkeypatch: pytest.Monk
     exported = json.loads((isolated_home / "exports" / "golden" / "golden_subset.json").read_text())
     assert len(exported) == 4 and {r["instruction"] for r in exported} <= {r["prompt"] for r in rows}
     assert (isolated_home / "exports" / "golden" / "alpaca_golden_0.5.json").exists()
+
+
+@pytest.mark.parametrize(
+    ("flags", "refused"),
+    [
+        (["--top-fraction", "0"], "ops.golden_subset.config.top_fraction: Input should be greater than 0"),
+        (["--top-fraction", "1.5"], "ops.golden_subset.config.top_fraction: Input should be less than or equal to 1"),
+        (["--threshold", "1.0"], "threshold 1.0 can never select anything"),
+        (["--top-k", "0"], "ops.golden_subset.config.top_k: Input should be greater than 0"),
+        (["--shards", "0"], "ops.candidates.config.shards: Input should be greater than 0"),
+        (["--judge-max-retries", "-1"], "resources.judge.config.max_retries"),
+        (["--until", "selct"], "--until 'selct' is no stage"),
+    ],
+)
+def test_a_run_config_out_of_range_is_refused_before_any_stage_runs(
+    flags: list[str], refused: str, tmp_path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:  # type: ignore[no-untyped-def]
+    from nuggets_pipeline.cli import main
+
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path))
+    monkeypatch.setenv("NUGGETS_DAGSTER_STORAGE", str(tmp_path / "storage"))
+    # No model may be loaded and nothing ingested: a refusal comes before the first stage.
+    monkeypatch.setattr("nuggets_pipeline.cli.run_stage", lambda *a, **k: pytest.fail("a stage ran"))
+    assert main(["run", "--scoring-model", "tiny-random-llama", *flags]) == 2
+    assert refused in capsys.readouterr().err
+
+
+def test_a_criterion_the_user_gave_is_never_replaced(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from nuggets_pipeline.launch import ops_config
+
+    chosen = ops_config(build_parser().parse_args(["run", "--top-fraction", "0"]))["golden_subset"]["config"]
+    assert chosen == {"threshold": None, "top_fraction": 0.0}  # handed on to be refused, not turned into 0.25
+    assert ops_config(build_parser().parse_args(["run"]))["golden_subset"]["config"]["top_fraction"] == 0.25
