@@ -62,6 +62,9 @@ def default_resources(settings: Settings | None = None) -> dict[str, object]:
             backend=settings.judge_backend,
             model=_shown(settings, "judge_model"),
             base_url=_shown(settings, "judge_base_url"),
+            timeout_s=settings.judge_timeout_s,
+            max_retries=settings.judge_max_retries,
+            max_failed_fraction=settings.judge_max_failed_fraction,
             device=device,
         ),
     }

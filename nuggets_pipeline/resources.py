@@ -18,6 +18,7 @@ from nuggets_pipeline.core.devices import claim as claim_device
 from nuggets_pipeline.core.modeling import DTYPES, LoadedModel, load_model, resolve_device, resolve_dtype
 from nuggets_pipeline.core.paths import nuggets_home
 from nuggets_pipeline.core.scoring import ScoringConfig
+from nuggets_pipeline.core.settings import JUDGE_MAX_FAILED_FRACTION, JUDGE_MAX_RETRIES, JUDGE_TIMEOUT_S
 from nuggets_pipeline.core.storage import Warehouse, write_parquet_atomic
 from nuggets_pipeline.core.templates import TEMPLATES
 from nuggets_pipeline.schemas import TABLE_SCHEMAS
@@ -171,7 +172,8 @@ class JudgeResource(dg.ConfigurableResource):
     """The LLM judge of MT-Bench and AlpacaEval: a local model in-process, or an OpenAI-compatible server.
 
     The API key is read from the environment variable named by ``api_key_env`` when a request is made; it is
-    never part of this configuration, the logs, metadata or the judgment cache.
+    never part of this configuration, the logs, metadata or the judgment cache. A ``base_url`` holding credentials
+    (``user:key@host``) is refused when the judge is built, with a message that does not show them.
     """
 
     backend: str = Field(default="local", description="local (in-process HF model) or openai (any compatible API)")
@@ -180,6 +182,18 @@ class JudgeResource(dg.ConfigurableResource):
     base_url: str = Field(default="https://api.openai.com/v1", description="openai backend: the server")
     api_key_env: str = Field(default="NUGGETS_JUDGE_API_KEY", description="openai backend: env var with the key")
     concurrency: int = Field(default=4, gt=0, description="openai backend: requests in flight")
+    timeout_s: float = Field(
+        default=JUDGE_TIMEOUT_S, gt=0, description="openai backend: seconds a try may wait on the server"
+    )
+    max_retries: int = Field(
+        default=JUDGE_MAX_RETRIES, ge=0, description="openai backend: retries after a timeout, drop, 429 or 5xx"
+    )
+    max_failed_fraction: float = Field(
+        default=JUDGE_MAX_FAILED_FRACTION,
+        ge=0,
+        le=1,
+        description="an evaluation asset fails when more than this share of its judgments failed (all: always)",
+    )
     dtype: str = Field(default="float32", description="local backend: dtype")
     device: str = Field(default="cpu", description="local backend: device")
 
@@ -207,6 +221,8 @@ class JudgeResource(dg.ConfigurableResource):
             base_url=self.base_url,
             api_key_env=self.api_key_env,
             concurrency=self.concurrency,
+            timeout_s=self.timeout_s,
+            max_retries=self.max_retries,
         )
 
 

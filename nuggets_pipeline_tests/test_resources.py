@@ -31,3 +31,14 @@ def test_auto_and_the_dtype_it_resolves_to_share_one_loaded_model(monkeypatch: p
     assert scoring.model.dtype == torch.float32
     judge = JudgeResource(model="tiny-random-llama", device="auto").build()
     assert judge.loaded is scoring
+
+
+def test_the_judge_settings_reach_the_judge_resource() -> None:
+    """NUGGETS_JUDGE_TIMEOUT_S, _MAX_RETRIES and _MAX_FAILED_FRACTION configure the bound judge (the UI shows them)."""
+    from nuggets_pipeline.core.settings import Settings
+    from nuggets_pipeline.definitions import default_resources
+
+    judge = default_resources(Settings(judge_timeout_s=5, judge_max_retries=0, judge_max_failed_fraction=0.1))["judge"]
+    assert (judge.timeout_s, judge.max_retries, judge.max_failed_fraction) == (5.0, 0, 0.1)
+    with pytest.raises(Exception, match="greater than 0"):
+        JudgeResource(timeout_s=0)

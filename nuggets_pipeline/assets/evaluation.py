@@ -2,7 +2,7 @@
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -19,6 +19,7 @@ from nuggets_pipeline.core.judging import Judge, JudgmentCache, calibrate_judge
 from nuggets_pipeline.core.modeling import LoadedModel, load_model
 from nuggets_pipeline.core.reference_likelihood import score_references, summarize_scores
 from nuggets_pipeline.core.report import JudgeInfo, VariantResults, build_report
+from nuggets_pipeline.core.settings import hide_userinfo
 from nuggets_pipeline.partitions import training_variants
 from nuggets_pipeline.resources import JudgeResource, ModelResource, WarehouseResource
 
@@ -161,6 +162,57 @@ def judged_benchmark(
     return rows, summary, variant
 
 
+JUDGMENTS_CHECK = "judgments_answered"
+LAST_ERROR_LIMIT = 600  # characters of the judge's last error shown (each judgment's error is cut to ~300 already)
+
+
+def judgments_check(asset: str) -> dg.AssetCheckSpec:
+    return dg.AssetCheckSpec(
+        JUDGMENTS_CHECK,
+        asset=asset,
+        description="Warns when some judge requests failed (their rows carry no verdict and are left out of the "
+        "score); the asset itself fails when all failed, or more than the judge's max_failed_fraction.",
+    )
+
+
+def judgment_failures(
+    asset: str, rows: pd.DataFrame, judged: pd.Series, max_failed_fraction: float
+) -> dg.AssetCheckResult:
+    """The judgments check of ``rows`` (``judged``: the rows a judge was asked about); raises ``dg.Failure`` with
+    the count and the judge's last error when all of them failed, or more than ``max_failed_fraction``.
+
+    A score over the few judgments that got through (or over none: NaN) would otherwise be stored, exported and
+    reported as if the benchmark had run; the failures are not cached, so materialising again retries only them.
+    """
+    failed = rows["failed"].astype(bool) & judged
+    n_judged, n_failed = int(judged.sum()), int(failed.sum())
+    metadata: dict[str, Any] = {
+        "failed_judgments": n_failed,
+        "judgments": n_judged,
+        "max_failed_fraction": max_failed_fraction,
+    }
+    if n_failed:
+        errors = rows.loc[failed, "error"].dropna()
+        # Each error was redacted by the judge backend when it was made; URL credentials are hidden once more here.
+        last = hide_userinfo(str(errors.iloc[-1]))[:LAST_ERROR_LIMIT] if len(errors) else "no error text"
+        metadata["last_error"] = last
+        if n_failed == n_judged or n_failed > max_failed_fraction * n_judged:
+            raise dg.Failure(
+                description=f"{asset}: {n_failed} of {n_judged} judgments failed (allowed: at most "
+                f"{max_failed_fraction:.0%}, never all); the judge's last error: {last}. Fix the judge (server, "
+                f"key, timeout_s, max_retries) and materialise again: answered judgments are cached, failed ones "
+                f"are asked again",
+                metadata=metadata,
+            )
+    return dg.AssetCheckResult(
+        check_name=JUDGMENTS_CHECK,
+        asset_key=asset,
+        passed=n_failed == 0,
+        severity=dg.AssetCheckSeverity.WARN,
+        metadata=metadata,
+    )
+
+
 def benchmark_metadata(written: dict[str, Path], training_model: ModelResource, **figures: Any) -> dict[str, Any]:
     return {**paths_metadata(written), "device": training_model.device_used(), **figures}
 
@@ -185,6 +237,7 @@ class MTBenchConfig(dg.Config):
     pool="model",
     code_version="mt-bench-v1",
     description="MT-Bench: two-turn answers graded 1-10 by the judge; one row per (question, turn).",
+    check_specs=[judgments_check("mt_bench_results")],
 )
 def mt_bench_results(
     context: dg.AssetExecutionContext,
@@ -192,7 +245,7 @@ def mt_bench_results(
     judge: JudgeResource,
     training_model: ModelResource,
     warehouse: WarehouseResource,
-) -> dg.Output[pd.DataFrame]:
+) -> Iterator[dg.Output[pd.DataFrame] | dg.AssetCheckResult]:
     questions, max_new_tokens = config.settings()
 
     def run(variant: str, loaded: LoadedModel, built: Judge, **shared: Any) -> tuple[pd.DataFrame, Any]:
@@ -210,10 +263,12 @@ def mt_bench_results(
     rows, summary, variant = judged_benchmark(
         context, judge, training_model, warehouse, "MT-Bench answers", decoding, run
     )
+    # Before any export: a benchmark whose judge failed writes nothing a reader could take for a result.
+    check = judgment_failures("mt_bench_results", rows, pd.Series(True, index=rows.index), judge.max_failed_fraction)
     categories = pd.DataFrame(sorted(summary.per_category.items()), columns=["category", "mean_rating"])
     # FastChat's files: show_result reads the grades, gen_judgment can re-grade the answers with GPT-4.
     written = exports.export_mt_bench(rows, variant, exports_dir(warehouse))
-    return dg.Output(
+    yield dg.Output(
         rows,
         metadata=benchmark_metadata(
             written,
@@ -229,6 +284,7 @@ def mt_bench_results(
             per_category=md.table(categories),
         ),
     )
+    yield check
 
 
 class AlpacaEvalConfig(dg.Config):
@@ -260,6 +316,7 @@ class AlpacaEvalConfig(dg.Config):
     pool="model",
     code_version="alpaca-eval-v1",
     description="AlpacaEval: the variant's outputs judged against the reference model's; one row each.",
+    check_specs=[judgments_check("alpaca_eval_results")],
 )
 def alpaca_eval_results(
     context: dg.AssetExecutionContext,
@@ -267,7 +324,7 @@ def alpaca_eval_results(
     judge: JudgeResource,
     training_model: ModelResource,
     warehouse: WarehouseResource,
-) -> dg.Output[pd.DataFrame]:
+) -> Iterator[dg.Output[pd.DataFrame] | dg.AssetCheckResult]:
     instructions, max_new_tokens = config.settings()
 
     def run(variant: str, loaded: LoadedModel, built: Judge, **shared: Any) -> tuple[pd.DataFrame, Any]:
@@ -288,9 +345,12 @@ def alpaca_eval_results(
     annotations, summary, _ = judged_benchmark(
         context, judge, training_model, warehouse, "AlpacaEval outputs", decoding, run
     )
+    # An output identical to the reference is a tie without asking the judge (no prompt hash): not counted.
+    judged = annotations["prompt_hash"].notna()
+    check = judgment_failures("alpaca_eval_results", annotations, judged, judge.max_failed_fraction)
     datasets = pd.DataFrame(sorted(summary.per_dataset.items()), columns=["dataset", "win_rate"])
     written = exports.export_alpaca_eval(annotations, exports_dir(warehouse))
-    return dg.Output(
+    yield dg.Output(
         annotations,
         metadata=benchmark_metadata(
             written,
@@ -308,6 +368,7 @@ def alpaca_eval_results(
             per_dataset=md.table(datasets),
         ),
     )
+    yield check
 
 
 class LikelihoodConfig(dg.Config):

@@ -25,6 +25,7 @@ import os
 import re
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, ValidationError, field_validator, model_validator
@@ -46,6 +47,40 @@ SECRETS = {
     "NUGGETS_JUDGE_API_KEY": "API key of the openai judge backend (the variable the judge resource's `api_key_env` "
     "names); read when a request is sent, never logged or stored",
 }
+
+
+# The openai judge's patience. A dead server costs at most (1 + retries) x timeout per request: 4 x 60 s, where it was
+# 6 x 120 s. 60 s is generous for one chat completion of 1,024 tokens; 3 retries ride out a rate limit's back-off.
+JUDGE_TIMEOUT_S = 60.0
+JUDGE_MAX_RETRIES = 3
+# More failed judgments than this share fail an evaluation asset: the score of the rest would describe half a set.
+JUDGE_MAX_FAILED_FRACTION = 0.5
+
+# user:password@ in a URL's authority (everything between "//" and the next "/", "?", "#" or space).
+USERINFO = re.compile(r"(//)[^/?#\s]*@")
+
+
+def hide_userinfo(text: str) -> str:
+    """``text`` with the credentials of every URL in it replaced by ``***``: ``http://***@host/v1``."""
+    return USERINFO.sub(r"\1***@", text)
+
+
+def refuse_url_credentials(url: str) -> str:
+    """``url`` unchanged, unless it carries credentials (``http://user:key@host``): httpx would send them as a Basic
+    Authorization header, and every log line and error naming the URL would show them. Refused, never stripped:
+    a key silently dropped would only fail later as a 401. The message never shows the credentials."""
+    try:
+        authority = urlsplit(url).netloc
+    except ValueError as error:  # a malformed IPv6 host; urlsplit's message does not quote the URL
+        raise ValueError(f"the judge base URL {hide_userinfo(url)!r} cannot be parsed ({error})") from None
+    if "@" in authority:
+        raise ValueError(
+            f"the judge base URL {hide_userinfo(url)!r} carries credentials (user:password@host), which would be "
+            "logged with every retry and sent as a Basic header; remove them from the URL and put the key in the "
+            "environment variable the judge's api_key_env names (default NUGGETS_JUDGE_API_KEY; sent as "
+            "'Authorization: Bearer'), or send another header through the judge's header_envs"
+        )
+    return url
 
 
 def env_name(field: str) -> str:
@@ -113,7 +148,29 @@ class Settings(BaseSettings):
     judge_model: str = Field(
         default="smollm2-135m-instruct", description="judge: local preset/path, or the served model name"
     )
-    judge_base_url: str = Field(default="https://api.openai.com/v1", description="openai judge backend: the server")
+    judge_base_url: str = Field(
+        default="https://api.openai.com/v1",
+        description="openai judge backend: the server, without credentials (the key goes in `NUGGETS_JUDGE_API_KEY`)",
+    )
+    judge_timeout_s: float = Field(
+        default=JUDGE_TIMEOUT_S,
+        gt=0,
+        description="openai judge backend: seconds a request may wait on the server (to connect, or for the next "
+        "bytes of the answer) before that try is abandoned",
+    )
+    judge_max_retries: int = Field(
+        default=JUDGE_MAX_RETRIES,
+        ge=0,
+        description="openai judge backend: retries of a request that timed out, was dropped or got 429/5xx, with "
+        "back-off from 1 s; a dead server costs at most (1 + retries) x timeout per request",
+    )
+    judge_max_failed_fraction: float = Field(
+        default=JUDGE_MAX_FAILED_FRACTION,
+        ge=0,
+        le=1,
+        description="`mt_bench_results` and `alpaca_eval_results` fail when more than this share of their "
+        "judgments failed (all failed: always); fewer failures pass with a warning check",
+    )
     device: str | None = Field(
         default=None,
         description="one device for every model: `cpu`, `cuda`, `cuda:N` or `auto`; unset: `auto` in the pipeline, "
@@ -167,6 +224,11 @@ class Settings(BaseSettings):
             raise ValueError("use cpu, cuda, cuda:N or auto")
         return value
 
+    @field_validator("judge_base_url")
+    @classmethod
+    def _no_credentials_in_url(cls, value: str) -> str:
+        return refuse_url_credentials(value)
+
     @field_validator("selection_timezone")
     @classmethod
     def _known_timezone(cls, value: str) -> str:
@@ -204,7 +266,10 @@ def _explain(error: ValidationError) -> str:
         info = Settings.model_fields.get(field)
         meaning = f" ({info.description})" if info is not None and info.description else ""
         message = problem["msg"].removeprefix("Value error, ")
-        lines.append(f"{variable}={os.environ.get(variable)!r}: {message}{meaning}")
+        # The value as set, less any URL credentials: this message reaches the UI and the daemon's logs.
+        shown = os.environ.get(variable)
+        shown = hide_userinfo(shown) if shown is not None else None
+        lines.append(f"{variable}={shown!r}: {message}{meaning}")
     return "invalid NUGGETS_* settings:\n  " + "\n  ".join(lines)
 
 

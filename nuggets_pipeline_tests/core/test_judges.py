@@ -3,15 +3,21 @@ and calibration. The HTTP tests talk to a chat-completions server started on 127
 
 from __future__ import annotations
 
+import base64
+import binascii
+import contextlib
 import copy
 import dataclasses
 import json
 import math
+import re
 import threading
-from collections.abc import Callable, Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, unquote_plus
 
 import pytest
 import torch
@@ -550,16 +556,25 @@ def test_local_render_folds_the_system_turn_when_the_template_refuses_it(tiny_mo
     assert text.endswith("<model>Rating: [[")
 
 
+def _every_header(headers: Mapping[str, str]) -> str:
+    echoed = "; ".join(f"{name}: {value}" for name, value in headers.items())
+    return ("request was " + echoed + " | ") * 20
+
+
 class HeaderEchoServer:
     """A server on 127.0.0.1 that refuses every request with a long body echoing every request header, several
-    times over, the way a careless proxy's error page might: a 300-character cut falls inside a key."""
+    times over, the way a careless proxy's error page might: a 300-character cut falls inside a key.
+    ``echo(headers)`` gives another error message (pieces or encodings of a header)."""
 
-    def __init__(self, status: int) -> None:
+    def __init__(self, status: int, echo: Callable[[Mapping[str, str]], str] = _every_header) -> None:
+        self.requests = 0
+        server = self
+
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 self.rfile.read(int(self.headers["Content-Length"]))
-                echoed = "; ".join(f"{name}: {value}" for name, value in self.headers.items())
-                data = json.dumps({"error": {"message": ("request was " + echoed + " | ") * 20}}).encode()
+                server.requests += 1
+                data = json.dumps({"error": {"message": echo(self.headers)}}).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
@@ -615,3 +630,146 @@ def test_redact_removes_whole_and_cut_copies_of_each_secret() -> None:
     key = "sk-abcdefghijklmnop"
     text = f"Bearer {key}, again {key[:12]} and {key[:5]}; other {key}"
     assert redact(text, [key, ""]) == "Bearer ***, again *** and sk-ab; other ***"
+
+
+def windows(secret: str, width: int = 8) -> set[str]:
+    """Every piece of ``width`` characters of ``secret``, wherever it starts."""
+    return {secret[i : i + width] for i in range(len(secret) - width + 1)}
+
+
+# "+", "/" and "=" every few characters: its URL-encoding shares no 8-character piece with the key itself.
+ODD_KEY = "sk+a1b2/c3d4=e5f6+g7h8/i9j0=k1l2+m3n4/o5p6"
+
+
+def key_echoes(key: str) -> dict[str, str]:
+    """What a careless endpoint may echo of ``Authorization: Bearer <key>``, by name."""
+    header = f"Bearer {key}"
+    return {
+        "characters 12-40": header[12:40],
+        "last 20": header[-20:],
+        "middle of the key": key[9:30],
+        "base64 of the header value": base64.b64encode(header.encode()).decode(),
+        "base64 of the header line": base64.b64encode(f"Authorization: {header}".encode()).decode(),
+        "base64 of user:key": base64.b64encode(f"user:{key}".encode()).decode(),
+        "url-safe base64 of the key": base64.urlsafe_b64encode(key.encode()).decode(),
+        "url-encoded header value": quote(header, safe=""),
+    }
+
+
+def decodings(text: str) -> list[str]:
+    """``text`` and everything a reader could decode from it: URL-decoded, and every run of base64 characters
+    decoded from each of its first 4 characters, in both alphabets (undecodable bytes as Latin-1)."""
+    found = [text, unquote_plus(text)]
+    for run in re.findall(r"[A-Za-z0-9+/_=-]{8,}", text):
+        for start in range(4):
+            piece = run[start:].rstrip("=")
+            piece = piece[: len(piece) - len(piece) % 4]
+            for alphabet in (None, b"-_"):
+                with contextlib.suppress(binascii.Error, ValueError):  # not base64 from this offset
+                    found.append(base64.b64decode(piece, altchars=alphabet).decode("latin-1"))
+    return found
+
+
+def leaked(key: str, text: str) -> list[str]:
+    """The 8-character pieces of ``key`` that ``text`` holds, plainly or in an encoding."""
+    return sorted({w for decoded in decodings(text) for w in windows(key) if w in decoded})
+
+
+def test_redact_removes_every_piece_of_the_key_and_its_encodings() -> None:
+    from nuggets_pipeline.core.judging.backends import redact
+
+    for key in ("sk-proj-" + "A1b2C3d4E5f6G7h8" * 3, ODD_KEY):
+        for name, echoed in key_echoes(key).items():
+            assert leaked(key, echoed), name  # the test can see what it looks for
+            text = redact(f"upstream said <{echoed}> at 12:00", [key, f"Bearer {key}"])
+            assert text.startswith("upstream said <") and text.endswith("> at 12:00"), (name, text)
+            assert not leaked(key, text), (name, text)
+    # A short or unrelated text is left as it was.
+    assert redact("HTTP 500: internal error", ["sk-abcdefghijklmnop"]) == "HTTP 500: internal error"
+
+
+@pytest.mark.parametrize("status", [400, 500])
+@pytest.mark.parametrize("echo", sorted(key_echoes("k")))
+def test_an_endpoint_echoing_pieces_or_encodings_of_the_key_gets_none_stored_or_logged(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, status: int, echo: str
+) -> None:
+    """Before: only pieces starting with the key's first 8 characters were redacted; a middle or a tail of the key,
+    or its base64, reached the WARNING log and ``Judgment.error`` (so the evaluation tables)."""
+    key = ODD_KEY
+    monkeypatch.setenv(KEY_ENV, key)
+    server = HeaderEchoServer(status, lambda headers: f"bad request, header was {key_echoes(key)[echo]} (sorry)")
+    try:
+        judge = OpenAIJudge(
+            "judge-model", "generate", base_url=server.base_url, api_key_env=KEY_ENV, max_retries=1, backoff_s=0.001
+        )
+        with caplog.at_level("DEBUG"):
+            [failed] = grade_single(judge, [QUESTION], cache=None)
+    finally:
+        server.close()
+    assert failed.failed and f"HTTP {status}" in failed.error and "***" in failed.error
+    assert server.requests == (2 if status == 500 else 1)  # 5xx retried (and logged), 4xx not
+    for text in (failed.error, repr(failed), caplog.text):
+        assert not leaked(key, text), text
+
+
+@pytest.mark.parametrize(
+    "url", ["http://user:s3cret-pass-123@127.0.0.1:9/v1", "https://s3cret-pass-123@api.example.com/v1"]
+)
+def test_a_base_url_with_credentials_is_refused_without_showing_them(url: str) -> None:
+    """Before: accepted; every retry warning logged the URL, and httpx sent the userinfo as a Basic header that
+    redaction did not know, so an echoing endpoint's reply stored it in the evaluation tables."""
+    with pytest.raises(ValueError, match="carries credentials") as refused:
+        OpenAIJudge("judge-model", base_url=url)
+    message = str(refused.value)
+    assert "s3cret-pass-123" not in message and "NUGGETS_JUDGE_API_KEY" in message and "***@" in message
+
+
+class SilentServer:
+    """Accepts every request and never answers (until closed): a judge that hangs."""
+
+    def __init__(self) -> None:
+        self.requests = 0
+        self.release = threading.Event()
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                server.requests += 1
+                server.release.wait(30)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.base_url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True).start()
+
+    def close(self) -> None:
+        self.release.set()
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def test_the_judge_resource_sets_timeout_and_retries_and_a_silent_server_fails_fast() -> None:
+    """Before: the resource had no timeout_s or max_retries; a judge that never answered held each request for
+    6 tries x 120 s."""
+    from nuggets_pipeline.resources import JudgeResource
+
+    defaults = JudgeResource(backend="openai", model="judge-model").build()
+    assert (defaults.timeout_s, defaults.max_retries) == (60.0, 3)
+    server = SilentServer()
+    try:
+        judge = JudgeResource(
+            backend="openai", model="judge-model", base_url=server.base_url, timeout_s=0.3, max_retries=1
+        ).build()
+        assert (judge.timeout_s, judge.max_retries) == (0.3, 1)
+        started = time.monotonic()
+        [failed] = grade_single(judge, [QUESTION], cache=None)
+        elapsed = time.monotonic() - started
+    finally:
+        server.close()
+    assert failed.failed and "2 attempts" in failed.error and "Timeout" in failed.error
+    assert server.requests == 2 and elapsed < 10  # 2 x 0.3 s and a 1 s back-off
+    with pytest.raises(ValueError, match="timeout_s"):
+        OpenAIJudge("judge-model", timeout_s=0)

@@ -39,6 +39,9 @@ def test_the_defaults_are_the_values_the_modules_used_before() -> None:
         "judge_backend": "local",
         "judge_model": "smollm2-135m-instruct",
         "judge_base_url": "https://api.openai.com/v1",
+        "judge_timeout_s": 60.0,
+        "judge_max_retries": 3,
+        "judge_max_failed_fraction": 0.5,
         "device": None,
         "threads": None,
         "simulated_devices": None,
@@ -96,6 +99,9 @@ def test_validated_once_per_environment_and_a_change_is_seen(monkeypatch: pytest
         ("NUGGETS_DEVICE_WAIT_S", "-1", "greater than or equal to 0"),
         ("NUGGETS_THREADS", "0", "greater than or equal to 1"),
         ("NUGGETS_SELECTION_TIMEZONE", "Mars/Olympus", "unknown time zone"),
+        ("NUGGETS_JUDGE_TIMEOUT_S", "0", "greater than 0"),
+        ("NUGGETS_JUDGE_MAX_RETRIES", "-1", "greater than or equal to 0"),
+        ("NUGGETS_JUDGE_MAX_FAILED_FRACTION", "1.5", "less than or equal to 1"),
     ],
 )
 def test_a_bad_value_names_the_variable_its_value_and_meaning(
@@ -126,6 +132,18 @@ def test_the_cluster_profile_changes_defaults_and_explicit_values_win(monkeypatc
     monkeypatch.setenv("NUGGETS_SHARDS_PER_RUN", "16")
     assert (get_settings().executor, get_settings().shards_per_run) == ("in_process", 16)
     assert Settings(deployment="cluster", device="cpu").device == "cpu"  # by name too (build_defs callers)
+
+
+def test_credentials_in_the_judge_base_url_are_refused_and_never_shown(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before: accepted, then logged in clear with every retry warning and sent as an unredacted Basic header."""
+    monkeypatch.setenv("NUGGETS_JUDGE_BASE_URL", "http://user:s3cret-pass-123@judge.internal/v1")
+    with pytest.raises(SettingsError) as raised:
+        get_settings()
+    text = str(raised.value)
+    assert "NUGGETS_JUDGE_BASE_URL='http://***@judge.internal/v1'" in text, text
+    assert "carries credentials" in text and "NUGGETS_JUDGE_API_KEY" in text and "s3cret-pass-123" not in text
+    monkeypatch.setenv("NUGGETS_JUDGE_BASE_URL", "http://judge.internal:8000/v1")  # a port is no credential
+    assert get_settings().judge_base_url == "http://judge.internal:8000/v1"
 
 
 def test_secrets_are_not_settings(monkeypatch: pytest.MonkeyPatch) -> None:

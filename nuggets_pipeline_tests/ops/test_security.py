@@ -144,3 +144,26 @@ def test_warehouse_files_and_exports_get_the_same_mode(tmp_path: Path, umask: in
         os.umask(previous)
     modes = {p.name: p.stat().st_mode & 0o777 for p in (stored, tmp_path / "checkpoint.parquet", export)}
     assert set(modes.values()) == {0o666 & ~umask}, modes
+
+
+def test_credentials_in_the_judge_url_are_refused_before_a_request_and_never_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """``NUGGETS_JUDGE_BASE_URL=http://user:secret@host/v1`` used to reach every retry warning in clear, and httpx
+    sent the userinfo as a Basic header an echoing endpoint stored in the ``error`` column. Now the judge resource
+    refuses it when the judge is built, before a request, saying where the key goes."""
+    from nuggets_pipeline.resources import JudgeResource
+    from nuggets_pipeline_tests.core.test_judges import HeaderEchoServer
+
+    server = HeaderEchoServer(503)  # would echo every header it gets, Authorization included
+    host = server.base_url.removeprefix("http://")
+    secret = "s3cret-pass-" + "Q7w8E9r0" * 3
+    try:
+        with caplog.at_level("DEBUG"), pytest.raises(ValueError, match="carries credentials") as refused:
+            JudgeResource(backend="openai", model="judge-model", base_url=f"http://user:{secret}@{host}").build()
+    finally:
+        server.close()
+    assert server.requests == 0
+    assert "NUGGETS_JUDGE_API_KEY" in str(refused.value)
+    for text in (str(refused.value), caplog.text):
+        assert secret[:8] not in text and secret[-8:] not in text

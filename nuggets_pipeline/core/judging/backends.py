@@ -7,16 +7,20 @@ caching and labelling live in ``api``, so both backends behave the same way ther
 
 from __future__ import annotations
 
+import base64
+import binascii
 import copy
 import inspect
+import itertools
 import logging
 import math
 import os
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from typing import Any
+from urllib.parse import quote, quote_plus
 
 import httpx
 import torch
@@ -26,10 +30,13 @@ from transformers import GenerationConfig
 from nuggets_pipeline.core.judging.parsing import labels_for
 from nuggets_pipeline.core.judging.types import Backend, JudgePrompt, Mode, RawOutput, VerdictKind
 from nuggets_pipeline.core.modeling import SMOLLM2, LoadedModel, encode, load_model
+from nuggets_pipeline.core.settings import JUDGE_MAX_RETRIES, JUDGE_TIMEOUT_S, refuse_url_credentials
 
 log = logging.getLogger(__name__)
 
 DEFAULT_API_KEY_ENV = "NUGGETS_JUDGE_API_KEY"
+ERROR_TEXT_LIMIT = 300  # characters of an error body kept, after redaction
+ERROR_READ_LIMIT = 65_536  # characters of an error body redacted at all: a huge error page costs no seconds
 TOP_LOGPROBS = 20  # the most OpenAI's API returns; AlpacaEval 2's weighted annotator asks for the same
 
 
@@ -72,7 +79,8 @@ class OpenAIJudge(Judge):
     project-specific so an OpenAI key is not sent to an arbitrary local server by accident.
     ``header_envs`` adds headers read the same way (header name -> environment variable), for servers that
     want another key header (Azure's ``api-key``, a gateway's token). Every header value sent is redacted from
-    error text before that text is cut to length, logged or stored.
+    error text before that text is cut to length, logged or stored (see ``redact``). A ``base_url`` with
+    credentials in it (``user:key@host``) is refused: they would be logged and sent unredacted.
     """
 
     backend: Backend = "openai"
@@ -87,16 +95,19 @@ class OpenAIJudge(Judge):
         name: str | None = None,
         max_tokens: int = 1024,
         concurrency: int = 4,
-        max_retries: int = 5,
+        max_retries: int = JUDGE_MAX_RETRIES,
         backoff_s: float = 1.0,
         max_backoff_s: float = 60.0,
-        timeout_s: float = 120.0,
+        timeout_s: float = JUDGE_TIMEOUT_S,
         header_envs: dict[str, str] | None = None,
     ) -> None:
+        if timeout_s <= 0 or max_retries < 0:
+            raise ValueError(f"judge timeout_s must be > 0 and max_retries >= 0, got {timeout_s} and {max_retries}")
         self.model = model
         self.header_envs = dict(header_envs or {})  # names of variables only, never their values
         self.mode = _check_mode(mode)
-        self.base_url = base_url.rstrip("/")
+        # urlsplit ends the authority at "/", "?" or "#" as httpx does, so what it finds is what httpx would send.
+        self.base_url = refuse_url_credentials(base_url).rstrip("/")
         self.api_key_env = api_key_env
         self.name = name or model
         self.max_tokens = max_tokens
@@ -133,32 +144,41 @@ class OpenAIJudge(Judge):
             payload["max_tokens"] = self.max_tokens
         return payload
 
-    def _complete(self, client: httpx.Client, prompt: JudgePrompt) -> RawOutput:
-        try:
-            body = self._post(client, self._payload(prompt))
-        except JudgeRequestError as error:
-            return RawOutput(error=str(error))
-        try:
-            choice = body["choices"][0]
-            if self.mode == "generate":
-                return RawOutput(text=choice["message"].get("content") or "")
-            content = (choice.get("logprobs") or {}).get("content") or []
-            if not content:
-                return RawOutput(error="server returned no logprobs; it may not support them: use mode='generate'")
-            top: dict[str, float] = {}
-            for entry in content[0].get("top_logprobs") or [content[0]]:
-                top.setdefault(entry["token"], float(entry["logprob"]))
-            return RawOutput(top_logprobs=top)
-        except (KeyError, IndexError, TypeError, AttributeError, ValueError) as error:
-            return RawOutput(error=f"malformed chat-completions response ({type(error).__name__}: {error})")
-
-    def _post(self, client: httpx.Client, payload: dict[str, Any]) -> dict[str, Any]:
+    def _headers(self) -> tuple[dict[str, str], list[str]]:
+        """The request headers, read from the environment now, and the secrets among them (each value, the key)."""
         key = os.environ.get(self.api_key_env) or ""
         headers = {"Authorization": f"Bearer {key}"} if key else {}
         for header, variable in self.header_envs.items():
             if value := os.environ.get(variable):
                 headers[header] = value
-        secrets = [key, *headers.values()]
+        return headers, [key, *headers.values()]
+
+    def _complete(self, client: httpx.Client, prompt: JudgePrompt) -> RawOutput:
+        headers, secrets = self._headers()
+        try:
+            body = self._post(client, self._payload(prompt), headers, secrets)
+        except JudgeRequestError as error:
+            return RawOutput(error=str(error))
+        try:
+            choice = body["choices"][0]
+            if self.mode == "generate":
+                # An answer that echoes the request is stored as raw text: it is redacted like an error body.
+                return RawOutput(text=redact(choice["message"].get("content") or "", secrets))
+            content = (choice.get("logprobs") or {}).get("content") or []
+            if not content:
+                return RawOutput(error="server returned no logprobs; it may not support them: use mode='generate'")
+            top: dict[str, float] = {}
+            for entry in content[0].get("top_logprobs") or [content[0]]:
+                top.setdefault(redact(entry["token"], secrets), float(entry["logprob"]))  # stored, like text
+            return RawOutput(top_logprobs=top)
+        except (KeyError, IndexError, TypeError, AttributeError, ValueError) as error:
+            # A ValueError quotes the value it could not read, which an echoing server may have filled with the key.
+            problem = redact(f"{type(error).__name__}: {error}", secrets)[:ERROR_TEXT_LIMIT]
+            return RawOutput(error=f"malformed chat-completions response ({problem})")
+
+    def _post(
+        self, client: httpx.Client, payload: dict[str, Any], headers: dict[str, str], secrets: Sequence[str]
+    ) -> dict[str, Any]:
         url = f"{self.base_url}/chat/completions"
         problem = ""
         for attempt in range(self.max_retries + 1):
@@ -174,7 +194,8 @@ class OpenAIJudge(Judge):
                     except ValueError:
                         raise JudgeRequestError("judge server answered 200 with a body that is not JSON") from None
                 # Redact first, then cut: a key cut in two by the limit would otherwise leave its prefix.
-                problem = f"HTTP {response.status_code}: {redact(response.text, secrets)[:300]}"
+                text = redact(response.text[:ERROR_READ_LIMIT], secrets)[:ERROR_TEXT_LIMIT]
+                problem = f"HTTP {response.status_code}: {text}"
                 if response.status_code != 429 and response.status_code < 500:
                     raise JudgeRequestError(f"judge server refused the request: {problem}")
                 retry_after = _seconds(response.headers.get("retry-after"))
@@ -185,27 +206,86 @@ class OpenAIJudge(Judge):
         raise JudgeRequestError(f"judge server failed {self.max_retries + 1} attempts; last: {problem}")
 
 
-MIN_SECRET_PREFIX = 8  # a fragment this long of a secret is redacted too (a server may echo a cut copy)
+MIN_SECRET_FRAGMENT = 8  # any piece this long of a secret (or of its encodings) is redacted, wherever it starts
+
+
+def _base64_forms(value: str) -> set[str]:
+    """``value``'s base64 as it appears inside any longer base64 text, standard and URL-safe alphabets.
+
+    Base64 turns 3 bytes into 4 characters, so the same value encodes differently at each of the 3 offsets it may
+    sit at (``user:key`` puts the key at offset 5). At each offset only the characters made of the value's own
+    bytes are kept: the first group when shifted, and a last partial one, also depend on the bytes around it.
+    The value's standalone encoding, padding included, is kept whole too.
+    """
+    data = value.encode()
+    standalone = base64.b64encode(data).decode()
+    forms = {standalone}
+    for shift in range(3):
+        encoded = base64.b64encode(b"\0" * shift + data).decode()
+        start = 4 if shift else 0
+        end = len(encoded) - 4 if (shift + len(data)) % 3 else len(encoded)
+        forms.add(encoded[start:end])
+    return {f for form in forms for f in (form, form.translate(str.maketrans("+/", "-_")))}
+
+
+def _decoded_credential(value: str) -> list[str]:
+    """What a ``<scheme> <credential>`` header value carries: the credential, and for Basic auth its decoded
+    ``user:password`` and the password (a server may decode the header before echoing it)."""
+    scheme, _, credential = value.partition(" ")
+    if not credential:
+        return []
+    found = [credential]
+    if scheme.lower() == "basic":
+        try:
+            decoded = base64.b64decode(credential, validate=True).decode()
+        except (binascii.Error, UnicodeDecodeError):
+            return found
+        found += [decoded, decoded.partition(":")[2]]
+    return found
+
+
+def secret_forms(secrets: Iterable[str]) -> set[str]:
+    """Every form a secret may come back in: as sent; the credential inside a header value (``Bearer KEY``,
+    ``Basic <base64 of user:key>`` decoded); each of these URL-encoded and base64-encoded (``_base64_forms``).
+    Derived forms shorter than ``MIN_SECRET_FRAGMENT`` are dropped: a 2-byte password would blank every
+    occurrence of two common letters."""
+    given = {s for s in secrets if s}
+    plain = set(given)
+    for secret in given:
+        plain.update(_decoded_credential(secret))
+    forms = set(plain)
+    for value in plain:
+        forms.update({quote(value, safe=""), quote_plus(value), *_base64_forms(value)})
+    return {f for f in forms if f in given or len(f) >= MIN_SECRET_FRAGMENT}
 
 
 def redact(text: str, secrets: Sequence[str]) -> str:
-    """``text`` with every secret, and every fragment of one that starts like it, replaced by ``***``.
+    """``text`` with every piece of 8 or more characters of any secret, or of any of its encodings
+    (``secret_forms``), replaced by ``***``, wherever in the secret the piece starts; a secret shorter than 8
+    characters goes where it appears whole.
 
     A misbehaving server or proxy may echo request headers (the Authorization header above all) in an error
-    body, whole or cut short; both go. Call it before truncating, so a secret cut by the limit cannot survive.
+    body: whole, cut at either end, from the middle, base64-encoded or URL-encoded; all go. Every position of
+    ``text`` where an 8-character window of some form starts is covered, so a copy of any length >= 8 is
+    covered end to end, and runs that touch become one ``***``. Call it before truncating, so a secret cut by
+    the limit cannot survive.
     """
-    for secret in sorted({s for s in secrets if s}, key=len, reverse=True):
-        text = text.replace(secret, "***")
-        if len(secret) < MIN_SECRET_PREFIX:
-            continue
-        head, start = secret[:MIN_SECRET_PREFIX], 0
-        while (found := text.find(head, start)) >= 0:
-            end = found + MIN_SECRET_PREFIX
-            while end < len(text) and end - found < len(secret) and text[end] == secret[end - found]:
-                end += 1
-            text = text[:found] + "***" + text[end:]
-            start = found + 3
-    return text
+    windows: dict[int, set[str]] = {}  # window width -> every window of that width of every form
+    for form in secret_forms(secrets):
+        width = min(MIN_SECRET_FRAGMENT, len(form))
+        windows.setdefault(width, set()).update(form[i : i + width] for i in range(len(form) - width + 1))
+    hidden = [False] * len(text)
+    for width, pieces in windows.items():
+        for start in range(len(text) - width + 1):
+            if text[start : start + width] in pieces:
+                hidden[start : start + width] = [True] * width
+    out = []
+    position = 0
+    for is_hidden, run in itertools.groupby(hidden):
+        length = len(list(run))
+        out.append("***" if is_hidden else text[position : position + length])
+        position += length
+    return "".join(out)
 
 
 def _seconds(header: str | None) -> float | None:
