@@ -9,7 +9,7 @@ export DAGSTER_HOME := $(CURDIR)
 export NUGGETS_DAGSTER_STORAGE ?= $(NUGGETS_HOME)/dagster
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo study test test-fast lint ui bench clean
+.PHONY: install demo study test test-fast lint ui bench gpu-check clean
 
 # uv resolves the pins in seconds where pip took 3.5 minutes; pip stays the fallback where uv cannot be installed.
 UV_VERSION := 0.13.8
@@ -77,6 +77,13 @@ ui: install
 
 bench: install
 	$(PY) benchmarks/scoring.py $(ARGS)
+
+# GPU figures (benchmarks/gpu_check.py, at most ~8 minutes on one CUDA GPU): OUT=folder, DRY_RUN=1 for the tiny CPU
+# run CI takes. On a bare GPU machine without this venv run the script itself with that machine's Python:
+# python benchmarks/gpu_check.py --out DIR (it needs only torch, transformers, peft, pandas, pyarrow).
+GPU_CHECK_OUT ?= test-artifacts/gpu-check
+gpu-check: install
+	$(PY) benchmarks/gpu_check.py --out $(GPU_CHECK_OUT) $(if $(DRY_RUN),--dry-run) $(ARGS)
 
 clean:
 	rm -rf $(NUGGETS_HOME)/warehouse $(NUGGETS_HOME)/checkpoints $(NUGGETS_HOME)/dagster $(NUGGETS_HOME)/exports

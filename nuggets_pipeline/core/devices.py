@@ -23,15 +23,22 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+from nuggets_pipeline.core.env import env_name
 from nuggets_pipeline.core.paths import nuggets_home
-from nuggets_pipeline.core.settings import env_name, get_settings
 
 SIMULATED_ENV = env_name("simulated_devices")
 WAIT_ENV = env_name("device_wait_s")
 POLL_S = 0.5
 
 Log = Callable[[str], None]
+
+
+def _settings() -> Any:
+    from nuggets_pipeline.core.settings import get_settings  # late: the core imports without pydantic-settings
+
+    return get_settings()
 
 
 class DeviceUnavailableError(RuntimeError):
@@ -72,7 +79,7 @@ def cuda_devices() -> list[Device]:
 
 def available_devices() -> list[Device]:
     """Simulated devices when NUGGETS_SIMULATED_DEVICES is set, else the CUDA GPUs (maybe none)."""
-    count = get_settings().simulated_devices
+    count = _settings().simulated_devices
     return simulated_devices(count) if count is not None else cuda_devices()
 
 
@@ -187,7 +194,7 @@ def claim(
             f"{count} devices needed for {requested!r} but this machine has {len(pool)}: {[d.name for d in pool]}"
         )
     folder = lock_dir(home)
-    limit = get_settings().device_wait_s if timeout_s is None else timeout_s
+    limit = _settings().device_wait_s if timeout_s is None else timeout_s
     started = time.monotonic()
     announced = False
     while True:

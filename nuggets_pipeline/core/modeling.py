@@ -28,7 +28,6 @@ from transformers import (
 )
 
 from nuggets_pipeline.core.paths import nuggets_home
-from nuggets_pipeline.core.settings import get_settings
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +57,8 @@ class LoadedModel:
 
 
 def model_cache_dir() -> Path:
+    from nuggets_pipeline.core.settings import get_settings  # late: the core imports without pydantic-settings
+
     configured = get_settings().model_cache
     path = Path(configured).expanduser() if configured else nuggets_home() / "models"
     path.mkdir(parents=True, exist_ok=True)

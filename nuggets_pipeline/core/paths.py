@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from nuggets_pipeline.core.settings import env_name, get_settings
+from nuggets_pipeline.core.env import env_name
 
 DATA_ENV = env_name("data_dir")
 
@@ -13,6 +13,8 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 def nuggets_home() -> Path:
     """Root of every output: warehouse, DuckDB catalog, model caches, checkpoints, Dagster storage."""
+    from nuggets_pipeline.core.settings import get_settings  # late: the core imports without pydantic-settings
+
     configured = get_settings().home
     home = Path(configured).expanduser() if configured else REPO_ROOT / ".nuggets_home"
     home.mkdir(parents=True, exist_ok=True)
@@ -21,6 +23,8 @@ def nuggets_home() -> Path:
 
 def data_dir() -> Path:
     """The shipped `data/` folder (overridable for installs outside the repository)."""
+    from nuggets_pipeline.core.settings import get_settings
+
     configured = get_settings().data_dir
     return Path(configured).expanduser().resolve() if configured else REPO_ROOT / "data"
 

@@ -31,7 +31,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-PREFIX = "NUGGETS_"
+from nuggets_pipeline.core.env import PREFIX, env_name
+
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
 # The defaults each deployment profile changes; a variable set in the environment wins over its profile.
@@ -81,11 +82,6 @@ def refuse_url_credentials(url: str) -> str:
             "'Authorization: Bearer'), or send another header through the judge's header_envs"
         )
     return url
-
-
-def env_name(field: str) -> str:
-    """The environment variable behind a field: ``shards_per_run`` -> ``NUGGETS_SHARDS_PER_RUN``."""
-    return PREFIX + field.upper()
 
 
 class SettingsError(ValueError):
