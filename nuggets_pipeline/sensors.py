@@ -12,9 +12,12 @@ automation.py.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import dagster as dg
@@ -34,6 +37,10 @@ INGEST_JOB = "ingest_increments"
 SCORE_JOB = "score_shards"
 INCREMENT_OP = "ingest_increment_file"
 ONE_SHOT = dg.AssetKey("one_shot_scores")
+# What the sensor saw of the file it requested a batch from (name, size, mtime, ctime, inode): a failed batch is
+# requested again only once its content is seen some other way, not every tick while nothing changed.
+SEEN_TAG = "nuggets/incoming_seen"
+FINISHED = {dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED}
 
 
 ingest_increments_job = dg.define_asset_job(
@@ -54,7 +61,7 @@ score_shards_job = dg.define_asset_job(
 class SensorState:
     """The cursor: what each file hashed to (so unchanged files are not re-read) and the last batch handled."""
 
-    files: dict[str, list[Any]] = field(default_factory=dict)  # name -> [size, mtime_ns, batch]
+    files: dict[str, list[Any]] = field(default_factory=dict)  # name -> [size, mtime_ns, batch, ctime_ns, inode]
     last_increment_event: int = 0
     refused: list[str] = field(default_factory=list)  # names already reported as refused (links, FIFOs...)
 
@@ -86,28 +93,69 @@ def _new_files(context: dg.SensorEvaluationContext, state: SensorState) -> tuple
         if name not in state.refused:
             context.log.warning(f"incoming file not read: {reason}")  # once per name, not every tick
     state.refused = sorted(refused)
+    stored: set[str] | None = None  # read once, and only when a file's batch is registered already
     for path in waiting_files(folder):
-        stat = path.stat()
-        if time.time() - stat.st_mtime < settle:
-            continue  # possibly still being written: next tick
-        cached = state.files.get(path.name)
-        unchanged = cached is not None and cached[:2] == [stat.st_size, stat.st_mtime_ns]
-        batch = cached[2] if unchanged else batch_key(file_digest(path))
-        present[path.name] = [stat.st_size, stat.st_mtime_ns, batch]
-        if batch in seen or batch in added:
-            continue  # this content was ingested (or requested) before, under this name or another
+        try:
+            stat = path.stat()
+            if time.time() - stat.st_mtime < settle:
+                continue  # possibly still being written: next tick
+            cached = state.files.get(path.name)
+            # Hashed again unless size, mtime, ctime and inode all match the last check: bytes replaced with the
+            # size and mtime kept (cp -p, touch -d) still change the ctime, which no user can set back.
+            unchanged = cached is not None and cached[:2] + cached[3:5] == _identity(stat)
+            batch = cached[2] if unchanged else batch_key(file_digest(path))
+        except FileNotFoundError:
+            continue  # removed or renamed since it was listed: its new name, if any, is listed on the next tick
+        present[path.name] = [stat.st_size, stat.st_mtime_ns, batch, stat.st_ctime_ns, stat.st_ino]
+        if batch in added:
+            continue
+        run_key = f"ingest-{batch}"
+        if batch in seen:
+            # Registered before: stored, in flight, or failed. Only a failed batch whose content is now seen in
+            # another way (renamed, put back, touched) is requested again: the same bytes seen the same way would
+            # fail the same way every tick.
+            stored = _stored_batches(context.instance) if stored is None else stored
+            retry = _retry_key(context, batch, path, stat) if batch not in stored else None
+            if retry is None:
+                continue
+            run_key = retry
         added.append(batch)
         requests.append(
             dg.RunRequest(
-                run_key=f"ingest-{batch}",
+                run_key=run_key,
                 job_name=INGEST_JOB,
                 partition_key=batch,
                 run_config={"ops": {INCREMENT_OP: {"config": {"path": str(path)}}}},
-                tags={"nuggets/incoming_file": path.name},
+                tags={"nuggets/incoming_file": path.name, SEEN_TAG: _seen(path, stat)},
             )
         )
     state.files = present
-    return requests, added
+    return requests, [b for b in added if b not in seen]
+
+
+def _identity(stat: os.stat_result) -> list[int]:
+    return [stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino]
+
+
+def _seen(path: Path, stat: os.stat_result) -> str:
+    return ":".join([path.name, *map(str, _identity(stat))])
+
+
+def _stored_batches(instance: dg.DagsterInstance) -> set[str]:
+    return set(instance.get_materialized_partitions(dg.AssetKey(INCREMENTS_TABLE)))
+
+
+def _retry_key(context: dg.SensorEvaluationContext, batch: str, path: Path, stat: os.stat_result) -> str | None:
+    """The run key to request a registered, never stored batch again with, or None to leave it for now: its
+    latest run is still queued or running, or it failed on this very file as the sensor sees it now."""
+    runs = context.instance.get_runs(filters=dg.RunsFilter(tags={"dagster/partition": batch}), limit=1)
+    seen = _seen(path, stat)
+    if runs and (runs[0].status not in FINISHED or runs[0].tags.get(SEEN_TAG) == seen):
+        return None
+    if runs:
+        context.log.info(f"{path.name}: requesting batch {batch} again, its last run {runs[0].run_id} failed")
+    # A new key per sighting: the daemon runs a run key once, and the first one (ingest-<batch>) has run.
+    return f"ingest-{batch}-{hashlib.sha256(seen.encode()).hexdigest()[:8]}"
 
 
 def _new_shards(context: dg.SensorEvaluationContext, state: SensorState) -> list[dg.RunRequest]:

@@ -43,22 +43,39 @@ class IncrementConfig(FieldMapConfig):
     )
 
 
+def _digest(path: Path) -> str | None:
+    """The file's SHA-256, or None when it is gone (removed or renamed since someone listed it)."""
+    try:
+        check_path(path)  # before hashing: a link or a FIFO is refused unread
+        return file_digest(path) if path.is_file() else None
+    except FileNotFoundError:
+        return None
+    except SourceError as error:
+        raise dg.Failure(str(error)) from None
+
+
 def find_file(batch: str, configured: str | None) -> tuple[Path, str]:
-    """The file of a batch and its full digest; fails if its content is no longer what the batch was named by."""
-    files = [Path(configured).expanduser()] if configured else waiting_files(incoming_dir())
-    for path in files:
-        try:
-            check_path(path)  # before hashing: a link or a FIFO is refused unread
-        except SourceError as error:
-            raise dg.Failure(str(error)) from None
-        if path.is_file():
-            digest = file_digest(path)
-            if batch_key(digest) == batch:
-                return path, digest
-    where = configured or str(incoming_dir())
+    """The file of a batch and its full digest. The file the sensor named may have been renamed (or replaced)
+    between its tick and this run: then the batch's content is looked for under any name in the incoming folder,
+    and where it is nowhere the failure says so (the sensor requests the batch again once it reappears)."""
+    named = Path(configured).expanduser() if configured else None
+    if named is not None and (digest := _digest(named)) is not None and batch_key(digest) == batch:
+        return named, digest
+    folder = incoming_dir()
+    for path in waiting_files(folder):
+        if path != named and (digest := _digest(path)) is not None and batch_key(digest) == batch:
+            return path, digest
+    retry = (
+        f"nothing was ingested. Put the file back (under any name) in {folder} and the incoming_data sensor "
+        "requests this batch again on its next tick; a changed file is a new batch, picked up the same way"
+    )
+    if named is None:
+        raise dg.Failure(
+            f"no file in {folder} has content hash {batch} (removed or changed after it was seen): {retry}"
+        )
+    what = "holds other bytes now" if named.exists() else "was removed or renamed"
     raise dg.Failure(
-        f"no file with content hash {batch} at {where}: the file was removed or changed after it was seen "
-        "(a changed file is a new batch; the sensor picks it up on its next tick)"
+        f"{named} {what} after batch {batch} was requested from it, and no file in {folder} has that content: {retry}"
     )
 
 
@@ -88,6 +105,8 @@ def ingest_increment_file(
 ):
     batch = context.partition_key
     path, digest = find_file(batch, config.path)
+    if config.path and path != Path(config.path).expanduser():
+        context.log.warning(f"{config.path} is gone; batch {batch} is read from {path}, which holds its content")
     started = time.perf_counter()
     store = warehouse.warehouse()
     earlier = read_increments(store, exclude=batch, schema=CandidatesSchema)
@@ -98,17 +117,25 @@ def ingest_increment_file(
             keys = [k for k in store.partitions(table) if k != batch]
             if keys:
                 known_raw |= set(store.read(table, keys, schema=QuarantineSchema)["raw"])
-    increment = ingest_increment(
-        path,
-        batch,
-        known,
-        anchor_set,
-        config.shard_size,
-        config.field_map(),
-        config.max_chars,
-        skip_known=config.skip_known,
-        known_raw=known_raw,
-    )
+    try:
+        increment = ingest_increment(
+            path,
+            batch,
+            known,
+            anchor_set,
+            config.shard_size,
+            config.field_map(),
+            config.max_chars,
+            skip_known=config.skip_known,
+            known_raw=known_raw,
+        )
+    except (SourceError, FileNotFoundError) as error:
+        if path.exists():
+            raise
+        raise dg.Failure(
+            f"{path} was removed or renamed while this run read it (batch {batch}): nothing was ingested; the "
+            "incoming_data sensor requests the batch again once its content is back in the folder"
+        ) from error
     seconds = time.perf_counter() - started
     candidates, quarantined = increment.candidates, increment.quarantined
     CandidatesSchema.validate(candidates)

@@ -116,3 +116,90 @@ def test_definitions_register_the_operations() -> None:
     for name in ("incoming_data", "nuggets_automation"):
         assert sensors[name].default_status == dg.DefaultSensorStatus.RUNNING
     assert defs.resolve_job_def(SCORE_JOB).partitions_def.name == "candidate_shards"
+
+
+def run_request(instance: dg.DagsterInstance, request: dg.RunRequest) -> dg.ExecuteInProcessResult:
+    """A sensor's ingestion request run in process, as the daemon would, without raising on a failure."""
+    return dg.materialize(
+        ASSETS,
+        selection=["candidate_increments", "quarantined_increments"],
+        instance=instance,
+        resources=tiny_resources(),
+        partition_key=request.partition_key,
+        run_config=request.run_config,
+        tags=request.tags,
+        raise_on_error=False,
+    )
+
+
+def failure_text(result: dg.ExecuteInProcessResult) -> str:
+    error = result.get_step_failure_events()[0].step_failure_data.error
+    messages = []
+    while error is not None:
+        messages.append(error.message)
+        error = error.cause
+    return "\n".join(messages)
+
+
+def test_a_file_moved_between_tick_and_run_fails_saying_so_and_its_batch_is_retried_when_it_is_back(
+    prepared: dg.DagsterInstance, isolated_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 23 item 5: the run failed with a raw FileNotFoundError, and the sensor skipped that content for ever
+    because its batch id was registered. A rename inside the folder is followed; a content that failed for its
+    own sake (not JSON) is not retried every tick, only once it is touched or put back."""
+    monkeypatch.setenv("NUGGETS_INCOMING_SETTLE_S", "0")
+    incoming = isolated_home / "incoming"
+    incoming.mkdir()
+    write_batch(incoming / "moved.jsonl", range(20, 24), range(0))
+    [request], cursor = tick(prepared, None)
+    (incoming / "moved.jsonl").rename(incoming / "renamed.jsonl")  # between the tick and the run
+    renamed = run_request(prepared, request)
+    assert renamed.success and renamed.output_for_node("ingest_increment_file", "candidate_increments")["id"].size == 4
+
+    write_batch(incoming / "away.jsonl", range(30, 33), range(0))
+    requests, cursor = tick(prepared, cursor)  # with the scoring run of the first batch's shard
+    [request] = [r for r in requests if r.job_name == INGEST_JOB]
+    outside = tmp_path / "elsewhere.jsonl"
+    (incoming / "away.jsonl").rename(outside)  # gone from the folder
+    failed = run_request(prepared, request)
+    assert not failed.success
+    message = failure_text(failed)
+    assert f"{incoming / 'away.jsonl'} was removed or renamed after batch {request.partition_key}" in message
+    assert "requests this batch again" in message and "FileNotFoundError" not in message
+    assert [r for r in tick(prepared, cursor)[0] if r.job_name == INGEST_JOB] == []  # still gone: nothing to run
+    shutil.copy2(outside, incoming / "back.jsonl")  # back, under another name, mtime kept
+    requests, cursor = tick(prepared, cursor)
+    [retry] = [r for r in requests if r.job_name == INGEST_JOB]
+    assert retry.partition_key == request.partition_key and retry.run_key != request.run_key
+    assert run_request(prepared, retry).success
+    requests, cursor = tick(prepared, cursor)
+    assert [r.job_name for r in requests] == [SCORE_JOB]  # stored: its shard is scored, never ingested again
+
+    (incoming / "broken.json").write_text('{"instruction": "x"')
+    [broken], cursor = tick(prepared, cursor)
+    assert not run_request(prepared, broken).success  # not JSON: fails for what it holds
+    assert tick(prepared, cursor)[0] == []  # the same bytes seen the same way would fail the same way
+    (incoming / "broken.json").touch()
+    [again] = tick(prepared, cursor)[0]
+    assert again.partition_key == broken.partition_key  # touched (or copied back): tried once more
+
+
+def test_bytes_replaced_with_size_and_mtime_kept_are_read_again(
+    instance: dg.DagsterInstance, isolated_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 23 item 5: the cursor skipped hashing while size and mtime agreed, so a file rewritten in place with
+    its mtime restored (cp -p, touch -d) was never re-read. Its ctime changed: that makes the sensor hash it."""
+    import os
+
+    monkeypatch.setenv("NUGGETS_INCOMING_SETTLE_S", "0")
+    incoming = isolated_home / "incoming"
+    incoming.mkdir()
+    path = write_batch(incoming / "data.jsonl", range(3), range(0))
+    before = path.stat()
+    [first], cursor = tick(instance, None)
+    text = path.read_text()
+    path.write_text(text.replace("colour 1", "colour 7"))  # same length, other bytes
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert [path.stat().st_size, path.stat().st_mtime_ns] == [before.st_size, before.st_mtime_ns]
+    [second], _ = tick(instance, cursor)
+    assert second.partition_key != first.partition_key
