@@ -67,9 +67,14 @@ def scored_pool_exports(
     for threshold in config.thresholds:
         chosen = set(select_golden(current, threshold=threshold)["candidate_id"])
         by_threshold[threshold] = pool[pool["id"].isin(chosen)]
-    written = export_scored_pool(
-        pool, warehouse.root() / "exports", threshold_subsets=by_threshold, prefix=config.file_prefix
-    )
+    exports = warehouse.root() / "exports"
+    written = export_scored_pool(pool, exports, threshold_subsets=by_threshold, prefix=config.file_prefix)
+    # golden_subset itself used to write exports/golden_subset.json: a second copy, left behind by older versions,
+    # that disagrees with golden/golden_subset.json as soon as the selection changes. One copy stays.
+    legacy = exports / "golden_subset.json"
+    if legacy.is_file():
+        legacy.unlink()
+        context.log.info(f"removed {legacy}, an old copy of {written['golden_subset_alpaca']}")
     context.log.info(f"exported {len(pool)} scored rows ({int(pool['selected'].sum())} selected) to {written}")
     sizes = pd.DataFrame({"threshold": list(by_threshold), "rows": [len(s) for s in by_threshold.values()]})
     return dg.Output(

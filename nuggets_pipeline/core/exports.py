@@ -19,7 +19,6 @@ import math
 import os
 import re
 import shutil
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -31,6 +30,7 @@ from nuggets_pipeline.core.judging.prompts import mt_bench_prompt
 from nuggets_pipeline.core.judging.types import SingleRequest
 from nuggets_pipeline.core.mt_bench import QUESTIONS, REFERENCE_ANSWERS, Answer, Question, load_questions
 from nuggets_pipeline.core.paths import shipped
+from nuggets_pipeline.core.storage import staging_folder, write_parquet_atomic, write_text_atomic
 
 FASTCHAT_BENCH = Path("fastchat") / "data" / "mt_bench"
 ALPACA_EVAL_DIR = Path("alpaca_eval")
@@ -44,21 +44,7 @@ class ExportFormatError(ValueError):
     """A file in an ecosystem format does not follow it (names the file, the line and the field)."""
 
 
-# --- atomic writes -----------------------------------------------------------------------------------------
-
-
-def write_text_atomic(path: Path, text: str) -> Path:
-    """Readers see the old file or the new one, never half of one (temporary name in the folder, then rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as out:
-            out.write(text)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return path
+# --- atomic writes: the warehouse's writer (core.storage), so exports get the same modes as every other file --
 
 
 def write_jsonl_atomic(path: Path, records: Iterable[dict[str, Any]]) -> Path:
@@ -72,15 +58,20 @@ def write_json_atomic(path: Path, value: Any) -> Path:
 def replace_folder_atomic(path: Path, build: Callable[[Path], None]) -> Path:
     """Build a folder under a temporary name beside ``path``, then swap it in: a reader never sees a half-built
     folder (at worst, for an instant, none at all while the old one is moved aside)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    staging = staging_folder(path)
     try:
         build(staging)
         old = path.with_name(f".{path.name}.old")
         shutil.rmtree(old, ignore_errors=True)
-        if path.exists():
+        moved = path.exists()
+        if moved:
             os.replace(path, old)
-        os.replace(staging, path)
+        try:
+            os.replace(staging, path)
+        except BaseException:
+            if moved:  # put the old folder back: a failed export leaves the previous one in place
+                os.replace(old, path)
+            raise
         shutil.rmtree(old, ignore_errors=True)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -351,43 +342,40 @@ def export_scored_pool(
     prefix: str = "alpaca_golden",
 ) -> dict[str, Path]:
     """Write the ranked pool (JSONL, Parquet, ``datasets`` folder), the selected subset as Alpaca JSON and one
-    Alpaca JSON per threshold in ``threshold_subsets``."""
+    Alpaca JSON per threshold in ``threshold_subsets``, all in ``exports/golden/``.
+
+    The folder is built beside the old one and swapped in whole (``replace_folder_atomic``): the files of one
+    selection are replaced together or not at all, so a failure half-way (a full disk, a folder that is not
+    writable) never leaves a new golden_subset.json beside an old scored pool. Files put there by hand go too."""
     import datasets
 
     folder = exports / GOLDEN_DIR
-    written = {
-        "scored_pool_jsonl": write_jsonl_atomic(
-            folder / "scored_pool.jsonl",
-            (
-                {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()}
-                for r in pool.to_dict("records")
-            ),
-        ),
+    names: dict[str, str] = {
+        "scored_pool_jsonl": "scored_pool.jsonl",
+        "scored_pool_parquet": "scored_pool.parquet",
+        "scored_pool_dataset": "scored_pool_dataset",
+        "scored_pool_hub": "scored_pool_hub",
+        "golden_subset_alpaca": "golden_subset.json",
     }
-    parquet = folder / "scored_pool.parquet"
-    handle, temporary = tempfile.mkstemp(prefix=".scored_pool.", suffix=".tmp", dir=folder)
-    os.close(handle)
-    try:
-        pool.to_parquet(temporary, index=False)
-        os.replace(temporary, parquet)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    written["scored_pool_parquet"] = parquet
+    subsets = sorted((threshold_subsets or {}).items())
+    names |= {threshold_file_name(prefix, t): threshold_file_name(prefix, t) for t, _ in subsets}
     dataset = datasets.Dataset.from_pandas(pool, preserve_index=False)
-    written["scored_pool_dataset"] = replace_folder_atomic(
-        folder / "scored_pool_dataset", lambda staging: dataset.save_to_disk(str(staging))
-    )
-    written["scored_pool_hub"] = replace_folder_atomic(
-        folder / "scored_pool_hub", lambda staging: _hub_folder(pool, staging)
-    )
-    written["golden_subset_alpaca"] = write_json_atomic(
-        folder / "golden_subset.json", alpaca_records(pool[pool["selected"]])
-    )
-    for threshold, subset in sorted((threshold_subsets or {}).items()):
-        name = threshold_file_name(prefix, threshold)
-        written[name] = write_json_atomic(folder / name, alpaca_records(subset))
-    return written
+
+    def build(staging: Path) -> None:
+        records = (
+            {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()}
+            for r in pool.to_dict("records")
+        )
+        write_jsonl_atomic(staging / names["scored_pool_jsonl"], records)
+        write_parquet_atomic(pool, staging / names["scored_pool_parquet"])
+        dataset.save_to_disk(str(staging / names["scored_pool_dataset"]))
+        _hub_folder(pool, staging / names["scored_pool_hub"])
+        write_json_atomic(staging / names["golden_subset_alpaca"], alpaca_records(pool[pool["selected"]]))
+        for threshold, subset in subsets:
+            write_json_atomic(staging / threshold_file_name(prefix, threshold), alpaca_records(subset))
+
+    replace_folder_atomic(folder, build)
+    return {key: folder / name for key, name in names.items()}
 
 
 def _hub_folder(pool: pd.DataFrame, folder: Path) -> None:

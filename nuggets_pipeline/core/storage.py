@@ -60,22 +60,44 @@ class StoredTableError(RuntimeError):
         )
 
 
-def write_parquet_atomic(frame: pd.DataFrame, path: Path) -> None:
-    """Readers see the old file or the new one, never a half-written one; a re-run replaces, never appends.
+def write_atomic(path: Path, write: Callable[[Path], object]) -> Path:
+    """The one atomic writer of the project (warehouse, checkpoints, exports): ``write`` fills a temporary file
+    beside ``path``, which is then renamed over it, so readers see the old file or the new one, never half of
+    one, and a re-run replaces, never appends.
 
-    The file gets the mode any new file gets (0666 less the umask: 0644 by default), like the exports: mkstemp's
-    private 0600 would make warehouse files the only ones a group or a UI user cannot read. For private data,
-    set a umask (077) or lock the home folder; both cover every file the pipeline writes."""
+    The file gets the mode any new file gets (0666 less the umask: 0644 by default): mkstemp's private 0600 made
+    the files written this way the only ones a group or a UI user could not read. For private data, set a umask
+    (077) or lock the home folder; both cover every file the pipeline writes."""
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.fchmod(handle, 0o666 & ~current_umask())
     os.close(handle)
     try:
-        frame.to_parquet(temporary, index=False)
+        write(Path(temporary))
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+    return path
+
+
+def write_parquet_atomic(frame: pd.DataFrame, path: Path) -> Path:
+    """``frame`` as one Parquet file, written atomically (``write_atomic``)."""
+    return write_atomic(path, lambda temporary: frame.to_parquet(temporary, index=False))
+
+
+def write_text_atomic(path: Path, text: str) -> Path:
+    """UTF-8 text written atomically (``write_atomic``)."""
+    return write_atomic(path, lambda temporary: temporary.write_text(text, encoding="utf-8"))
+
+
+def staging_folder(beside: Path) -> Path:
+    """An empty hidden folder next to ``beside``, to build a folder in before it is renamed into place; mode 0777
+    less the umask (0755 by default) like any new folder, not mkdtemp's private 0700."""
+    beside.parent.mkdir(parents=True, exist_ok=True)
+    folder = Path(tempfile.mkdtemp(prefix=f".{beside.name}.", dir=beside.parent))
+    folder.chmod(0o777 & ~current_umask())
+    return folder
 
 
 def is_lock_error(error: Exception) -> bool:

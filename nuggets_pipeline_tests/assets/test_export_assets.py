@@ -116,3 +116,38 @@ def test_every_export_is_listed_and_read_back(prepared: dg.DagsterInstance, isol
         "other-model.jsonl",
     ]
     assert (answers.parent / "question.jsonl").read_text() == shipped("mt_bench/question.jsonl").read_text()
+
+
+def test_a_selection_whose_export_fails_leaves_every_exported_file_as_it_was(
+    prepared: dg.DagsterInstance, isolated_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 23 item 6: golden_subset rewrote exports/golden_subset.json before scored_pool_exports failed (an
+    export folder that is not writable), so two golden_subset.json files disagreed. Now there is one, written
+    with the rest of the selection's files, all replaced together."""
+    from nuggets_pipeline.core import exports
+
+    for shard in prepared.get_dynamic_partitions("candidate_shards"):
+        assert score(prepared, shard).success
+    out = isolated_home / "exports"
+    out.mkdir()
+    (out / "golden_subset.json").write_text("[]")  # left by an older version: the duplicate goes
+    selection = ["golden_subset", "scored_pool_exports"]
+    materialize(prepared, selection, golden_subset={"config": {"threshold": None, "top_k": 4}})
+    assert [p.relative_to(out) for p in out.rglob("golden_subset.json")] == [Path("golden/golden_subset.json")]
+    before = {str(p): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+
+    def not_writable(pool: object, target: Path) -> None:
+        raise PermissionError(13, "Permission denied", str(target))
+
+    monkeypatch.setattr(exports, "_hub_folder", not_writable)
+    failed = dg.materialize(
+        ASSETS,
+        selection=selection,
+        instance=prepared,
+        resources=tiny_resources(),
+        run_config={"ops": {"golden_subset": {"config": {"threshold": None, "top_k": 2}}}},
+        raise_on_error=False,
+    )
+    assert not failed.success and len(failed.output_for_node("golden_subset")) == 2
+    assert {str(p): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    assert len(json.loads((out / "golden" / "golden_subset.json").read_text())) == 4  # the last export's, whole

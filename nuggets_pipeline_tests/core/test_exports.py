@@ -240,3 +240,63 @@ def test_hub_ids_fail_at_once_offline(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(datasets, "load_dataset", never)
     with pytest.raises(SourceError, match=r"someone/data \(name=en, split=test.*HF_HUB_OFFLINE.*save_to_disk"):
         ingest(["someone/data"], hub=HubOptions(split="test", name="en"))
+
+
+def every_export(exports_dir: Path) -> None:
+    """Every export function the assets call, into one folder."""
+    candidates, scores = scored()
+    pool = exports.ranked_pool(candidates, scores, selected_ids=candidates["id"].iloc[[1, 3]])
+    exports.export_scored_pool(pool, exports_dir, threshold_subsets={0.5: pool[pool["golden_score"] > 0.5]})
+    exports.export_mt_bench(mt_rows(), "golden", exports_dir)
+    exports.combine_judgments(exports_dir, "tiny/judge", ["nuggets-golden"])
+    frame = pd.DataFrame(json.loads(shipped(ANNOTATIONS).read_text())).head(5)
+    exports.export_alpaca_eval(frame.assign(index=range(len(frame)), judge=frame["annotator"]), exports_dir)
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_every_file_and_folder_an_export_writes_gets_the_mode_less_the_umask(tmp_path: Path, umask: int) -> None:
+    """Issue 23 item 6: exported files were 0600 (mkstemp) and exported dataset folders 0700 (mkdtemp) under
+    umask 0022, against the rule every warehouse file follows: 0666 (folders 0777) less the umask."""
+    import os
+
+    previous = os.umask(umask)
+    try:
+        every_export(tmp_path / "exports")
+        exports.export_scored_pool(exports.ranked_pool(*scored(), selected_ids=[]), tmp_path / "exports")  # again
+    finally:
+        os.umask(previous)
+    written = list((tmp_path / "exports").rglob("*"))
+    files = {str(p): oct(p.stat().st_mode & 0o777) for p in written if p.is_file()}
+    folders = {str(p): oct(p.stat().st_mode & 0o777) for p in written if p.is_dir()}
+    assert len(files) > 15 and any(name.endswith(".arrow") for name in files)  # the datasets folder is in
+    assert set(files.values()) == {oct(0o666 & ~umask)}, files
+    assert set(folders.values()) == {oct(0o777 & ~umask)}, folders
+    assert not [p for p in written if p.name.startswith(".")]  # no staging file or folder left
+
+
+def test_a_failed_export_leaves_every_file_of_the_previous_selection_as_it_was(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 23 item 6: files written before the failing one were already replaced, so golden_subset.json and
+    the scored pool could come from two selections. Now the selection's folder is replaced whole, or not at all."""
+    candidates, scores = scored()
+    first = exports.ranked_pool(candidates, scores, selected_ids=candidates["id"].iloc[[1, 3]])
+    out = tmp_path / "exports"
+    exports.export_scored_pool(first, out, threshold_subsets={0.5: first.head(2)})
+    folder = out / "golden"
+    before = {str(p): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+    def not_writable(pool: pd.DataFrame, target: Path) -> None:
+        raise PermissionError(13, "Permission denied", str(target))
+
+    monkeypatch.setattr(exports, "_hub_folder", not_writable)  # fails after the JSONL, Parquet and dataset
+    second = exports.ranked_pool(candidates, scores, selected_ids=candidates["id"].iloc[[0]])
+    with pytest.raises(PermissionError):
+        exports.export_scored_pool(second, out, threshold_subsets={0.8: second.head(1)})
+    assert {str(p): p.read_bytes() for p in folder.rglob("*") if p.is_file()} == before
+    assert [p.name for p in out.iterdir()] == ["golden"]  # no staging folder left beside it
+
+    monkeypatch.undo()
+    written = exports.export_scored_pool(second, out)
+    assert len(json.loads(written["golden_subset_alpaca"].read_text())) == 1
+    assert not (folder / "alpaca_golden_0.5.json").exists()  # of the previous selection: replaced with the rest
