@@ -5,6 +5,7 @@ import pandas as pd
 
 from nuggets_pipeline.core.ids import ids_hash
 from nuggets_pipeline.core.incoming import with_increments
+from nuggets_pipeline.core.reliability import WARN_BELOW
 from nuggets_pipeline.core.score_tables import coverage
 from nuggets_pipeline.resources import WarehouseResource
 from nuggets_pipeline.schemas import CandidatesSchema, OneShotScoresSchema
@@ -70,4 +71,36 @@ def golden_subset_scores_complete(
         passed=cover.complete and set(zero_shot_losses["anchor_set_hash"]) == {anchors},
         severity=dg.AssetCheckSeverity.WARN if partial else dg.AssetCheckSeverity.ERROR,
         metadata=metadata,
+    )
+
+
+@dg.asset_check(
+    asset="golden_subset",
+    description=f"Warns when the ranking is mostly the luck of the anchor draw: split-half reliability below "
+    f"{WARN_BELOW} (the readout in golden_subset's metadata says how many anchors would reach 0.8).",
+)
+def ranking_reliability(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
+    # The figures golden_subset recorded from the stored pair deltas: the check judges what the user was shown.
+    latest = context.instance.get_latest_materialization_event(dg.AssetKey("golden_subset"))
+    entry = (
+        latest.asset_materialization.metadata.get("reliability_figures")
+        if latest and latest.asset_materialization
+        else None
+    )
+    figures = dict(entry.value) if entry is not None else {}
+    reliability = figures.get("reliability")
+    metadata: dict[str, object] = {
+        "reliability": figures.get("line", "no reliability readout: materialise golden_subset"),
+        "threshold": WARN_BELOW,
+    }
+    if reliability is not None:
+        metadata["split_half_reliability"] = float(reliability)
+    if figures.get("anchors_for_reliability_0_8") is not None:
+        metadata["anchors_for_reliability_0_8"] = int(figures["anchors_for_reliability_0_8"])
+    # No figure (too few complete candidates, no stored deltas) is no evidence of a ranking either: it warns too.
+    return dg.AssetCheckResult(
+        passed=reliability is not None and reliability >= WARN_BELOW,
+        severity=dg.AssetCheckSeverity.WARN,
+        metadata=metadata,
+        description=figures.get("line"),
     )

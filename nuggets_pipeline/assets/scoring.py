@@ -11,7 +11,8 @@ from pydantic import Field, model_validator
 from nuggets_pipeline import metadata as md
 from nuggets_pipeline.core.ids import ids_hash
 from nuggets_pipeline.core.incoming import INCREMENTS_TABLE, shard_candidates, with_increments
-from nuggets_pipeline.core.score_tables import coverage, current_scores, threshold_table
+from nuggets_pipeline.core.reliability import SelectionRule, pair_matrix, readout
+from nuggets_pipeline.core.score_tables import coverage, current_pair_deltas, current_scores, threshold_table
 from nuggets_pipeline.core.scoring import score_zero_shot
 from nuggets_pipeline.core.selection import select_golden
 from nuggets_pipeline.core.shard_scoring import StaleZeroShotError, score_shard_resumable
@@ -308,6 +309,13 @@ def golden_subset(
     GoldenSubsetSchema.validate(subset)
     # No export here: scored_pool_exports writes the subset's Alpaca JSON with the rest of the selection's files,
     # all replaced together. A second copy written here was rewritten even when that export then failed.
+    # How much of this ranking is signal, from the pair deltas already stored (no forward pass).
+    pairs, left_out = current_pair_deltas(store, current)
+    trust = readout(pair_matrix(pairs, anchor_set["id"]), SelectionRule.from_criterion(criterion))
+    if left_out:
+        context.log.warning(f"reliability: {left_out} candidates' stored pair deltas do not match their scores")
+    context.log.info(f"ranking reliability: {trust.line}")
+    figures = trust.as_metadata()
     ranked = current.merge(pool[["id", "instruction", "output"]], left_on="candidate_id", right_on="id")
     ranked = ranked.sort_values("golden_score", ascending=False)
     plot = md.histogram_plot(
@@ -335,6 +343,13 @@ def golden_subset(
             ),
             "golden_score_plot": plot,
             "threshold_table": md.table(thresholds),
+            # The plain-language line, and the figures (read back by the reliability check and the report).
+            "reliability": trust.line,
+            "reliability_figures": dg.MetadataValue.json(figures),
+            "split_half_reliability": figures["reliability"] if figures["reliability"] is not None else float("nan"),
+            "anchors_for_reliability_0_8": figures["anchors_for_reliability_0_8"] or dg.MetadataValue.null(),
+            "uninformative_anchors": figures["uninformative_anchors"],
+            "reliability_left_out": left_out,
             "top_examples": md.preview(ranked, ["golden_score", "instruction", "output"], rows=5),
             "bottom_examples": md.preview(ranked.iloc[::-1], ["golden_score", "instruction", "output"], rows=5),
         },

@@ -84,7 +84,10 @@ class SelectionRule:
 def rank_order(score: np.ndarray, mean_delta: np.ndarray, ids: np.ndarray) -> np.ndarray:
     """Indices best first, with ``select_golden``'s ranking: score, then mean delta (both descending), then id."""
     # np.lexsort sorts by the last key first; negating puts high first and keeps NaN last, as pandas does.
-    return np.lexsort((np.asarray(ids).astype(str), -np.asarray(mean_delta, float), -np.asarray(score, float)))
+    # Integer ids are taken as ranks of the real ids (a caller's precomputed order: string sorts are slow).
+    keys = np.asarray(ids)
+    keys = keys if np.issubdtype(keys.dtype, np.integer) else keys.astype(str)
+    return np.lexsort((keys, -np.asarray(mean_delta, float), -np.asarray(score, float)))
 
 
 def select_mask(score: np.ndarray, mean_delta: np.ndarray, ids: np.ndarray, rule: SelectionRule) -> np.ndarray:
@@ -133,6 +136,8 @@ def pair_matrix(pairs: pd.DataFrame, anchor_ids: Sequence[str] | None = None) ->
     frame = pairs[["candidate_id", "anchor_id", "delta"]].astype({"candidate_id": str, "anchor_id": str})
     frame = frame.drop_duplicates(["candidate_id", "anchor_id"], keep="last")
     anchors = sorted(set(frame["anchor_id"])) if anchor_ids is None else [str(a) for a in anchor_ids]
+    if frame.empty:  # nothing stored (scoring kept no deltas): a matrix with no candidate
+        return PairMatrix(np.array([], dtype=str), np.array(anchors, dtype=str), np.zeros((0, len(anchors))))
     wide = frame.pivot(index="candidate_id", columns="anchor_id", values="delta").reindex(columns=anchors)
     wide = wide.sort_index()
     complete = wide.notna().all(axis=1).to_numpy()
@@ -271,7 +276,8 @@ def readout(
         reason = f"only {n} anchors were scored (at least {MIN_ANCHORS} needed for two halves)"
         return _cannot_say(matrix, anchors, reason, criterion, splits, seed)
 
-    wins, deltas, ids = matrix.wins, matrix.deltas, matrix.candidate_ids
+    wins, deltas = matrix.wins, matrix.deltas
+    ids = np.argsort(np.argsort(matrix.candidate_ids.astype(str)))  # id order as integers: same ties, faster sorts
     half = n // 2  # an odd count leaves one anchor out of each split, so both halves have the same length
     rng = np.random.default_rng(seed)
     correlations, overlaps, chances = [], [], []

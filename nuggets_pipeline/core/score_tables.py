@@ -179,3 +179,35 @@ def threshold_table(
     )
     table["fraction"] = table["subset_size"] / table["scored"].where(table["scored"] > 0)
     return table[["threshold", "subset_size", "fraction", "undecided"]]
+
+
+def current_pair_deltas(warehouse: Warehouse, current: pd.DataFrame) -> tuple[pd.DataFrame, int]:
+    """The stored (candidate, anchor) deltas behind ``current`` (rows of ``current_scores``), and how many of its
+    candidates had to be left out because their stored deltas do not add up to their current score.
+
+    The pair table carries no fingerprint: a shard scored with ``keep_pair_deltas`` off keeps an older version's
+    file. A candidate counts only if its deltas give exactly its stored wins and anchors scored, so the readout
+    never mixes versions.
+    """
+    from nuggets_pipeline.core.shard_scoring import PAIR_DELTAS_TABLE  # shard_scoring imports this module
+
+    columns = ["candidate_id", "anchor_id", "delta"]
+    empty = pd.DataFrame({c: pd.Series(dtype=object if c != "delta" else float) for c in columns})
+    if current.empty:
+        return empty, 0
+    stored = set(warehouse.partitions(PAIR_DELTAS_TABLE))
+    files = warehouse.files(PAIR_DELTAS_TABLE, [s for s in sorted(current["shard"].unique()) if s in stored])
+    if not files:
+        return empty, len(current)
+    pairs = warehouse.sql(
+        "SELECT p.candidate_id, p.anchor_id, p.delta FROM pairs p JOIN scores s "
+        "ON p.candidate_id = s.candidate_id AND p.shard = s.shard",
+        files={"pairs": (files, None)},
+        frames={"scores": current[["candidate_id", "shard"]]},
+    )
+    pairs = pairs.drop_duplicates(["candidate_id", "anchor_id"], keep="last")
+    won = pairs.assign(win=pairs["delta"] > 0).groupby("candidate_id")["win"].agg(pair_wins="sum", pairs="size")
+    joined = current.set_index("candidate_id")[["wins", "anchors_scored"]].join(won, how="left")
+    agree = (joined["pair_wins"] == joined["wins"]) & (joined["pairs"] == joined["anchors_scored"])
+    kept = pairs[pairs["candidate_id"].isin(set(joined.index[agree]))].reset_index(drop=True)
+    return kept, int((~agree).sum())

@@ -26,8 +26,18 @@ def test_end_to_end_golden_subset_with_two_shards(prepared: dg.DagsterInstance, 
     assert len(subset) == int((scored["golden_score"] > 0.5).sum())
     # The selection's one Alpaca JSON is scored_pool_exports' (exports/golden/, test_export_assets.py).
     assert not (isolated_home / "exports" / "golden_subset.json").exists()
-    check = next(iter(result.get_asset_check_evaluations()))
-    assert check.passed
+    checks = {e.asset_check_key.name: e for e in result.get_asset_check_evaluations()}
+    assert checks["golden_subset_scores_complete"].passed
+    # The reliability readout from the stored pair deltas: a line of plain language, the figures, a WARN check.
+    metadata = result.get_asset_materialization_events()[0].materialization.metadata
+    figures = metadata["reliability_figures"].value
+    assert figures["candidates"] == 26 and figures["anchors"] == 4 and figures["line"] == metadata["reliability"].value
+    assert metadata["reliability"].value.split(":")[0].split(" —")[0] in {
+        "reliable", "partly anchor noise", "mostly anchor noise", "cannot say"
+    }  # fmt: skip
+    reliability = checks["ranking_reliability"]
+    assert reliability.severity == dg.AssetCheckSeverity.WARN
+    assert reliability.passed == (figures["reliability"] is not None and figures["reliability"] >= 0.7)
 
     top = select(prepared, threshold=None, top_k=5)
     assert len(top.output_for_node("golden_subset")) == 5
@@ -57,3 +67,23 @@ def test_a_missing_shard_is_refused_and_the_blocking_check_names_it(prepared: dg
     ).get_asset_check_evaluations()[0]
     assert not check.passed
     assert check.metadata["shards_missing"].value == "base-001"
+
+
+def test_the_reliability_check_warns_below_0_7_and_without_a_figure(prepared: dg.DagsterInstance) -> None:
+    only = dg.AssetSelection.checks(dg.AssetCheckKey(dg.AssetKey("golden_subset"), "ranking_reliability"))
+
+    def evaluate(figures: dict[str, object]) -> dg.AssetCheckEvaluation:
+        recorded = {"reliability_figures": dg.MetadataValue.json(figures)}
+        prepared.report_runless_asset_event(dg.AssetMaterialization("golden_subset", metadata=recorded))
+        resources = tiny_resources()
+        result = dg.materialize(ASSETS, selection=only, instance=prepared, resources=resources, raise_on_error=False)
+        [check] = result.get_asset_check_evaluations()
+        return check
+
+    noisy = evaluate({"reliability": 0.42, "line": "mostly anchor noise: add anchors (about 220 for 0.8)",
+                      "anchors_for_reliability_0_8": 220})  # fmt: skip
+    assert not noisy.passed and noisy.severity == dg.AssetCheckSeverity.WARN
+    assert noisy.metadata["anchors_for_reliability_0_8"].value == 220
+    assert "add anchors" in noisy.metadata["reliability"].value
+    assert evaluate({"reliability": 0.7, "line": "partly anchor noise"}).passed
+    assert not evaluate({"reliability": None, "line": "cannot say: only 3 candidates"}).passed

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -157,3 +158,30 @@ def test_rank_order_is_select_golden_ranking() -> None:
     scores = pd.DataFrame({"candidate_id": ids, "golden_score": wins / 5, "mean_delta": mean_delta, "verdict": "exact"})
     expected = select_golden(scores, top_k=60)["candidate_id"].tolist()
     assert ids[rank_order(wins / 5, mean_delta, ids)].tolist() == expected
+    ranks = np.argsort(np.argsort(ids))  # integer ids are taken as the ranks of the real ones
+    assert ids[rank_order(wins / 5, mean_delta, ranks)].tolist() == expected
+
+
+def test_stored_pair_deltas_that_do_not_add_up_to_the_score_are_left_out(tmp_path: Path) -> None:
+    from nuggets_pipeline.core.score_tables import current_pair_deltas
+    from nuggets_pipeline.core.shard_scoring import PAIR_DELTAS_TABLE
+    from nuggets_pipeline.core.storage import Warehouse
+
+    warehouse = Warehouse(tmp_path / "warehouse")
+    deltas = np.array([[1.0, -1.0, 2.0], [-1.0, -2.0, 3.0], [1.0, 1.0, 1.0]])
+    pairs = as_pairs(matrix(deltas)).assign(shard="s0")
+    warehouse.write(PAIR_DELTAS_TABLE, pairs, "s0")
+    current = pd.DataFrame(
+        {
+            "candidate_id": ["c0000", "c0001", "c0002", "c0009"],
+            "shard": "s0",
+            "wins": [2, 1, 2, 1],  # c0002 won all three in the stored deltas: an older version's file
+            "anchors_scored": [3, 3, 3, 3],  # c0009 has no stored deltas at all
+        }
+    )
+    kept, left_out = current_pair_deltas(warehouse, current)
+    assert left_out == 2 and sorted(set(kept["candidate_id"])) == ["c0000", "c0001"] and len(kept) == 6
+    empty, missing = current_pair_deltas(warehouse, current.assign(shard="s1"))
+    assert empty.empty and missing == 4
+    assert pair_matrix(empty, ["a000", "a001"]).shape == (0, 2)
+    assert readout(pair_matrix(empty, ["a000", "a001"])).verdict == "cannot say"
