@@ -24,15 +24,18 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import pyarrow.parquet as pq
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from nuggets_pipeline.core.adaptive import AdaptiveConfig, compare_with_exact
 from nuggets_pipeline.core.anchors import candidate_pool, file_anchors
 from nuggets_pipeline.core.data import ingest
 from nuggets_pipeline.core.ids import ids_hash
 from nuggets_pipeline.core.modeling import SMOLLM2, load_model
 from nuggets_pipeline.core.paths import ALPACA_CLEANED, KMEANS_100_ANCHORS, shipped
+from nuggets_pipeline.core.reliability import SelectionRule, pair_matrix, readout
 from nuggets_pipeline.core.scoring import ScoringConfig, score_one_shot, score_zero_shot
 from nuggets_pipeline.core.storage import write_parquet_atomic
 
@@ -151,8 +154,90 @@ def score(args: argparse.Namespace) -> int:
     return 0
 
 
+PAIR_COLUMNS = ["candidate_id", "anchor_id", "delta"]
+CONFIDENCES = (0.5, 0.8, 0.9, 0.95, 0.99, 1.0)
+
+
+def read_pairs(path: Path) -> pd.DataFrame:
+    """A pair table: one Parquet or CSV file, or a folder of Parquet files (the chunks of a matrix being scored,
+    a warehouse's one_shot_pair_deltas); files of a folder without the pair columns (zero_shot.parquet) are
+    skipped."""
+    if path.is_dir():
+        files = [f for f in sorted(path.glob("*.parquet")) if set(PAIR_COLUMNS) <= set(pq.read_schema(f).names)]
+        if not files:
+            raise ValueError(f"{path}: no Parquet file with the columns {', '.join(PAIR_COLUMNS)}")
+        return pd.concat([pd.read_parquet(f, columns=PAIR_COLUMNS) for f in files], ignore_index=True)
+    frame = pd.read_csv(path) if path.suffix == ".csv" else pd.read_parquet(path)
+    if missing := set(PAIR_COLUMNS) - set(frame.columns):
+        raise ValueError(f"{path}: a pair table needs the columns {', '.join(PAIR_COLUMNS)}; missing {sorted(missing)}")
+    return frame[PAIR_COLUMNS]
+
+
+def replay_pairs(args: argparse.Namespace) -> int:
+    """The reliability readout and the adaptive replay of a stored pair table; the last line is one JSON object."""
+    try:
+        pairs = read_pairs(args.pairs)
+    except (OSError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    matrix = pair_matrix(pairs)
+    rule = SelectionRule(top_fraction=args.top_fraction)
+    found = readout(matrix, rule, seed=args.seeds[0])
+    print(found.line)
+    candidates, anchors = matrix.shape
+    if candidates < 2 * len(args.seeds) or not rule.k(candidates):
+        print(f"error: {candidates} complete candidates are too few to replay a selection", file=sys.stderr)
+        return 2
+    config = AdaptiveConfig(first_anchors=args.first_anchors, round_anchors=args.round_anchors)
+    started = time.perf_counter()
+    figures = compare_with_exact(matrix, rule, args.confidences, config, seeds=args.seeds)
+    print(
+        f"replay of the {rule.describe()} on {candidates} candidates x {anchors} anchors, first {config.first_anchors} "
+        f"anchors then rounds of {config.round_anchors}, means over anchor orders {list(args.seeds)} "
+        f"({time.perf_counter() - started:.0f} s):"
+    )
+    print("  confidence  passes  agreement  quality  |  random subset: anchors  agreement  quality")
+    for adaptive, fixed in zip(figures["adaptive"], figures["fixed_subsample"], strict=True):
+        print(
+            f"  {adaptive['confidence']:>10}  {adaptive['passes_fraction']:>6.1%}  {adaptive['agreement']:>9.3f}  "
+            f"{adaptive['quality']:>7.3f}  |  {fixed['anchors']:>22}  {fixed['agreement']:>9.3f}  "
+            f"{fixed['quality']:>7.3f}"
+        )
+    figures_readout = found.as_metadata()
+    summary = {
+        "pairs": str(args.pairs),
+        "candidates": candidates,
+        "candidates_incomplete": matrix.incomplete,
+        "anchors": anchors,
+        "selection": rule.describe(),
+        "reliability": figures_readout["reliability"],
+        "half_correlation": figures_readout["half_correlation"],
+        "anchors_for_reliability_0_8": figures_readout["anchors_for_reliability_0_8"],
+        "selection_overlap_halves": figures_readout["selection_overlap"],
+        "uninformative_anchors": figures_readout["uninformative_anchors"],
+        "observed_sd": figures_readout["observed_sd"],
+        "binomial_sd": figures_readout["binomial_sd"],
+        "verdict": figures_readout["verdict"],
+        "first_anchors": config.first_anchors,
+        "round_anchors": config.round_anchors,
+        "seeds": list(args.seeds),
+        "adaptive_top_quarter" if args.top_fraction == 0.25 else "adaptive": figures["adaptive"],
+        "fixed_subsample": figures["fixed_subsample"],
+    }
+    print(json.dumps(summary, allow_nan=False))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument(
+        "--pairs", type=Path, default=None, help="replay mode: a pair table (file or folder of Parquet files)"
+    )
+    parser.add_argument("--top-fraction", type=float, default=0.25, help="replay mode: the selection replayed")
+    parser.add_argument("--confidences", type=float, nargs="+", default=list(CONFIDENCES))
+    parser.add_argument("--first-anchors", type=int, default=AdaptiveConfig.first_anchors)
+    parser.add_argument("--round-anchors", type=int, default=AdaptiveConfig.round_anchors)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4], help="anchor orders averaged over")
     sub = parser.add_subparsers(dest="command")
     scoring = sub.add_parser("score", help="score the study pool exactly against the 100 KMeans anchors")
     scoring.add_argument("--model", default=SMOLLM2)
@@ -168,6 +253,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.pairs is not None:
+        return replay_pairs(args)
     if args.command == "score":
         return score(args)
     build_parser().print_help()

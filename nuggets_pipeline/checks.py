@@ -3,6 +3,7 @@
 import dagster as dg
 import pandas as pd
 
+from nuggets_pipeline import metadata as md
 from nuggets_pipeline.core.ids import ids_hash
 from nuggets_pipeline.core.incoming import with_increments
 from nuggets_pipeline.core.reliability import WARN_BELOW
@@ -81,13 +82,8 @@ def golden_subset_scores_complete(
 )
 def ranking_reliability(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
     # The figures golden_subset recorded from the stored pair deltas: the check judges what the user was shown.
-    latest = context.instance.get_latest_materialization_event(dg.AssetKey("golden_subset"))
-    entry = (
-        latest.asset_materialization.metadata.get("reliability_figures")
-        if latest and latest.asset_materialization
-        else None
-    )
-    figures = dict(entry.value) if entry is not None else {}
+    recorded = md.latest_value(context.instance, "golden_subset", "reliability_figures")
+    figures = dict(recorded) if isinstance(recorded, dict) else {}
     reliability = figures.get("reliability")
     metadata: dict[str, object] = {
         "reliability": figures.get("line", "no reliability readout: materialise golden_subset"),

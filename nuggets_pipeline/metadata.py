@@ -87,3 +87,10 @@ def histogram_plot(values: Sequence[float], path: Path, title: str, xlabel: str,
     axis.set_xlabel(xlabel)
     axis.set_ylabel("count")
     return save_plot(figure, path)
+
+
+def latest_value(instance: dg.DagsterInstance, asset: str, key: str) -> object | None:
+    """One metadata value of an asset's latest materialization (None when there is none, or it lacks the key)."""
+    event = instance.get_latest_materialization_event(dg.AssetKey(asset))
+    entry = event.asset_materialization.metadata.get(key) if event and event.asset_materialization else None
+    return entry.value if entry is not None else None

@@ -522,7 +522,10 @@ def evaluation_report(
         ci_high=float(calibration["ci_high"]),
         near_chance=bool(calibration["near_chance"]),
     )
-    table, comparisons, markdown = build_report(results, judge_info)
+    # How far the golden ranking can be trusted, as golden_subset recorded it from the stored pair deltas.
+    reliability = md.latest_value(context.instance, "golden_subset", "reliability_figures")
+    reliability = dict(reliability) if isinstance(reliability, dict) else None
+    table, comparisons, markdown = build_report(results, judge_info, reliability=reliability)
     report_path = warehouse.root() / "exports" / "evaluation_report.md"
     report_path.parent.mkdir(parents=True, exist_ok=True)
     report_path.write_text(markdown)
@@ -534,6 +537,7 @@ def evaluation_report(
                 "judge": judge_info.__dict__,
                 "metrics": json.loads(table.to_json(orient="records")),
                 "comparisons": json.loads(comparisons.to_json(orient="records")),
+                "reliability": reliability,
             },
             indent=1,
         )
@@ -548,6 +552,7 @@ def evaluation_report(
             "report_file": dg.MetadataValue.path(str(report_path)),
             "comparisons": md.table(comparisons_preview(comparisons)),
             "other_models": ", ".join(other_names) or "none",
+            "reliability": (reliability or {}).get("line", "no readout: golden_subset recorded none"),
             **paths_metadata(written),
         },
     )

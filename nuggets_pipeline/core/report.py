@@ -10,14 +10,16 @@ compress their ratings into a narrow band, so every figure keeps three or four d
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import pandas as pd
 
 from nuggets_pipeline.core.alpaca_eval import AlpacaEvalSummary
 from nuggets_pipeline.core.mt_bench import MTBenchSummary
 from nuggets_pipeline.core.reference_likelihood import LikelihoodSummary, paired_standard_error
+from nuggets_pipeline.core.reliability import render_markdown as reliability_markdown
 from nuggets_pipeline.core.statistics import PairedDifference, compare_variants
 
 VARIANT_ORDER = ("golden", "random", "random-1", "random-2", "bottom", "full")
@@ -297,8 +299,10 @@ def render_markdown(
     judge: JudgeInfo,
     title: str = "NUGGETS evaluation",
     comparisons: pd.DataFrame | None = None,
+    reliability: Mapping[str, Any] | None = None,
 ) -> str:
-    """The report as Markdown: the judge and its reliability, the verdict, the paired comparisons, then the
+    """The report as Markdown: the judge and its reliability, the verdict, the paired comparisons, how far the
+    golden ranking itself can be trusted (``reliability``: ``ReliabilityReadout.as_metadata()``), then the
     full table."""
     variants = [c for c in table.columns if c not in TABLE_COLUMNS and not c.startswith(("golden −", "noise "))]
     deltas = [c for c in table.columns if c.startswith("golden −")]
@@ -315,6 +319,8 @@ def render_markdown(
         parts += [f"**golden vs {other}: {answer}**", "", *lines, ""]
     if comparisons is not None:
         parts += render_comparisons(comparisons, judge)
+    # Beside the verdict: a golden subset picked by a ranking that is mostly anchor noise is a random one.
+    parts += reliability_markdown(reliability or {})
 
     header = ["metric", *variants, *deltas]
     parts += ["## All metrics", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -339,12 +345,16 @@ def render_markdown(
 
 
 def build_report(
-    results: Sequence[VariantResults], judge: JudgeInfo, title: str = "NUGGETS evaluation"
+    results: Sequence[VariantResults],
+    judge: JudgeInfo,
+    title: str = "NUGGETS evaluation",
+    reliability: Mapping[str, Any] | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame, str]:
-    """The comparison table, the paired comparisons and their Markdown rendering, in one call."""
+    """The comparison table, the paired comparisons and their Markdown rendering, in one call; ``reliability``
+    (the golden ranking's readout figures, when known) gets its own section."""
     table = comparison_table(results, judge)
     comparisons = comparison_rows(likelihood_comparisons(results), table, judge)
-    return table, comparisons, render_markdown(table, judge, title, comparisons)
+    return table, comparisons, render_markdown(table, judge, title, comparisons, reliability)
 
 
 __all__ = [

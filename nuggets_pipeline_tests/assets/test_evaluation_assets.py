@@ -53,6 +53,9 @@ def test_evaluation_report_compares_golden_and_random(prepared: dg.DagsterInstan
     assert {"golden", "random"} <= set(report.columns)
     meta = result.get_asset_materialization_events()[0].materialization.metadata
     assert "tiny-random-llama" in meta["report"].value
+    # The golden ranking's reliability, as golden_subset recorded it, is in the report beside the verdict.
+    assert "How much to trust the ranking" in meta["report"].value
+    assert meta["reliability"].value in meta["report"].value
 
     warehouse = Warehouse(isolated_home / "warehouse")
     answers = warehouse.query("select variant, count(*) n from nuggets.mt_bench_results group by 1 order by 1")

@@ -241,3 +241,28 @@ def test_likelihood_noise_is_paired_answer_by_answer() -> None:
         for v in (golden, random)
     ]
     assert comparison_table(bare, TRUSTED).iloc[0]["noise golden − random"] == pytest.approx(independent)
+
+
+def test_the_report_says_how_far_the_golden_ranking_can_be_trusted() -> None:
+    table = comparison_table(RESULTS, TRUSTED)
+    assert "How much to trust the ranking" not in render_markdown(table, TRUSTED)
+    figures = {
+        "verdict": "mostly anchor noise",
+        "line": "mostly anchor noise: add anchors (about 240 for 0.8) — split-half reliability 0.42 at 16 anchors",
+        "reliability": 0.42,
+        "anchors": 16,
+        "anchors_measured": 16,
+        "anchors_for_reliability_0_8": 240,
+        "criterion": "top 25%",
+        "selection_overlap": 0.43,
+        "selection_overlap_chance": 0.25,
+        "observed_sd": 0.158,
+        "binomial_sd": 0.124,
+        "uninformative_anchors": 5,
+        "candidates": 600,
+        "candidates_incomplete": 0,
+    }
+    text = render_markdown(table, TRUSTED, comparisons=None, reliability=figures)
+    assert "## How much to trust the ranking" in text and figures["line"] in text
+    assert "| anchors for a reliability of 0.8 | 240 |" in text
+    assert text.index("How much to trust") < text.index("## All metrics")
