@@ -28,6 +28,9 @@ from nuggets_pipeline.core.paths import ALPACA_CLEANED, KMEANS_100_ANCHORS, ship
 
 DEFAULT_SHARD_SIZE = 512
 PREFIX_COUNT_SAMPLE = 2_000  # candidates whose demonstration prefix is tokenised (the rest extrapolated)
+# A pilot this size gives a first reliability figure (a Spearman correlation over 30 candidates is rough, but it
+# tells 0.3 from 0.8); the readout refuses fewer than core.reliability.MIN_CANDIDATES.
+PILOT_CANDIDATES, PILOT_ANCHORS = 30, 16
 
 
 @dataclass
@@ -57,6 +60,10 @@ class Plan:
     gpu_hours: float | None
     gpus: int
     wall_hours_on_gpus: float | None
+    # The reliability readout of the measured sample (core.reliability), stepped up to the full anchor count.
+    reliability: float | None = None
+    anchors_for_reliability_0_8: int | None = None
+    reliability_line: str = ""
 
 
 def anchor_token_lengths(loaded: Any, anchors: pd.DataFrame, template_name: str, max_length: int | None) -> list[int]:
@@ -124,6 +131,7 @@ def make_plan(
 
     from nuggets_pipeline.core.devices import claim
     from nuggets_pipeline.core.modeling import load_model
+    from nuggets_pipeline.core.reliability import SelectionRule, pair_matrix, readout
     from nuggets_pipeline.core.scoring import ScoringConfig, demonstration_ids, score_one_shot, score_zero_shot
     from nuggets_pipeline.core.templates import get_template
 
@@ -151,13 +159,20 @@ def make_plan(
         sample_a = anchor_frame.sample(n=min(sample_anchors, len(anchor_frame)), random_state=seed)
         sample_c = candidates.sample(n=min(sample_candidates, len(candidates)), random_state=seed)
         zero = score_zero_shot(loaded, sample_a, config)  # also warms the model up before the timed part
-        tokens, seconds = 0, 0.0
+        tokens, seconds, pilot = 0, 0.0, []
         for chunk in score_one_shot(loaded, sample_a, zero, sample_c, config):
             tokens += chunk.anchor_tokens
             seconds += chunk.seconds
+            pilot.append(chunk.pair_deltas)
         measured_on = held.name if held is not None else str(loaded.device)
         resolved_dtype = str(loaded.dtype).removeprefix("torch.")
 
+    # The sample's pair deltas are a pilot matrix: how reliable a ranking on all the anchors would be, for free.
+    trust = readout(
+        pair_matrix(pd.concat(pilot, ignore_index=True), sample_a["id"]),
+        SelectionRule(top_fraction=0.25),
+        full_anchors=len(anchor_frame),
+    )
     rate = tokens / seconds if seconds > 0 else float("nan")
     total = per_candidate * len(candidates)
     gpu_hours = total / gpu_tokens_per_s / 3600 if gpu_tokens_per_s else None
@@ -187,6 +202,9 @@ def make_plan(
         gpu_hours=gpu_hours,
         gpus=gpus,
         wall_hours_on_gpus=gpu_hours / gpus if gpu_hours is not None else None,
+        reliability=trust.as_metadata()["reliability"],
+        anchors_for_reliability_0_8=trust.anchors_for_reliability_0_8,
+        reliability_line=trust.line,
     )
 
 
@@ -221,6 +239,14 @@ def format_plan(plan: Plan) -> str:
         )
     else:
         lines.append("GPU-hours       give --gpu-tokens-per-s (measure it: `nuggets plan --device cuda` on the GPU)")
+    lines.append(f"reliability     {plan.reliability_line}")
+    if plan.reliability is None:
+        pilot_tokens = PILOT_CANDIDATES * PILOT_ANCHORS * plan.anchor_tokens_per_candidate / plan.anchor_count
+        lines.append(
+            f"                to learn how many anchors this pool needs, measure a pilot: --sample-candidates "
+            f"{PILOT_CANDIDATES} --sample-anchors {PILOT_ANCHORS} "
+            f"(about {duration(pilot_tokens / plan.tokens_per_s_here / 3600)} here)"
+        )
     return "\n".join(lines)
 
 
@@ -237,7 +263,13 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("--model", default="smollm2-135m-instruct", help="scoring model: preset, HF id or local path")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
     parser.add_argument("--dtype", default="auto", help="float32, bfloat16, float16 or auto")
-    parser.add_argument("--sample-candidates", type=int, default=2, help="candidates scored to measure throughput")
+    parser.add_argument(
+        "--sample-candidates",
+        type=int,
+        default=2,
+        help=f"candidates scored to measure throughput; from 10 on, also the ranking's reliability (a pilot: "
+        f"{PILOT_CANDIDATES} x {PILOT_ANCHORS} anchors tells how many anchors the pool needs)",
+    )
     parser.add_argument("--sample-anchors", type=int, default=8, help="anchors scored per sample candidate")
     parser.add_argument("--gpu-tokens-per-s", type=float, default=None, help="anchor tokens/s of one target GPU")
     parser.add_argument("--gpus", type=int, default=1, help="GPUs to spread the job over (wall-clock estimate)")

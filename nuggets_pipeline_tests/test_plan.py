@@ -9,7 +9,7 @@ import pytest
 from nuggets_pipeline import cli
 from nuggets_pipeline.core.modeling import TINY_RANDOM_LLAMA, load_model
 from nuggets_pipeline.core.scoring import ScoringConfig, score_zero_shot
-from nuggets_pipeline.plan import choose_anchors, load_pool, make_plan
+from nuggets_pipeline.plan import choose_anchors, format_plan, load_pool, make_plan
 
 
 @pytest.fixture
@@ -56,6 +56,9 @@ def test_the_cli_prints_the_plan_and_claims_a_device_like_a_step(
     out = capsys.readouterr().out
     for line in ("tokens to score", "anchor tokens/s on this machine", "this machine", "shards", "GPU-hours"):
         assert line in out
+    # Two sample candidates are too few for a reliability figure: the plan says so and how to get one.
+    assert "reliability     cannot say: only 2 candidates" in out
+    assert "--sample-candidates 30 --sample-anchors 16" in out
     monkeypatch.setenv("NUGGETS_SIMULATED_DEVICES", "2")
     assert cli.main(plan_args(pool, "--anchors", "3", "--device", "auto", "--json")) == 0
     plan = json.loads(capsys.readouterr().out)
@@ -75,3 +78,17 @@ def test_an_anchor_file_is_read_and_bad_anchors_are_named(
     assert cli.main(plan_args(pool, "--anchors", str(tmp_path / "missing.json"))) == 2
     assert "neither a count nor an existing file" in capsys.readouterr().err
     assert cli.main(plan_args(pool, "--gpu-tokens-per-s", "0")) == 2
+
+
+def test_a_pilot_sample_reads_the_reliability_stepped_up_to_every_anchor(pool: Path) -> None:
+    plan = make_plan(
+        [str(pool)], "8", TINY_RANDOM_LLAMA, device="cpu", dtype="float32", sample_candidates=12, sample_anchors=4,
+        threads=1,
+    )  # fmt: skip
+    assert (plan.sample_candidates, plan.sample_anchors, plan.anchor_count) == (12, 4, 8)
+    # The pilot's 4 anchors are split in halves of 2, stepped up to all 8 (Spearman–Brown).
+    assert "at 8 anchors, measured on 4 (12 candidates" in plan.reliability_line
+    if plan.reliability is not None:
+        assert 0 <= plan.reliability <= 1
+        assert plan.anchors_for_reliability_0_8 is None or plan.anchors_for_reliability_0_8 >= 1
+    assert "reliability     " + plan.reliability_line in format_plan(plan)
