@@ -34,7 +34,8 @@ comparisons are the ones ``selection.select_golden`` makes, so the selected set 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+import warnings
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -439,10 +440,19 @@ def _plan_group(
 
 
 def _score_group(
-    loaded: LoadedModel, prepared: _Anchors, zero: np.ndarray, demos: list[list[int]], config: ScoringConfig
+    loaded: LoadedModel,
+    prepared: _Anchors,
+    zero: np.ndarray,
+    demos: list[list[int]],
+    config: ScoringConfig,
+    wanted: np.ndarray | None = None,
 ) -> tuple[_Group, int]:
-    """Score one pass of candidates; returns the pairs and the number of prefix tokens run."""
+    """Score one pass of candidates; returns the pairs and the number of prefix tokens run. ``wanted`` (one flag
+    per pair, candidate-major) limits the pass to those pairs; the others stay NaN."""
     group, prefixes = _plan_group(prepared, demos, loaded.bos_token_id, zero, config.max_length)
+    if wanted is not None:
+        group.one_shot[~wanted] = np.nan  # a pair whose demonstration was cut away counts only when asked for
+        group.prefix[~wanted] = -1
     n_candidates, n_anchors = len(demos), len(prepared.ids)
     threshold = config.decision_threshold
     wins = np.zeros(n_candidates)
@@ -497,7 +507,8 @@ def _chunk_frames(
     if config.decision_threshold is not None:
         verdict = np.where(~exact & (wins / n_anchors > config.decision_threshold), "accept", verdict)
     truncated = (group.cut > 0) & done
-    with np.errstate(all="ignore"):
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a candidate with no pair scored (yet) is NaN, said once
         mean_delta = np.nanmean(by_candidate, axis=1)
         median_delta = np.nanmedian(by_candidate, axis=1)
     scores = pd.DataFrame(
@@ -540,14 +551,18 @@ def score_one_shot(
     candidates: pd.DataFrame,
     config: ScoringConfig,
     progress: Callable[[int, int], None] | None = None,
+    anchors_for: Mapping[str, Sequence[str]] | None = None,
 ) -> Iterator[OneShotChunk]:
     """Golden scores of ``candidates``, yielded ``config.candidates_per_chunk`` candidates at a time.
 
     Chunks are independent: a caller resuming after a crash passes only the candidates not yet stored.
+    ``anchors_for`` (candidate id -> anchor ids) scores only those pairs of each candidate (the adaptive mode's
+    rounds): its chunks' pair deltas hold just them, and their scores count just them.
     """
     _check_model(loaded.model)
     prepared = _prepare_anchors(loaded, anchors, config)
     zero = _aligned_zero_shot(prepared, zero_shot)
+    column = {anchor: i for i, anchor in enumerate(prepared.ids)}
     template = get_template(config.template)
     total = len(candidates)
     for chunk_start in range(0, total, config.candidates_per_chunk):
@@ -555,9 +570,21 @@ def score_one_shot(
         chunk = candidates.iloc[chunk_start : chunk_start + config.candidates_per_chunk]
         demos = demonstration_ids(loaded, chunk, template, config.separator)
         groups, prefix_tokens = [], 0
+        ids = chunk["id"].astype(str).to_numpy()
+        wanted = None
+        if anchors_for is not None:
+            wanted = np.zeros((len(chunk), len(prepared.ids)), dtype=bool)
+            for row, candidate in enumerate(ids):
+                wanted[row, [column[str(a)] for a in anchors_for.get(candidate, ())]] = True
         for start in range(0, len(chunk), config.candidates_per_pass):
+            stop = start + config.candidates_per_pass
             group, tokens = _score_group(
-                loaded, prepared, zero, demos[start : start + config.candidates_per_pass], config
+                loaded,
+                prepared,
+                zero,
+                demos[start:stop],
+                config,
+                None if wanted is None else wanted[start:stop].ravel(),
             )
             groups.append(group)
             prefix_tokens += tokens
@@ -571,7 +598,7 @@ def score_one_shot(
             cut=np.concatenate([g.cut for g in groups]),
             one_shot=np.concatenate([g.one_shot for g in groups]),
         )
-        scores, pairs = _chunk_frames(chunk["id"].astype(str).to_numpy(), demos, prepared, zero, merged, config)
+        scores, pairs = _chunk_frames(ids, demos, prepared, zero, merged, config)
         computed = ~np.isnan(merged.one_shot) & (merged.prefix >= 0)
         yield OneShotChunk(
             scores=scores,

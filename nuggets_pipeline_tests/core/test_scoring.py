@@ -294,3 +294,25 @@ def test_smollm2_cached_scores_match_concatenated(smollm2: LoadedModel) -> None:
     # A trained model finds a short answer far likelier than uniform over 49k tokens (-10.8 nats a token).
     assert (zero["logprob_mean"] > -8).all()
     assert scores["verdict"].tolist() == ["exact"]
+
+
+@pytest.mark.parametrize("max_length", [None, 40])
+def test_a_subset_of_pairs_scores_exactly_those_pairs_as_a_full_pass_would(
+    tiny_model: LoadedModel, max_length: int | None
+) -> None:
+    """The adaptive mode's rounds: each candidate its own anchors, none for one; values as in a full pass."""
+    anchors, candidates = frame(ANCHORS), frame(CANDIDATES[:4])
+    config = ScoringConfig(max_length=max_length, candidates_per_pass=3)
+    zero, _, full, _ = run(tiny_model, anchors, candidates, config)
+    ids, anchor_ids = candidates["id"].tolist(), anchors["id"].tolist()
+    wanted = {ids[0]: anchor_ids[:2], ids[1]: anchor_ids[3:], ids[3]: [anchor_ids[5], anchor_ids[0]]}
+    chunks = list(score_one_shot(tiny_model, anchors, zero, candidates, config, anchors_for=wanted))
+    pairs = pd.concat([c.pair_deltas for c in chunks], ignore_index=True)
+    asked = {(c, a) for c, chosen in wanted.items() for a in chosen}
+    assert set(zip(pairs["candidate_id"], pairs["anchor_id"], strict=True)) == asked
+    merged = pairs.merge(full, on=["candidate_id", "anchor_id"])
+    assert len(merged) == len(asked)
+    assert merged["delta_x"].to_numpy() == pytest.approx(merged["delta_y"].to_numpy(), abs=1e-4)
+    assert sum(c.anchor_passes for c in chunks) == len(asked)
+    scores = pd.concat([c.scores for c in chunks]).set_index("candidate_id")
+    assert scores.loc[ids[2], "anchors_scored"] == 0 and scores.loc[ids[1], "anchors_scored"] == 3
