@@ -53,6 +53,16 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def git_commit() -> str:
+    """The commit the sitting ran (the engine's numerics may change between sittings: bfloat16 rounding)."""
+    import subprocess
+
+    done = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=MATRIX_DIR.parent
+    )
+    return done.stdout.strip() or "unknown"
+
+
 def study_pool(pool_size: int) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The paper's 100 KMeans anchors and the study's pool: the first ``pool_size`` by id, anchors removed."""
     anchors = file_anchors(ingest([shipped(KMEANS_100_ANCHORS)]).instructions).anchors
@@ -124,6 +134,7 @@ def score(args: argparse.Namespace) -> int:
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,
+        "commit": git_commit(),
         "candidates": 0,
         "anchor_tokens": 0,
         "prefix_tokens": 0,
