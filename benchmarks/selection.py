@@ -207,12 +207,17 @@ def replay_pairs(args: argparse.Namespace) -> int:
         f"anchors then rounds of {config.round_anchors}, means over anchor orders {list(args.seeds)} "
         f"({time.perf_counter() - started:.0f} s):"
     )
-    print("  confidence  passes  agreement  quality  |  random subset: anchors  agreement  quality")
-    for adaptive, fixed in zip(figures["adaptive"], figures["fixed_subsample"], strict=True):
+    print(
+        "  confidence  passes  agreement  quality  rounds  |  random subset: anchors  agreement  quality  |  "
+        "plain rule: passes  agreement  quality"
+    )
+    rows = zip(figures["adaptive"], figures["fixed_subsample"], figures["plain_rule"], strict=True)
+    for adaptive, fixed, plain in rows:
         print(
             f"  {adaptive['confidence']:>10}  {adaptive['passes_fraction']:>6.1%}  {adaptive['agreement']:>9.3f}  "
-            f"{adaptive['quality']:>7.3f}  |  {fixed['anchors']:>22}  {fixed['agreement']:>9.3f}  "
-            f"{fixed['quality']:>7.3f}"
+            f"{adaptive['quality']:>7.3f}  {adaptive['rounds']:>6}  |  {fixed['anchors']:>22}  "
+            f"{fixed['agreement']:>9.3f}  {fixed['quality']:>7.3f}  |  {plain['passes_fraction']:>18.1%}  "
+            f"{plain['agreement']:>9.3f}  {plain['quality']:>7.3f}"
         )
     figures_readout = found.as_metadata()
     summary = {
@@ -234,6 +239,8 @@ def replay_pairs(args: argparse.Namespace) -> int:
         "seeds": list(args.seeds),
         "adaptive_top_quarter" if args.top_fraction == 0.25 else "adaptive": figures["adaptive"],
         "fixed_subsample": figures["fixed_subsample"],
+        # The calibration baseline (normal interval with FPC, settled for good), on the same matrix.
+        "plain_rule": figures["plain_rule"],
     }
     print(json.dumps(summary, allow_nan=False))
     return 0

@@ -27,7 +27,7 @@ configured rule at any confidence.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -263,15 +263,8 @@ def replay(
 
     ``deltas`` (same shape) give the mean-delta tie-break; ``anchor_ids`` the columns' ids (default: positions).
     """
-    wins_matrix = np.asarray(wins_matrix, dtype=bool)
-    n_candidates, n = wins_matrix.shape
-    columns = [str(a) for a in anchor_ids] if anchor_ids is not None else [f"{i:06d}" for i in range(n)]
-    position = {a: i for i, a in enumerate(columns)}
-    order = np.array([position[a] for a in anchor_order(columns, config.seed)], dtype=np.int64)
-    zero = np.zeros((n_candidates, 1))
-    cumulative_wins = np.concatenate([zero, np.cumsum(wins_matrix[:, order], axis=1)], axis=1).astype(np.int64)
-    ordered_deltas = np.zeros((n_candidates, n)) if deltas is None else np.asarray(deltas, dtype=float)[:, order]
-    cumulative_deltas = np.concatenate([zero, np.cumsum(ordered_deltas, axis=1)], axis=1)
+    cumulative_wins, cumulative_deltas, ids = _revealed(wins_matrix, deltas, candidate_ids, anchor_ids, config.seed)
+    n_candidates, n = cumulative_wins.shape[0], cumulative_wins.shape[1] - 1
     rows = np.arange(n_candidates)
     scored = np.zeros(n_candidates, dtype=np.int64)
     rounds = 0
@@ -283,8 +276,31 @@ def replay(
     wins = cumulative_wins[rows, scored]
     with np.errstate(invalid="ignore", divide="ignore"):
         mean_delta = cumulative_deltas[rows, scored] / scored
+    return _result(scored, select(wins, scored, n, rule, config, mean_delta, ids), ids, rounds, n)
+
+
+def _revealed(
+    wins_matrix: np.ndarray,
+    deltas: np.ndarray | None,
+    candidate_ids: Sequence[str] | None,
+    anchor_ids: Sequence[str] | None,
+    seed: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Wins and delta sums over the first m anchors of the seeded order (column m), and the candidate ids."""
+    wins_matrix = np.asarray(wins_matrix, dtype=bool)
+    n_candidates, n = wins_matrix.shape
+    columns = [str(a) for a in anchor_ids] if anchor_ids is not None else [f"{i:06d}" for i in range(n)]
+    position = {a: i for i, a in enumerate(columns)}
+    order = np.array([position[a] for a in anchor_order(columns, seed)], dtype=np.int64)
+    zero = np.zeros((n_candidates, 1))
+    cumulative_wins = np.concatenate([zero, np.cumsum(wins_matrix[:, order], axis=1)], axis=1).astype(np.int64)
+    ordered_deltas = np.zeros((n_candidates, n)) if deltas is None else np.asarray(deltas, dtype=float)[:, order]
+    cumulative_deltas = np.concatenate([zero, np.cumsum(ordered_deltas, axis=1)], axis=1)
     ids = np.array(candidate_ids, dtype=str) if candidate_ids is not None else np.arange(n_candidates).astype(str)
-    chosen = select(wins, scored, n, rule, config, mean_delta, ids)
+    return cumulative_wins, cumulative_deltas, ids
+
+
+def _result(scored: np.ndarray, chosen: np.ndarray, ids: np.ndarray, rounds: int, n: int) -> ReplayResult:
     return ReplayResult(
         anchors_scored=scored,
         selected=chosen,
@@ -292,8 +308,49 @@ def replay(
         settled_early=scored < n,
         rounds=rounds,
         passes=int(scored.sum()),
-        passes_exact=n_candidates * n,
+        passes_exact=len(scored) * n,
     )
+
+
+def replay_plain_rule(
+    wins_matrix: np.ndarray,
+    rule: SelectionRule,
+    config: AdaptiveConfig,
+    *,
+    deltas: np.ndarray | None = None,
+    candidate_ids: Sequence[str] | None = None,
+    anchor_ids: Sequence[str] | None = None,
+) -> ReplayResult:
+    """The issue's calibration baseline, replayed to be beaten on the same matrix (not a scoring mode): after the
+    first anchors, rounds of ``round_anchors``; a normal-approximation interval of the final win rate,
+    p ± z sqrt(p (1 - p) / m (n - m) / (n - 1)); a candidate settled for good once its interval clears the
+    current cut (the threshold, or the k-th largest p); the selection by p, then mean delta, then id."""
+    cumulative_wins, cumulative_deltas, ids = _revealed(wins_matrix, deltas, candidate_ids, anchor_ids, config.seed)
+    n_candidates, n = cumulative_wins.shape[0], cumulative_wins.shape[1] - 1
+    rows = np.arange(n_candidates)
+    z = stats.norm.ppf((1 + config.confidence) / 2)
+    scored = np.full(n_candidates, min(config.first_anchors, n), dtype=np.int64)
+    settled = np.zeros(n_candidates, dtype=bool)
+    rounds = 1
+    with np.errstate(invalid="ignore", divide="ignore"):
+        while True:
+            p = cumulative_wins[rows, scored] / scored
+            half = z * np.sqrt(p * (1 - p) / scored * (n - scored) / max(n - 1, 1))
+            if rule.threshold is not None:
+                at = rule.threshold
+                clear = (p - half > at) | (p + half <= at)
+            else:
+                k = rule.k(n_candidates) or 0
+                at = np.sort(p)[::-1][k - 1] if 0 < k < n_candidates else None
+                clear = np.ones(n_candidates, dtype=bool) if at is None else (p - half > at) | (p + half < at)
+            settled |= clear | (scored == n)
+            if settled.all():
+                break
+            scored = np.where(settled, scored, np.minimum(scored + config.round_anchors, n))
+            rounds += 1
+        mean_delta = cumulative_deltas[rows, scored] / scored
+    chosen = select_mask(cumulative_wins[rows, scored] / scored, mean_delta, ids, rule)
+    return _result(scored, chosen, ids, rounds, n)
 
 
 def agreement(selected: np.ndarray, exact: np.ndarray) -> float:
@@ -326,16 +383,17 @@ def compare_with_exact(
     seeds: Sequence[int] = (0, 1, 2, 3, 4),
 ) -> dict[str, list[dict[str, float]]]:
     """The benchmark's figures: per confidence, the replay's anchor passes (over exact's), agreement and quality,
-    averaged over anchor-order ``seeds``; and the same figures for random subsets of as many anchors as the
-    replay spent on average (rounded), over the same seeds."""
+    averaged over anchor-order ``seeds``; the same figures for random subsets of as many anchors as the replay
+    spent on average (rounded), over the same seeds; and for the plain baseline rule (``replay_plain_rule``)."""
     base = config or AdaptiveConfig()
     golden = matrix.golden_scores()
     exact = select_mask(golden, matrix.mean_delta(), matrix.candidate_ids, rule)
     n = matrix.shape[1]
-    adaptive, fixed = [], []
-    for confidence in confidences:
+    adaptive, fixed, plain = [], [], []
+
+    def figures(rule_replay: Callable[..., ReplayResult], confidence: float) -> dict[str, float]:
         runs = [
-            replay(
+            rule_replay(
                 matrix.wins,
                 rule,
                 AdaptiveConfig(confidence, base.first_anchors, base.round_anchors, seed),
@@ -345,17 +403,19 @@ def compare_with_exact(
             )
             for seed in seeds
         ]
-        fraction = float(np.mean([r.passes_fraction for r in runs]))
-        adaptive.append(
-            {
-                "confidence": confidence,
-                "passes_fraction": round(fraction, 4),
-                "agreement": round(float(np.mean([agreement(r.selected, exact) for r in runs])), 4),
-                "agreement_min": round(float(np.min([agreement(r.selected, exact) for r in runs])), 4),
-                "quality": round(float(np.mean([quality(r.selected, exact, golden) for r in runs])), 4),
-                "rounds": round(float(np.mean([r.rounds for r in runs])), 1),
-            }
-        )
+        return {
+            "confidence": confidence,
+            "passes_fraction": round(float(np.mean([r.passes_fraction for r in runs])), 4),
+            "agreement": round(float(np.mean([agreement(r.selected, exact) for r in runs])), 4),
+            "agreement_min": round(float(np.min([agreement(r.selected, exact) for r in runs])), 4),
+            "quality": round(float(np.mean([quality(r.selected, exact, golden) for r in runs])), 4),
+            "rounds": round(float(np.mean([r.rounds for r in runs])), 1),
+        }
+
+    for confidence in confidences:
+        adaptive.append(figures(replay, confidence))
+        plain.append(figures(replay_plain_rule, confidence))
+        fraction = adaptive[-1]["passes_fraction"]
         m = max(1, min(n, round(fraction * n)))
         subsets = [subsample_selection(matrix, rule, m, seed) for seed in seeds]
         fixed.append(
@@ -366,7 +426,7 @@ def compare_with_exact(
                 "quality": round(float(np.mean([quality(s, exact, golden) for s in subsets])), 4),
             }
         )
-    return {"adaptive": adaptive, "fixed_subsample": fixed}
+    return {"adaptive": adaptive, "fixed_subsample": fixed, "plain_rule": plain}
 
 
 __all__ = [
@@ -386,6 +446,7 @@ __all__ = [
     "quality",
     "rank_order",
     "replay",
+    "replay_plain_rule",
     "select",
     "straddles",
     "subsample_selection",

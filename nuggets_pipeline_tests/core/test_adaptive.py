@@ -21,6 +21,7 @@ from nuggets_pipeline.core.adaptive import (
     next_counts,
     quality,
     replay,
+    replay_plain_rule,
     select,
     subsample_selection,
 )
@@ -187,3 +188,22 @@ def test_agreement_quality_and_the_fixed_subsample() -> None:
     for adaptive, fixed in zip(figures["adaptive"], figures["fixed_subsample"], strict=True):
         assert fixed["anchors"] == round(adaptive["passes_fraction"] * 30)
         assert fixed["passes_fraction"] == pytest.approx(fixed["anchors"] / 30)
+    assert [entry["confidence"] for entry in figures["plain_rule"]] == [0.8, 1.0]
+
+
+def test_the_plain_baseline_rule_settles_for_good_and_is_exhaustive_at_confidence_one() -> None:
+    rng = np.random.default_rng(4)
+    deltas = rng.normal(0, 1, 60)[:, None] + rng.normal(size=(60, 30))
+    rule = SelectionRule(top_fraction=0.25)
+    full = replay_plain_rule(deltas > 0, rule, AdaptiveConfig(1.0, 10, 10), deltas=deltas)
+    assert full.passes == full.passes_exact  # an infinite z never clears the cut: everyone gets every anchor
+    expected = select_golden(exact_scores(deltas, np.arange(60).astype(str)), top_fraction=0.25)["candidate_id"]
+    assert sorted(full.selected_ids) == sorted(expected)
+    cheap = replay_plain_rule(deltas > 0, rule, AdaptiveConfig(0.5, 10, 10), deltas=deltas)
+    assert cheap.passes < full.passes and cheap.selected.sum() == 15
+    # All losses give p (1 - p) = 0: the normal interval has no width and settles at once. The best ten tie at
+    # the cut (the k-th p), so unlike the adaptive rule's halfway cut, they are scored to the last anchor.
+    separated = np.where(np.arange(40)[:, None] < 10, 1.0, -1.0) * np.ones((40, 100))
+    settled = replay_plain_rule(separated > 0, rule, AdaptiveConfig(0.99, 10, 10))
+    assert (settled.anchors_scored[10:] == 10).all() and (settled.anchors_scored[:10] == 100).all()
+    assert settled.selected[:10].all() and not settled.selected[10:].any()
