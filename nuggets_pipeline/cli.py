@@ -16,6 +16,7 @@ from typing import Any
 import dagster as dg
 
 from nuggets_pipeline import launch, plan
+from nuggets_pipeline import metadata as md
 from nuggets_pipeline.core.paths import REPO_ROOT, nuggets_home
 
 VARIANTS = ("golden", "random")
@@ -143,7 +144,7 @@ def run_stage(stage: Stage, instance: dg.DagsterInstance, resources: dict[str, A
     return time.perf_counter() - started
 
 
-def summary(timings: dict[str, float]) -> str:
+def summary(timings: dict[str, float], instance: dg.DagsterInstance | None = None) -> str:
     from nuggets_pipeline.core.storage import Warehouse
 
     warehouse = Warehouse(nuggets_home() / "warehouse")
@@ -163,6 +164,11 @@ def summary(timings: dict[str, float]) -> str:
     ]:
         if table in tables:
             lines.append(f"{label:>20}: {count(table):,}")
+        if table == "golden_subset" and instance is not None:
+            # Beside the subset: how far its ranking is signal rather than the luck of the anchor draw.
+            reliability = md.latest_value(instance, "golden_subset", "reliability")
+            if reliability:
+                lines.append(f"{'reliability':>20}: {reliability}")
     if "quarantined_instructions" in tables:
         reasons = warehouse.query(
             "select split_part(reason, ':', 1) reason, count(*) n "
@@ -256,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
         timings[stage.name] = run_stage(stage, instance, resources)
         if stage.name == args.until:
             break
-    print(summary(timings), flush=True)
+    print(summary(timings, instance), flush=True)
     return 0
 
 

@@ -179,7 +179,9 @@ def test_print_config_is_the_launchpad_yaml(capsys: pytest.CaptureFixture[str], 
 
 
 @pytest.mark.slow
-def test_run_scores_your_file_with_your_model(tmp_path, monkeypatch: pytest.MonkeyPatch, isolated_home) -> None:  # type: ignore[no-untyped-def]
+def test_run_scores_your_file_with_your_model(  # type: ignore[no-untyped-def]
+    tmp_path, monkeypatch: pytest.MonkeyPatch, isolated_home, capsys: pytest.CaptureFixture[str]
+) -> None:
     """`nuggets run` on a user's prompt/completion JSONL with the tiny model, through selection and export."""
     import json
 
@@ -197,6 +199,8 @@ def test_run_scores_your_file_with_your_model(tmp_path, monkeypatch: pytest.Monk
     argv += ["--scoring-model", tiny, "--training-model", tiny, "--judge-model", tiny, "--anchor-method", "random"]
     argv += ["--anchors", "3", "--candidates", "0", "--shards", "2", "--top-k", "4", "--export-thresholds", "0.5"]
     assert main([*argv, "--until", "select"]) == 0
+    # The summary gives the ranking's reliability line beside the golden subset (3 anchors: too few to say).
+    assert f"{'reliability':>20}: cannot say: only 3 anchors were scored" in capsys.readouterr().out
     warehouse = Warehouse(isolated_home / "warehouse")
     assert warehouse.query("select count(*) n from nuggets.instructions")["n"].iloc[0] == 14
     assert warehouse.query("select count(*) n from nuggets.golden_subset")["n"].iloc[0] == 4
