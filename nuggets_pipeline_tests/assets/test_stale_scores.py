@@ -146,7 +146,11 @@ def test_selection_and_training_defaults_run_and_an_empty_selection_shows_the_th
 ) -> None:
     for shard in ("base-000", "base-001"):
         assert score(prepared, shard).success
-    empty = failure(select(prepared, threshold=1.0))
+    from nuggets_pipeline.assets.scoring import GoldenSelectionConfig
+
+    with pytest.raises(ValueError, match=r"threshold 1\.0 can never select anything"):
+        GoldenSelectionConfig(threshold=1.0)  # refused as config, before any score is read
+    empty = failure(select(prepared, top_fraction=0.01))  # floor(0.01 * 26) = 0 candidates
     assert "keeps none of the 26 scored candidates" in empty
     assert "threshold |   subset_size |   fraction" in empty and "|        0.80 |" in empty
     default = select(prepared)  # no field set: the paper's golden share as top_fraction
