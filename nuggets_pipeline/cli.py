@@ -57,7 +57,8 @@ def demo_stages(args: argparse.Namespace) -> list[Stage]:
         Stage("zero-shot", ["zero_shot_losses"]),
         Stage(
             "one-shot",
-            ["one_shot_scores"],
+            # Screening first, every shard, in the same run: adaptive mode refines against it; elsewhere a no-op.
+            ["one_shot_screening", "one_shot_scores"],
             partitions=lambda instance: sorted(instance.get_dynamic_partitions(CANDIDATE_SHARDS)),
             single_run_range=True,
         ),

@@ -51,7 +51,7 @@ def default_resources(settings: Settings | None = None) -> dict[str, object]:
             device=device,
             threads=settings.threads,
         ),
-        "scoring": ScoringResource(),
+        "scoring": ScoringResource(mode=settings.scoring_mode),
         # The model that is fine-tuned is configured apart from the scoring model (weak-to-strong selection).
         "training_model": ModelResource(
             model=_shown(settings, "training_model"), device=device, threads=settings.threads
@@ -75,7 +75,7 @@ def _configured(asset: dg.AssetsDefinition, settings: Settings) -> dg.AssetsDefi
     conditions = {key: c for key, c in automation.automation_conditions(settings).items() if key in asset.keys}
     if conditions:
         asset = asset.with_attributes(automation_condition=conditions)
-    if scoring.one_shot_scores.key in asset.keys:
+    if scoring.one_shot_scores.key in asset.keys or scoring.one_shot_screening.key in asset.keys:
         asset = asset.with_attributes(backfill_policy=execution.backfill_policy(settings))
     return asset
 

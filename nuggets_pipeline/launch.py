@@ -75,6 +75,18 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     )
     models.add_argument("--device", default=None, help="cpu, cuda, cuda:N or auto, for every model")
 
+    scoring = parser.add_argument_group("scoring (resource `scoring`); the adaptive cut follows the selection flags")
+    scoring.add_argument(
+        "--scoring-mode",
+        choices=["exact", "decision", "adaptive"],
+        default=None,
+        help="exact (default): every anchor; decision: stop at a certain verdict for --threshold; adaptive: screen "
+        "every candidate, then more anchors only where the selection is still in doubt",
+    )
+    scoring.add_argument("--adaptive-confidence", type=float, default=None, help="adaptive: interval confidence (0.95)")
+    scoring.add_argument("--adaptive-first-anchors", type=int, default=None, help="adaptive: screening anchors (10)")
+    scoring.add_argument("--adaptive-round-anchors", type=int, default=None, help="adaptive: anchors per round (10)")
+
     anchors = parser.add_argument_group("anchors (asset `anchor_set`) and candidates")
     anchors.add_argument("--anchor-method", choices=["random", "kmeans", "file"], default="kmeans")
     anchors.add_argument(
@@ -194,6 +206,25 @@ def _config_value(value: Any) -> Any:
     return {"env": name} if isinstance(name, str) else value
 
 
+def scoring_changes(args: argparse.Namespace) -> dict[str, Any]:
+    """The scoring resource's fields the flags set. Decision and adaptive modes decide against the selection's own
+    criterion, so it is passed on from --threshold / --top-k / --top-fraction: the two can never disagree."""
+    changes = _set(
+        {},
+        mode=args.scoring_mode,
+        adaptive_confidence=args.adaptive_confidence,
+        adaptive_first_anchors=args.adaptive_first_anchors,
+        adaptive_round_anchors=args.adaptive_round_anchors,
+    )
+    if args.scoring_mode == "decision":
+        changes["decision_threshold"] = args.threshold  # None is refused: decision mode needs --threshold
+    elif args.scoring_mode == "adaptive":
+        criterion = ops_config(args)["golden_subset"]["config"]
+        key = next(k for k in ("threshold", "top_k", "top_fraction") if criterion.get(k) is not None)
+        changes[f"adaptive_{key}"] = criterion[key]
+    return changes
+
+
 def resources_config(args: argparse.Namespace, bound: dict[str, Any]) -> dict[str, Any]:
     """The `resources` section: for each model resource a flag changes, ALL its fields.
 
@@ -204,6 +235,7 @@ def resources_config(args: argparse.Namespace, bound: dict[str, Any]) -> dict[st
     changes: dict[str, dict[str, Any]] = {
         "scoring_model": _set({}, model=_absolute(args.scoring_model), dtype=args.scoring_dtype, device=args.device),
         "training_model": _set({}, model=_absolute(args.training_model), device=args.device),
+        "scoring": scoring_changes(args),
         "judge": _set(
             {},
             model=_absolute(args.judge_model),

@@ -5,19 +5,22 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import dagster as dg
 import pandas as pd
 import torch
-from pydantic import Field, PrivateAttr, field_validator
+from pydantic import Field, PrivateAttr, field_validator, model_validator
 from upath import UPath
 
 from nuggets_pipeline import pools
+from nuggets_pipeline.core.adaptive import AdaptiveConfig
 from nuggets_pipeline.core.devices import claim as claim_device
 from nuggets_pipeline.core.modeling import DTYPES, LoadedModel, load_model, resolve_device, resolve_dtype
 from nuggets_pipeline.core.paths import nuggets_home
+from nuggets_pipeline.core.reliability import SelectionRule
 from nuggets_pipeline.core.scoring import ScoringConfig
+from nuggets_pipeline.core.selection import PAPER_GOLDEN_SHARE
 from nuggets_pipeline.core.settings import JUDGE_MAX_FAILED_FRACTION, JUDGE_MAX_RETRIES, JUDGE_TIMEOUT_S
 from nuggets_pipeline.core.storage import Warehouse, write_parquet_atomic
 from nuggets_pipeline.core.templates import TEMPLATES
@@ -148,6 +151,62 @@ class ScoringResource(dg.ConfigurableResource):
     decision_threshold: float | None = Field(
         default=None, description="settle a candidate as soon as its side of this threshold is certain"
     )
+    mode: Literal["exact", "decision", "adaptive"] = Field(
+        default="exact",
+        description="exact: every anchor for every candidate; decision: stop once the verdict at decision_threshold "
+        "is certain (setting decision_threshold alone also means decision); adaptive: one_shot_screening scores "
+        "adaptive_first_anchors anchors of every candidate, then one_shot_scores gives more, adaptive_round_anchors "
+        "at a time, only to candidates whose interval still straddles the cut of the adaptive_* criterion",
+    )
+    adaptive_confidence: float = Field(
+        default=0.95, gt=0, le=1, description="adaptive: confidence of each interval (1: exact, decision-mode bounds)"
+    )
+    adaptive_first_anchors: int = Field(default=10, ge=1, description="adaptive: anchors every candidate gets first")
+    adaptive_round_anchors: int = Field(default=10, ge=1, description="adaptive: anchors added per round")
+    adaptive_seed: int = Field(default=0, description="adaptive: seed of the order anchors are scored in")
+    adaptive_threshold: float | None = Field(
+        default=None, ge=0, lt=1, description="adaptive: the cut is this threshold (select with the same threshold)"
+    )
+    adaptive_top_k: int | None = Field(default=None, gt=0, description="adaptive: the cut keeps the k best")
+    adaptive_top_fraction: float | None = Field(
+        default=None,
+        gt=0,
+        le=1,
+        description="adaptive: the cut keeps this fraction of the best; with no adaptive criterion set, the "
+        "selection's default (the paper's golden share)",
+    )
+
+    @model_validator(mode="after")
+    def _mode_fits(self) -> ScoringResource:
+        if self.mode == "decision" and self.decision_threshold is None:
+            raise ValueError("scoring.mode decision needs scoring.decision_threshold (the threshold to decide)")
+        if self.mode == "adaptive" and self.decision_threshold is not None:
+            raise ValueError("scoring.decision_threshold belongs to decision mode; adaptive takes adaptive_threshold")
+        chosen = [n for n in ("adaptive_threshold", "adaptive_top_k", "adaptive_top_fraction") if getattr(self, n)]
+        if len(chosen) > 1:
+            raise ValueError(f"scoring: {' and '.join(chosen)} are both set; set one adaptive criterion")
+        return self
+
+    @property
+    def effective_mode(self) -> str:
+        """decision_threshold alone has always meant decision mode; it still does."""
+        return "decision" if self.decision_threshold is not None else self.mode
+
+    def adaptive_config(self) -> AdaptiveConfig:
+        return AdaptiveConfig(
+            confidence=self.adaptive_confidence,
+            first_anchors=self.adaptive_first_anchors,
+            round_anchors=self.adaptive_round_anchors,
+            seed=self.adaptive_seed,
+        )
+
+    def adaptive_rule(self) -> SelectionRule:
+        """The criterion refinement settles candidates against; golden_subset must select with the same one."""
+        if self.adaptive_threshold is not None:
+            return SelectionRule(threshold=self.adaptive_threshold)
+        if self.adaptive_top_k is not None:
+            return SelectionRule(top_k=self.adaptive_top_k)
+        return SelectionRule(top_fraction=self.adaptive_top_fraction or PAPER_GOLDEN_SHARE)
 
     def core_config(self, template: str) -> ScoringConfig:
         """The core's settings; the template comes from the model resource (one source of truth)."""

@@ -70,11 +70,16 @@ class ZeroShotSchema(pa.DataFrameModel):
 class OneShotScoresSchema(pa.DataFrameModel):
     candidate_id: Series[str] = pa.Field(str_matches=ID_PATTERN, unique=True)
     shard: Series[str]
-    golden_score: Series[float] = pa.Field(ge=0, le=1, nullable=True, description="NaN when settled early")
+    golden_score: Series[float] = pa.Field(
+        ge=0, le=1, nullable=True, description="NaN when decision mode settled early; adaptive: the estimate"
+    )
     wins: Series[int] = pa.Field(ge=0)
     anchors_scored: Series[int] = pa.Field(ge=0)
     n_anchors: Series[int] = pa.Field(ge=1)
-    verdict: Series[str] = pa.Field(isin=["exact", "accept", "reject"])
+    verdict: Series[str] = pa.Field(
+        isin=["exact", "accept", "reject", "adaptive"],
+        description="exact: every anchor; accept/reject: decision mode stopped; adaptive: refinement settled it early",
+    )
     mean_delta: Series[float] = pa.Field(nullable=True)
     median_delta: Series[float] = pa.Field(nullable=True)
     model_fingerprint: Series[str]

@@ -37,6 +37,7 @@ INGEST_JOB = "ingest_increments"
 SCORE_JOB = "score_shards"
 INCREMENT_OP = "ingest_increment_file"
 ONE_SHOT = dg.AssetKey("one_shot_scores")
+SCREENING = dg.AssetKey("one_shot_screening")  # adaptive mode's first pass (a no-op in exact and decision modes)
 # What the sensor saw of the file it requested a batch from (name, size, mtime, ctime, inode): a failed batch is
 # requested again only once its content is seen some other way, not every tick while nothing changed.
 SEEN_TAG = "nuggets/incoming_seen"
@@ -51,9 +52,10 @@ ingest_increments_job = dg.define_asset_job(
 )
 score_shards_job = dg.define_asset_job(
     SCORE_JOB,
-    selection=dg.AssetSelection.assets(ONE_SHOT),
+    selection=dg.AssetSelection.assets(SCREENING, ONE_SHOT),
     partitions_def=candidate_shards,
-    description="Score one candidate shard (the sensor requests one run per new shard).",
+    description="Score one candidate shard (the sensor requests one run per new shard); in adaptive mode the shard "
+    "is screened first, in the same run.",
 )
 
 

@@ -14,7 +14,10 @@ from nuggets_pipeline.sensors import INGEST_JOB, SCORE_JOB
 ASSETS = [*defs.assets, *defs.asset_checks]
 PREPARE = ["instructions", "quarantined_instructions", "anchor_set", "candidates", "zero_shot_losses"]
 # What each job of a sensor's run request materialises.
-SELECTION = {INGEST_JOB: ["candidate_increments", "quarantined_increments"], SCORE_JOB: ["one_shot_scores"]}
+SELECTION = {
+    INGEST_JOB: ["candidate_increments", "quarantined_increments"],
+    SCORE_JOB: ["one_shot_screening", "one_shot_scores"],
+}
 
 
 def tiny_resources() -> dict[str, Any]:

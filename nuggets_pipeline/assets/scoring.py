@@ -9,12 +9,19 @@ import pandera.pandas as pa
 from pydantic import Field, model_validator
 
 from nuggets_pipeline import metadata as md
+from nuggets_pipeline.core.adaptive_scoring import (
+    SCREENING_COLUMNS,
+    SCREENING_TABLE,
+    ScreeningIncompleteError,
+    refine_shard,
+    screen_shard,
+)
 from nuggets_pipeline.core.ids import ids_hash
 from nuggets_pipeline.core.incoming import INCREMENTS_TABLE, shard_candidates, with_increments
 from nuggets_pipeline.core.reliability import SelectionRule, pair_matrix, readout
 from nuggets_pipeline.core.score_tables import coverage, current_pair_deltas, current_scores, threshold_table
 from nuggets_pipeline.core.scoring import score_zero_shot
-from nuggets_pipeline.core.selection import select_golden
+from nuggets_pipeline.core.selection import PAPER_GOLDEN_SHARE, select_golden
 from nuggets_pipeline.core.shard_scoring import StaleZeroShotError, score_shard_resumable
 from nuggets_pipeline.execution import MODEL_POD_TAGS
 from nuggets_pipeline.partitions import candidate_shards
@@ -77,9 +84,97 @@ def zero_shot_losses(
     )
 
 
+def shard_or_fail(candidates: pd.DataFrame, shard: str, store) -> pd.DataFrame:  # type: ignore[no-untyped-def]
+    """Base shards come from `candidates`; a shard of an incoming batch from that batch's stored increment."""
+    in_shard = shard_candidates(candidates, shard, store)
+    if in_shard.empty:
+        raise dg.Failure(
+            f"shard {shard} has no candidates: re-materialise `candidates` (or its incoming batch) "
+            "or delete the partition"
+        )
+    return in_shard
+
+
 @dg.asset(
     group_name="scoring",
     partitions_def=candidate_shards,
+    code_version="screening-v1",
+    pool="model",
+    op_tags=MODEL_POD_TAGS,
+    backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=1),
+    description="Adaptive mode's first pass: every candidate of a shard scored on the first anchors of one seeded "
+    "order. one_shot_scores refines against every shard's screening, so all shards are screened first. Nothing to "
+    "do in exact or decision mode.",
+)
+def one_shot_screening(
+    context: dg.AssetExecutionContext,
+    candidates: pd.DataFrame,
+    anchor_set: pd.DataFrame,
+    zero_shot_losses: pd.DataFrame,
+    scoring_model: ModelResource,
+    scoring: ScoringResource,
+    warehouse: WarehouseResource,
+):
+    store = warehouse.warehouse()
+    outputs: dict[str, pd.DataFrame] = {}
+    if scoring.effective_mode != "adaptive":
+        context.log.info(f"scoring mode {scoring.effective_mode}: nothing to screen")
+        empty = pd.DataFrame({c: pd.Series(dtype="object") for c in SCREENING_COLUMNS})
+        outputs = {shard: empty for shard in context.partition_keys}
+    else:
+        loaded = scoring_model.load()
+        fingerprint = scoring.fingerprint(loaded.fingerprint, scoring_model.template)
+        config, adaptive = scoring.core_config(scoring_model.template), scoring.adaptive_config()
+        for shard in context.partition_keys:
+            try:
+                outputs[shard] = screen_shard(
+                    loaded,
+                    anchor_set,
+                    zero_shot_losses,
+                    shard_or_fail(candidates, shard, store),
+                    config,
+                    adaptive,
+                    shard=shard,
+                    fingerprint=fingerprint,
+                    warehouse=store,
+                    log=context.log.info,
+                    warn=context.log.warning,
+                )
+            except StaleZeroShotError as error:
+                raise dg.Failure(str(error)) from None
+    frames = pd.concat(outputs.values(), ignore_index=True)
+    metadata = {
+        "dagster/row_count": len(frames),
+        "mode": scoring.effective_mode,
+        "first_anchors": scoring.adaptive_first_anchors,
+        "anchor_passes": int(frames["anchors_scored"].sum()) if len(frames) else 0,
+    }
+    if len(outputs) == 1:
+        return dg.Output(next(iter(outputs.values())), metadata=metadata)
+    return dg.Output(outputs, metadata=metadata)
+
+
+def pool_screening(store, pool: pd.DataFrame) -> pd.DataFrame:  # type: ignore[no-untyped-def]
+    """Every pool shard's screening rows, or a Failure naming the shards to screen first."""
+    shards = sorted(pool["shard"].unique())
+    screening = store.read(SCREENING_TABLE, partitions=shards, allow_missing=True)
+    have = set(screening["shard"]) if len(screening) else set()
+    missing = [s for s in shards if s not in have]
+    if missing:
+        raise dg.Failure(
+            f"adaptive scoring refines against the whole pool's screening, and {len(missing)} of {len(shards)} "
+            f"shards have none: materialise one_shot_screening for {', '.join(missing)} first (a backfill of "
+            "one_shot_screening and one_shot_scores together runs them in that order)",
+            metadata={"shards_to_screen": ", ".join(missing)},
+        )
+    return screening
+
+
+@dg.asset(
+    group_name="scoring",
+    partitions_def=candidate_shards,
+    # Adaptive mode reads every shard's screening (the cut is the pool's); exact and decision modes ignore it.
+    deps=[dg.AssetDep(one_shot_screening, partition_mapping=dg.AllPartitionMapping())],
     code_version="one-shot-v1",
     pool="model",
     op_tags=MODEL_POD_TAGS,
@@ -100,17 +195,49 @@ def one_shot_scores(
     rows = []
     store = warehouse.warehouse()
     config = scoring.core_config(scoring_model.template)
+    adaptive = scoring.effective_mode == "adaptive"
+    screening = pool_screening(store, with_increments(candidates, store, CandidatesSchema)) if adaptive else None
     for shard in context.partition_keys:
-        # Base shards come from `candidates`; a shard of an incoming batch from that batch's stored increment.
-        in_shard = shard_candidates(candidates, shard, store)
-        if in_shard.empty:
-            raise dg.Failure(
-                f"shard {shard} has no candidates: re-materialise `candidates` (or its incoming batch) "
-                "or delete the partition"
-            )
+        in_shard = shard_or_fail(candidates, shard, store)
         started = time.perf_counter()
         loaded = scoring_model.load()  # once per process (shared); the first shard's wall time includes it
         fingerprint = scoring.fingerprint(loaded.fingerprint, scoring_model.template)
+        if adaptive:
+            try:
+                refined = refine_shard(
+                    loaded,
+                    anchor_set,
+                    zero_shot_losses,
+                    in_shard,
+                    config,
+                    scoring.adaptive_config(),
+                    scoring.adaptive_rule(),
+                    screening,
+                    shard=shard,
+                    fingerprint=fingerprint,
+                    warehouse=store,
+                    log=context.log.info,
+                    warn=context.log.warning,
+                )
+            except (StaleZeroShotError, ScreeningIncompleteError) as error:
+                raise dg.Failure(str(error)) from None
+            OneShotScoresSchema.validate(refined.scores)
+            outputs[shard] = refined.scores
+            wall = time.perf_counter() - started
+            rows.append(
+                {
+                    "shard": shard,
+                    "candidates": len(refined.scores),
+                    "anchor_passes": refined.anchor_passes,
+                    "passes_saved": 1 - refined.passes_fraction,
+                    "rounds": refined.rounds,
+                    "settled_early": int(refined.scores["settled_early"].sum()),
+                    "tokens_per_s": refined.tokens_per_s,
+                    "candidates_per_s": len(refined.scores) / wall if wall else 0.0,
+                    "wall_s": wall,
+                }
+            )
+            continue
         try:
             # Checkpoints, resume, deduplication and the pair-delta write: the core's crash-safe shard scoring.
             result = score_shard_resumable(
@@ -149,6 +276,7 @@ def one_shot_scores(
     metadata = {
         "dagster/row_count": len(all_scores),
         "dagster/column_schema": column_schema(OneShotScoresSchema),
+        "mode": scoring.effective_mode,
         "candidates_scored": int(summary["candidates"].sum()),
         "device": scoring_model.device_used(),
         "anchor_passes": int(summary["anchor_passes"].sum()),
@@ -161,16 +289,11 @@ def one_shot_scores(
         ),
         "scoring_fingerprint": all_scores["model_fingerprint"].iloc[0],
         "anchor_set_hash": all_scores["anchor_set_hash"].iloc[0],
+        "passes_fraction": float(all_scores["anchors_scored"].sum() / all_scores["n_anchors"].sum()),
     }
     if len(outputs) == 1:
         return dg.Output(next(iter(outputs.values())), metadata=metadata)
     return dg.Output(outputs, metadata=metadata)
-
-
-# The paper kept 7,525 of 52,002 Alpaca examples (golden score > 0.8): a 14.47% share. The default selects that
-# share, so a pipeline run with no edits always has something to train on (a small scoring model such as SmolLM2
-# rarely scores a candidate above 0.8; see README, "Stale scores" and "Selection defaults").
-PAPER_GOLDEN_SHARE = round(7_525 / 52_002, 4)
 
 
 class GoldenSelectionConfig(dg.Config):
@@ -291,6 +414,13 @@ def golden_subset(
             f"scores were settled early in decision mode at threshold {decided[0]}: select with that threshold, "
             "or re-score exactly (scoring.decision_threshold = null)"
         )
+    refined = current["adaptive_rule"].dropna().unique() if "adaptive_rule" in current else []
+    if len(refined) and set(refined) != {json.dumps(criterion, sort_keys=True)}:
+        raise dg.Failure(
+            f"scores were refined adaptively for {', '.join(refined)}, and candidates settled early are only known "
+            f"to lie on their side of that cut: select with it, or re-run one_shot_scores with the scoring "
+            f"resource's adaptive_* criterion set to {json.dumps(criterion)}"
+        )
     thresholds = threshold_table(store, current)
     chosen = select_golden(current, **criterion)
     if chosen.empty:
@@ -331,6 +461,11 @@ def golden_subset(
             "dagster/row_count": len(subset),
             "criterion": json.dumps(criterion),
             "candidates_scored": len(current),
+            # What scoring cost against exact scoring (every candidate on every anchor): decision and adaptive save.
+            "anchor_passes": int(current["anchors_scored"].sum()),
+            "anchor_passes_exact": int(current["n_anchors"].sum()),
+            "passes_fraction": float(current["anchors_scored"].sum() / current["n_anchors"].sum()),
+            "settled_early": int((current["anchors_scored"] < current["n_anchors"]).sum()),
             "selected_fraction": len(subset) / len(current),
             "coverage_complete": cover.complete,
             "partial": partial,

@@ -10,13 +10,20 @@ import pandas as pd
 PAPER_THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9)
 
 
+# The paper kept 7,525 of 52,002 Alpaca examples (golden score > 0.8): a 14.47% share. The default selects that
+# share, so a pipeline run with no edits always has something to train on (a small scoring model such as SmolLM2
+# rarely scores a candidate above 0.8; see README, "Stale scores" and "Selection defaults").
+PAPER_GOLDEN_SHARE = round(7_525 / 52_002, 4)
+
+
 def _above(scores: pd.DataFrame, threshold: float) -> np.ndarray:
     """golden_score > threshold per row, also for rows that decision mode stopped early.
 
     An early-stopped row only bounds its final score: at least wins / n, at most (wins + unscored) / n. Both
     bounds use the same division as the exact score, so a row decided at threshold t is decided the same way here.
     """
-    exact = scores["verdict"].to_numpy() == "exact"
+    # Adaptive rows carry an estimate as golden score, clipped into the interval refinement settled them by.
+    exact = np.isin(scores["verdict"].to_numpy(), ("exact", "adaptive"))
     wins = scores["wins"].to_numpy(dtype=np.float64)
     n = scores["n_anchors"].to_numpy(dtype=np.float64)
     unscored = n - scores["anchors_scored"].to_numpy(dtype=np.float64)
@@ -32,8 +39,8 @@ def _above(scores: pd.DataFrame, threshold: float) -> np.ndarray:
 
 
 def _ranked(scores: pd.DataFrame) -> pd.DataFrame:
-    if (scores["verdict"] != "exact").any():
-        raise ValueError("top-k and top-fraction selection need exact scores; decision-mode rows have no score")
+    if scores["verdict"].isin(("accept", "reject")).any():
+        raise ValueError("top-k and top-fraction selection need scores; decision-mode rows have none")
     # Ties in golden score (common: it is a count over ~100 anchors) fall back to the mean log-prob gain.
     return scores.sort_values(["golden_score", "mean_delta", "candidate_id"], ascending=[False, False, True])
 
@@ -92,4 +99,4 @@ def threshold_table(scores: pd.DataFrame, thresholds: tuple[float, ...] = PAPER_
     )
 
 
-__all__ = ["PAPER_THRESHOLDS", "select_bottom", "select_golden", "threshold_table"]
+__all__ = ["PAPER_GOLDEN_SHARE", "PAPER_THRESHOLDS", "select_bottom", "select_golden", "threshold_table"]

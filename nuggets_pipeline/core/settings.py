@@ -135,6 +135,12 @@ class Settings(BaseSettings):
         description="dtype of the scoring model; `auto`: bfloat16 where the hardware computes it natively, else "
         "float32 (set float32 to score bit-for-bit the same everywhere)",
     )
+    scoring_mode: Literal["exact", "decision", "adaptive"] = Field(
+        default="exact",
+        description="how one-shot scoring spends anchors: `exact` every anchor for every candidate; `decision` stops "
+        "once a threshold verdict is certain (scoring.decision_threshold); `adaptive` screens every candidate on a "
+        "few anchors, then gives more only to those whose interval straddles the selection's cut",
+    )
     training_model: str = Field(
         default="smollm2-135m-instruct", description="model that is fine-tuned (may differ: weak-to-strong)"
     )

@@ -98,7 +98,7 @@ def test_decision_mode_rows_are_selected_by_verdict() -> None:
     assert select_golden(table, threshold=0.85)["candidate_id"].tolist() == ["d0", "d3"]
     with pytest.raises(ValueError, match="decision mode"):
         select_golden(table, threshold=0.5)  # the rejected row ends between 2 and 8 wins: undecided
-    with pytest.raises(ValueError, match="exact scores"):
+    with pytest.raises(ValueError, match="decision-mode rows have none"):
         select_golden(table, top_k=1)
 
 

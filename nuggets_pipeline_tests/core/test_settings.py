@@ -35,6 +35,7 @@ def test_the_defaults_are_the_values_the_modules_used_before() -> None:
         "dagster_storage": None,
         "scoring_model": "smollm2-135m-instruct",
         "scoring_dtype": "auto",
+        "scoring_mode": "exact",
         "training_model": "smollm2-135m-instruct",
         "judge_backend": "local",
         "judge_model": "smollm2-135m-instruct",

@@ -240,3 +240,35 @@ def test_a_criterion_the_user_gave_is_never_replaced(tmp_path) -> None:  # type:
     chosen = ops_config(build_parser().parse_args(["run", "--top-fraction", "0"]))["golden_subset"]["config"]
     assert chosen == {"threshold": None, "top_fraction": 0.0}  # handed on to be refused, not turned into 0.25
     assert ops_config(build_parser().parse_args(["run"]))["golden_subset"]["config"]["top_fraction"] == 0.25
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [
+        (["--scoring-mode", "adaptive"], {"mode": "adaptive", "adaptive_top_fraction": 0.25}),
+        (["--scoring-mode", "adaptive", "--top-k", "7"], {"mode": "adaptive", "adaptive_top_k": 7}),
+        (
+            ["--scoring-mode", "adaptive", "--threshold", "0.6", "--adaptive-confidence", "0.9"],
+            {"mode": "adaptive", "adaptive_threshold": 0.6, "adaptive_confidence": 0.9},
+        ),
+        (["--scoring-mode", "decision", "--threshold", "0.8"], {"mode": "decision", "decision_threshold": 0.8}),
+    ],
+)
+def test_the_scoring_mode_decides_against_the_selections_own_criterion(flags: list[str], expected: dict) -> None:
+    from nuggets_pipeline.definitions import default_resources
+    from nuggets_pipeline.launch import run_config
+
+    config = run_config(build_parser().parse_args(["run", *flags]), default_resources())
+    scoring = config["resources"]["scoring"]["config"]
+    assert {k: scoring[k] for k in expected} == expected
+
+
+def test_decision_mode_without_a_threshold_is_refused_before_any_stage_runs(
+    tmp_path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:  # type: ignore[no-untyped-def]
+    from nuggets_pipeline.cli import main
+
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path))
+    monkeypatch.setattr("nuggets_pipeline.cli.run_stage", lambda *a, **k: pytest.fail("a stage ran"))
+    assert main(["run", "--scoring-mode", "decision"]) == 2
+    assert "scoring.mode decision needs scoring.decision_threshold" in capsys.readouterr().err
