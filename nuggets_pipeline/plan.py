@@ -271,7 +271,13 @@ def add_parser(subparsers: Any) -> None:
         f"{PILOT_CANDIDATES} x {PILOT_ANCHORS} anchors tells how many anchors the pool needs)",
     )
     parser.add_argument("--sample-anchors", type=int, default=8, help="anchors scored per sample candidate")
-    parser.add_argument("--gpu-tokens-per-s", type=float, default=None, help="anchor tokens/s of one target GPU")
+    parser.add_argument(
+        "--gpu-tokens-per-s",
+        type=float,
+        default=None,
+        help="anchor tokens/s of one target GPU, measured (`make gpu-check`, or a first shard's tokens_per_s): the "
+        "project has no measured GPU figure yet",
+    )
     parser.add_argument("--gpus", type=int, default=1, help="GPUs to spread the job over (wall-clock estimate)")
     parser.add_argument("--shard-size", type=int, default=DEFAULT_SHARD_SIZE, help="candidates per shard")
     parser.add_argument("--candidates", type=int, default=None, help="plan for only this many candidates")

@@ -443,7 +443,10 @@ def golden_subset(
     pairs, left_out = current_pair_deltas(store, current)
     trust = readout(pair_matrix(pairs, anchor_set["id"]), SelectionRule.from_criterion(criterion))
     if left_out:
-        context.log.warning(f"reliability: {left_out} candidates' stored pair deltas do not match their scores")
+        context.log.warning(
+            f"reliability: {left_out} candidates left out: no stored pair deltas (a scored pool imported without "
+            "them, or keep_pair_deltas off), or deltas that do not add up to their current score"
+        )
     context.log.info(f"ranking reliability: {trust.line}")
     figures = trust.as_metadata()
     ranked = current.merge(pool[["id", "instruction", "output"]], left_on="candidate_id", right_on="id")
