@@ -170,6 +170,9 @@ def summary(timings: dict[str, float], instance: dg.DagsterInstance | None = Non
             reliability = md.latest_value(instance, "golden_subset", "reliability")
             if reliability:
                 lines.append(f"{'reliability':>20}: {reliability}")
+            cost = md.latest_value(instance, "golden_subset", "selection_to_tuning")
+            if cost:
+                lines.append(f"{'selection cost':>20}: {cost}")
     if "quarantined_instructions" in tables:
         reasons = warehouse.query(
             "select split_part(reason, ':', 1) reason, count(*) n "

@@ -16,6 +16,7 @@ from nuggets_pipeline.core.adaptive_scoring import (
     refine_shard,
     screen_shard,
 )
+from nuggets_pipeline.core.cost import SelectionCost, estimated, measured
 from nuggets_pipeline.core.ids import ids_hash
 from nuggets_pipeline.core.incoming import INCREMENTS_TABLE, shard_candidates, with_increments
 from nuggets_pipeline.core.reliability import SelectionRule, pair_matrix, readout
@@ -349,6 +350,34 @@ class GoldenSelectionConfig(dg.Config):
         return {"top_fraction": self.top_fraction if self.top_fraction is not None else PAPER_GOLDEN_SHARE}
 
 
+def selection_cost(instance: dg.DagsterInstance, current: pd.DataFrame) -> SelectionCost:
+    """STR: measured where the current shards' scoring runs and a `full` fine-tune both recorded their wall time,
+    else the FLOP estimate (core.cost), per epoch, the same model scoring and training."""
+    scored_tokens = int(current["anchor_tokens_scored"].sum() + current["prefix_tokens"].sum())
+    pool_tokens = int((current["prefix_tokens"] - 1).sum())  # each demonstration is its example in full, sans BOS
+    fallback = estimated(scored_tokens, pool_tokens)
+    shards = sorted(current["shard"].unique())
+    records = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=one_shot_scores.key, asset_partitions=shards), limit=10 * len(shards) + 10
+    ).records
+    latest: dict[str, tuple[str, float]] = {}
+    for record in records:  # newest first: keep each shard's latest run; a range run covers several shards once
+        event = record.asset_materialization
+        if event is not None and event.partition in shards and event.partition not in latest:
+            wall = event.metadata.get("wall_s")
+            latest[event.partition] = (record.run_id, float(wall.value) if wall is not None else float("nan"))
+    tuned = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=dg.AssetKey("finetuned_model"), asset_partitions=["full"]), limit=1
+    ).records
+    if len(latest) < len(shards) or not tuned or tuned[0].asset_materialization is None:
+        return fallback
+    scoring_s = sum(dict(latest.values()).values())
+    tuning = tuned[0].asset_materialization.metadata.get("wall_s")
+    if tuning is None or not scoring_s > 0:
+        return fallback
+    return measured(scoring_s, float(tuning.value))
+
+
 def current_provenance(zero_shot_losses: pd.DataFrame, anchor_set: pd.DataFrame) -> tuple[str, str]:
     """The scoring fingerprint and anchor-set hash every score (and every subset) must carry to be current."""
     anchors = ids_hash(anchor_set["id"])
@@ -448,6 +477,8 @@ def golden_subset(
             "them, or keep_pair_deltas off), or deltas that do not add up to their current score"
         )
     context.log.info(f"ranking reliability: {trust.line}")
+    cost = selection_cost(context.instance, current)
+    context.log.info(cost.line())
     figures = trust.as_metadata()
     ranked = current.merge(pool[["id", "instruction", "output"]], left_on="candidate_id", right_on="id")
     ranked = ranked.sort_values("golden_score", ascending=False)
@@ -469,6 +500,8 @@ def golden_subset(
             "anchor_passes_exact": int(current["n_anchors"].sum()),
             "passes_fraction": float(current["anchors_scored"].sum() / current["n_anchors"].sum()),
             "settled_early": int((current["anchors_scored"] < current["n_anchors"]).sum()),
+            "selection_to_tuning_ratio": cost.ratio,
+            "selection_to_tuning": cost.line(),
             "selected_fraction": len(subset) / len(current),
             "coverage_complete": cover.complete,
             "partial": partial,

@@ -88,6 +88,10 @@ def test_adaptive_mode_screens_refines_and_selects_by_its_own_criterion(tmp_path
     meta = selected.get_asset_materialization_events()[0].materialization.metadata
     assert meta["anchor_passes"].value == scores["anchors_scored"].sum()
     assert meta["anchor_passes_exact"].value == 9 * len(scores) and meta["passes_fraction"].value < 1
+    # No full-pool fine-tune ran: the selection-to-tuning ratio is the FLOP estimate, and says so.
+    assert (
+        meta["selection_to_tuning_ratio"].value > 0 and "(estimated: forward FLOPs" in meta["selection_to_tuning"].value
+    )
     subset = selected.output_for_node("golden_subset")
     assert len(subset) == int(0.25 * len(scores))  # exactly the configured rule
 
