@@ -18,7 +18,7 @@ import math
 import sys
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +64,10 @@ class Plan:
     reliability: float | None = None
     anchors_for_reliability_0_8: int | None = None
     reliability_line: str = ""
+    # Exact, adaptive and weak-to-strong side by side: tokens, hours here, GPU-hours, selection-to-tuning ratio.
+    scoring_parameters: int = 0
+    pool_tokens: int = 0  # the pool's examples in the scoring template: what a full fine-tune trains on per epoch
+    strategies: list[dict[str, Any]] = field(default_factory=list)
 
 
 def anchor_token_lengths(loaded: Any, anchors: pd.DataFrame, template_name: str, max_length: int | None) -> list[int]:
@@ -126,6 +130,8 @@ def make_plan(
     max_length: int | None = None,
     threads: int | None = None,
     seed: int = 0,
+    trainee_parameters: int | None = None,
+    trainee_epochs: float = 3.0,
 ) -> Plan:
     import torch
 
@@ -176,6 +182,19 @@ def make_plan(
     rate = tokens / seconds if seconds > 0 else float("nan")
     total = per_candidate * len(candidates)
     gpu_hours = total / gpu_tokens_per_s / 3600 if gpu_tokens_per_s else None
+    scoring_parameters = int(loaded.model.num_parameters())
+    pool_tokens = prefix_tokens - len(candidates)  # each demonstration without its BOS
+    pilot_pairs = pd.concat(pilot, ignore_index=True)
+    strategies = compare_strategies(
+        total + prefix_tokens,
+        pool_tokens,
+        rate,
+        gpu_tokens_per_s,
+        scoring_parameters,
+        trainee_parameters,
+        trainee_epochs,
+        adaptive_passes(pilot_pairs, sample_a["id"]),
+    )
     return Plan(
         pool=", ".join(str(s) for s in sources),
         pool_rows=len(pool),
@@ -205,7 +224,70 @@ def make_plan(
         reliability=trust.as_metadata()["reliability"],
         anchors_for_reliability_0_8=trust.anchors_for_reliability_0_8,
         reliability_line=trust.line,
+        scoring_parameters=scoring_parameters,
+        pool_tokens=pool_tokens,
+        strategies=strategies,
     )
+
+
+def adaptive_passes(pairs: pd.DataFrame, anchor_ids: pd.Series) -> tuple[float, str] | None:
+    """The adaptive rule (default settings, top quarter) replayed on the pilot's matrix: its share of exact's
+    anchor passes, and on what it was measured; None when the pilot is too small to say (fewer than 10 candidates
+    or 10 anchors). A pilot has few anchors, so the share is a rough guide for a run on many more."""
+    from nuggets_pipeline.core.adaptive import AdaptiveConfig, replay
+    from nuggets_pipeline.core.reliability import SelectionRule, pair_matrix
+
+    matrix = pair_matrix(pairs, anchor_ids)
+    candidates, anchors = matrix.wins.shape
+    if candidates < 10 or anchors < 10:
+        return None
+    config = AdaptiveConfig(first_anchors=max(1, anchors // 10), round_anchors=max(1, anchors // 10))
+    fraction = replay(matrix.wins, SelectionRule(top_fraction=0.25), config, deltas=matrix.deltas).passes_fraction
+    return fraction, f"replayed on the pilot's {candidates} x {anchors}"
+
+
+def compare_strategies(
+    exact_tokens: int,
+    pool_tokens: int,
+    rate_here: float,
+    gpu_tokens_per_s: float | None,
+    scoring_parameters: int,
+    trainee_parameters: int | None,
+    epochs: float,
+    adaptive: tuple[float, str] | None,
+) -> list[dict[str, Any]]:
+    """Rows of the comparison: tokens scored, hours here, GPU-hours and the estimated selection-to-tuning ratio
+    against fine-tuning the trainee on the whole pool for ``epochs`` (core.cost: forward over training FLOPs)."""
+    from nuggets_pipeline.core.cost import estimated
+
+    def row(name: str, tokens: float, basis: str, trainee: int | None) -> dict[str, Any]:
+        cost = estimated(int(tokens), pool_tokens, epochs, scoring_parameters, trainee or scoring_parameters)
+        return {
+            "strategy": name,
+            "tokens": int(tokens),
+            "hours_here": tokens / rate_here / 3600 if rate_here == rate_here and rate_here > 0 else None,
+            "gpu_hours": tokens / gpu_tokens_per_s / 3600 if gpu_tokens_per_s else None,
+            "selection_to_tuning_ratio": cost.ratio,
+            "basis": basis,
+        }
+
+    rows = [row("exact", exact_tokens, "every anchor for every candidate", None)]
+    if adaptive is not None:
+        rows.append(
+            row("adaptive", exact_tokens * adaptive[0], f"{adaptive[0]:.0%} of the passes, {adaptive[1]}", None)
+        )
+    else:
+        rows.append({"strategy": "adaptive", "basis": "unknown until a pilot of 10+ candidates x 10+ anchors"})
+    if trainee_parameters:
+        rows.append(
+            row(
+                "weak-to-strong (exact)",
+                exact_tokens,
+                f"this model ({scoring_parameters / 1e9:.3g}B) scores for a {trainee_parameters / 1e9:.3g}B trainee",
+                trainee_parameters,
+            )
+        )
+    return rows
 
 
 def format_plan(plan: Plan) -> str:
@@ -239,6 +321,18 @@ def format_plan(plan: Plan) -> str:
         )
     else:
         lines.append("GPU-hours       give --gpu-tokens-per-s (measure it: `nuggets plan --device cuda` on the GPU)")
+    trainee = "the same model" if len(plan.strategies) < 3 else "the trainee"
+    lines.append(f"strategies      (selection-to-tuning ratio: scoring FLOPs over fine-tuning {trainee} on the pool)")
+    for row in plan.strategies:
+        if "tokens" not in row:
+            lines.append(f"  {row['strategy']:<24} {row['basis']}")
+            continue
+        here = duration(row["hours_here"]) if row["hours_here"] is not None else "?"
+        gpu = f"{row['gpu_hours']:,.3g} GPU-h" if row["gpu_hours"] is not None else "GPU-h: give --gpu-tokens-per-s"
+        lines.append(
+            f"  {row['strategy']:<24} {row['tokens']:>15,} tokens  {here:>14} here  {gpu}  "
+            f"STR {row['selection_to_tuning_ratio']:.3g}  ({row['basis']})"
+        )
     lines.append(f"reliability     {plan.reliability_line}")
     if plan.reliability is None:
         pilot_tokens = PILOT_CANDIDATES * PILOT_ANCHORS * plan.anchor_tokens_per_candidate / plan.anchor_count
@@ -279,6 +373,14 @@ def add_parser(subparsers: Any) -> None:
         "project has no measured GPU figure yet",
     )
     parser.add_argument("--gpus", type=int, default=1, help="GPUs to spread the job over (wall-clock estimate)")
+    parser.add_argument(
+        "--trainee-parameters",
+        type=float,
+        default=None,
+        help="parameters of the model the selection is for, when larger than the scoring model (weak-to-strong; "
+        "e.g. 6.7e9 for a 7B)",
+    )
+    parser.add_argument("--trainee-epochs", type=float, default=3.0, help="epochs of that fine-tune (the paper's 3)")
     parser.add_argument("--shard-size", type=int, default=DEFAULT_SHARD_SIZE, help="candidates per shard")
     parser.add_argument("--candidates", type=int, default=None, help="plan for only this many candidates")
     parser.add_argument("--max-length", type=int, default=None, help="scoring max_length (default: no cut)")
@@ -310,6 +412,8 @@ def run(args: argparse.Namespace) -> int:
             candidates_limit=args.candidates,
             max_length=args.max_length,
             threads=args.threads,
+            trainee_parameters=int(args.trainee_parameters) if args.trainee_parameters else None,
+            trainee_epochs=args.trainee_epochs,
         )
     except (ValueError, OSError, RuntimeError) as error:  # bad files, counts, models and devices
         print(f"error: {error}", file=sys.stderr)

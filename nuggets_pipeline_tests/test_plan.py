@@ -92,3 +92,22 @@ def test_a_pilot_sample_reads_the_reliability_stepped_up_to_every_anchor(pool: P
         assert 0 <= plan.reliability <= 1
         assert plan.anchors_for_reliability_0_8 is None or plan.anchors_for_reliability_0_8 >= 1
     assert "reliability     " + plan.reliability_line in format_plan(plan)
+
+
+def test_the_plan_compares_exact_adaptive_and_weak_to_strong(pool: Path) -> None:
+    plan = make_plan(
+        [str(pool)], "12", TINY_RANDOM_LLAMA, device="cpu", dtype="float32", sample_candidates=12,
+        sample_anchors=12, threads=1, gpu_tokens_per_s=1000.0, trainee_parameters=50 * 10**9,
+    )  # fmt: skip
+    exact, adaptive, weak = plan.strategies
+    assert exact["strategy"] == "exact" and exact["tokens"] == plan.tokens_to_score + plan.prefix_tokens
+    assert exact["gpu_hours"] == pytest.approx(exact["tokens"] / 1000 / 3600)
+    # Same model: scoring FLOPs over three epochs of training on the pool's examples.
+    assert exact["selection_to_tuning_ratio"] == pytest.approx(2 * exact["tokens"] / (6 * plan.pool_tokens * 3))
+    assert adaptive["strategy"] == "adaptive" and 0 < adaptive["tokens"] <= exact["tokens"]
+    assert "replayed on the pilot's 12 x 12" in adaptive["basis"]
+    # A 50B trainee: the same scoring, a ratio smaller by the size ratio.
+    size = plan.scoring_parameters / (50 * 10**9)
+    assert weak["selection_to_tuning_ratio"] == pytest.approx(exact["selection_to_tuning_ratio"] * size)
+    text = format_plan(plan)
+    assert "weak-to-strong (exact)" in text and "STR" in text
