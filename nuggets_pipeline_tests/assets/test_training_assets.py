@@ -47,7 +47,7 @@ def test_an_empty_selection_fails_before_anything_reaches_training(
 ) -> None:
     for shard in prepared.get_dynamic_partitions("candidate_shards"):
         assert score(prepared, shard).success
-    selected = select(prepared, threshold=1.0)  # nothing scores strictly above 1
+    selected = select(prepared, top_fraction=0.01)  # floor(0.01 x 26) = 0 (a threshold of 1 is refused as config)
     assert not selected.success
     failure = selected.get_step_failure_events()[0].step_failure_data.error
     assert "keeps none of the 26 scored candidates" in failure.message and "subset_size" in failure.message
