@@ -9,8 +9,9 @@ import pandas as pd
 import pytest
 import torch
 
+from nuggets_pipeline.core import scoring
 from nuggets_pipeline.core.data import example_id
-from nuggets_pipeline.core.modeling import LoadedModel, encode
+from nuggets_pipeline.core.modeling import TINY_RANDOM_LLAMA, LoadedModel, encode, load_model
 from nuggets_pipeline.core.scoring import (
     PAIR_COLUMNS,
     SCORE_COLUMNS,
@@ -316,3 +317,41 @@ def test_a_subset_of_pairs_scores_exactly_those_pairs_as_a_full_pass_would(
     assert sum(c.anchor_passes for c in chunks) == len(asked)
     scores = pd.concat([c.scores for c in chunks]).set_index("candidate_id")
     assert scores.loc[ids[2], "anchors_scored"] == 0 and scores.loc[ids[1], "anchors_scored"] == 3
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_log_probs_in_head_slices_and_normaliser_blocks_match_a_float64_log_softmax(
+    dtype: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The LM head runs in row slices and the float32 normaliser in cache-sized blocks. The blocks leave every
+    row's value as it was to the last bit; slices can move it by float rounding (another matmul shape)."""
+    loaded = load_model(TINY_RANDOM_LLAMA, dtype=dtype, device="cpu")
+    head = loaded.model.get_output_embeddings()
+    generator = torch.Generator().manual_seed(0)
+    hidden = torch.randn(23, head.in_features, generator=generator).to(loaded.dtype)
+    targets = torch.randint(0, head.out_features, (23,), generator=generator)
+    with torch.inference_mode():
+        expected = head(hidden).double().log_softmax(-1).gather(1, targets[:, None]).squeeze(1)
+        monkeypatch.setattr(scoring, "_NORM_ELEMENTS", head.out_features * len(targets))  # one block
+        whole = scoring._response_logprobs(loaded.model, hidden, targets)
+        monkeypatch.setattr(scoring, "_NORM_ELEMENTS", 3 * head.out_features)  # blocks of 3 rows, a ragged end
+        blocked = scoring._response_logprobs(loaded.model, hidden, targets)
+        monkeypatch.setattr(scoring, "_HEAD_ROWS", 7)  # slices of 7, 7, 7, 2 rows
+        sliced = scoring._response_logprobs(loaded.model, hidden, targets)
+    assert torch.equal(blocked, whole)
+    assert blocked.double().numpy() == pytest.approx(expected.numpy(), abs=1e-5)
+    assert sliced.double().numpy() == pytest.approx(expected.numpy(), abs=1e-5)
+
+
+def test_eager_attention_scores_as_sdpa_does(tiny_model: LoadedModel) -> None:
+    """The 4D mask is additive in the model's dtype: -inf for SDPA, the dtype's minimum for eager attention."""
+    eager = load_model(TINY_RANDOM_LLAMA, dtype="float32", device="cpu")
+    eager.model.config._attn_implementation = "eager"
+    anchors, candidates = frame(ANCHORS), frame(CANDIDATES[:2])
+    config = ScoringConfig(batch_tokens=90)
+    sdpa_zero, _, sdpa_pairs, _ = run(tiny_model, anchors, candidates, config)
+    eager_zero, _, eager_pairs, _ = run(eager, anchors, candidates, config)
+    assert eager_zero["logprob_sum"].to_numpy() == pytest.approx(sdpa_zero["logprob_sum"].to_numpy(), abs=1e-4)
+    assert eager_pairs["one_shot_logprob"].to_numpy() == pytest.approx(
+        sdpa_pairs["one_shot_logprob"].to_numpy(), abs=1e-4
+    )
