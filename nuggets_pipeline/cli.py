@@ -1,5 +1,5 @@
 """`python -m nuggets_pipeline.cli demo`: run the whole graph on the embedded default, stage by stage;
-`... run`: the same stages on your data with your models (see `nuggets_pipeline.launch`).
+`... run`: the same stages on your data with your models (see `nuggets_pipeline.runs.flags`).
 
 Runs go through the same Dagster instance as `make ui` (DAGSTER_HOME = the repository, storage under the home),
 so every materialisation of the demo is visible in the UI afterwards.
@@ -15,9 +15,9 @@ from typing import Any
 
 import dagster as dg
 
-from nuggets_pipeline import launch, plan
-from nuggets_pipeline import metadata as md
 from nuggets_pipeline.core.paths import REPO_ROOT, nuggets_home
+from nuggets_pipeline.defs import metadata as md
+from nuggets_pipeline.runs import flags, plan
 
 VARIANTS = ("golden", "random")
 
@@ -35,7 +35,7 @@ class Stage:
 
 
 def demo_stages(args: argparse.Namespace) -> list[Stage]:
-    from nuggets_pipeline.partitions import CANDIDATE_SHARDS
+    from nuggets_pipeline.defs.partitions import CANDIDATE_SHARDS
 
     return [
         Stage("ingest", ["instructions", "quarantined_instructions"]),
@@ -94,12 +94,12 @@ def demo_stages(args: argparse.Namespace) -> list[Stage]:
 
 
 def run_stages(args: argparse.Namespace, bound: dict[str, Any]) -> list[Stage]:
-    """The demo's stages with the run config `nuggets run`'s flags map to (`launch.run_config`)."""
-    config = launch.run_config(args, bound)
+    """The demo's stages with the run config `nuggets run`'s flags map to (`flags.run_config`)."""
+    config = flags.run_config(args, bound)
     stages = []
     for stage in demo_stages(build_parser().parse_args(["demo"])):
         ops = {"ingest_instructions" if name == "instructions" else name for name in stage.selection}
-        part = launch.for_selection(config, ops)
+        part = flags.for_selection(config, ops)
         resources = part.get("resources", {})
         stages.append(replace(stage, ops_config=part["ops"], resources_config=resources, launched_by="run"))
     return stages
@@ -115,7 +115,7 @@ def selection(args: argparse.Namespace) -> dict[str, float | None]:
 
 
 def run_stage(stage: Stage, instance: dg.DagsterInstance, resources: dict[str, Any]) -> float:
-    from nuggets_pipeline.definitions import defs
+    from nuggets_pipeline.defs.definitions import defs
 
     started = time.perf_counter()
     print(f"\n=== {stage.name}: {', '.join(stage.selection)}", flush=True)
@@ -214,11 +214,11 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser(
         "run",
         help="your data and your models: the same stages, configured by flags (see `run --help`)",
-        description=launch.RUN_DESCRIPTION,
+        description=flags.RUN_DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    launch.add_run_arguments(run)
-    from nuggets_pipeline import study
+    flags.add_run_arguments(run)
+    from nuggets_pipeline.study import experiment as study
 
     study.add_parser(sub)
     return parser
@@ -227,7 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "study":
-        from nuggets_pipeline import study
+        from nuggets_pipeline.study import experiment as study
 
         return study.run(args)
 
@@ -235,16 +235,16 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("NUGGETS_DAGSTER_STORAGE", str(nuggets_home() / "dagster"))
     if args.command == "plan":
         return plan.run(args)
-    from nuggets_pipeline.definitions import default_resources
+    from nuggets_pipeline.defs.definitions import default_resources
 
     resources = default_resources()
     if args.command == "run":
-        from nuggets_pipeline.definitions import defs
+        from nuggets_pipeline.defs.definitions import defs
 
-        config = launch.run_config(args, resources)
+        config = flags.run_config(args, resources)
         try:
-            launch.validate_run_config(config, list(defs.assets or []), resources)
-        except launch.RunConfigError as error:
+            flags.validate_run_config(config, list(defs.assets or []), resources)
+        except flags.RunConfigError as error:
             print(f"nuggets run: {error}", file=sys.stderr)
             return 2
         if args.print_config:

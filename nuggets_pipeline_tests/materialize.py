@@ -7,9 +7,9 @@ from typing import Any
 
 import dagster as dg
 
-from nuggets_pipeline.definitions import default_resources, defs
-from nuggets_pipeline.resources import JudgeResource, ModelResource, ScoringResource
-from nuggets_pipeline.sensors import INGEST_JOB, SCORE_JOB
+from nuggets_pipeline.defs.definitions import default_resources, defs
+from nuggets_pipeline.defs.resources import JudgeResource, ModelResource, ScoringResource
+from nuggets_pipeline.defs.sensors import INGEST_JOB, SCORE_JOB
 
 ASSETS = [*defs.assets, *defs.asset_checks]
 PREPARE = ["instructions", "quarantined_instructions", "anchor_set", "candidates", "zero_shot_losses"]

@@ -7,7 +7,7 @@ import pytest
 
 from nuggets_pipeline.core.data import FieldMap, SourceError, example_id, ingest
 from nuggets_pipeline.core.paths import ALPACA_CLEANED, shipped
-from nuggets_pipeline.schemas import InstructionsSchema, QuarantineSchema
+from nuggets_pipeline.defs.schemas import InstructionsSchema, QuarantineSchema
 from nuggets_pipeline_tests.accounting import assert_rows_accounted
 
 GOOD = {"instruction": "Name a colour.", "input": "", "output": "Blue."}

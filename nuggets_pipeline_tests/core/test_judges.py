@@ -754,7 +754,7 @@ class SilentServer:
 def test_the_judge_resource_sets_timeout_and_retries_and_a_silent_server_fails_fast() -> None:
     """Before: the resource had no timeout_s or max_retries; a judge that never answered held each request for
     6 tries x 120 s."""
-    from nuggets_pipeline.resources import JudgeResource
+    from nuggets_pipeline.defs.resources import JudgeResource
 
     defaults = JudgeResource(backend="openai", model="judge-model").build()
     assert (defaults.timeout_s, defaults.max_retries) == (60.0, 3)

@@ -1,0 +1,581 @@
+"""Stage 5: MT-Bench, AlpacaEval and a judge-free likelihood signal for every variant, and the report."""
+
+import json
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import dagster as dg
+import pandas as pd
+import torch
+from pydantic import Field
+
+from nuggets_pipeline.core import alpaca_eval, exports, mt_bench
+from nuggets_pipeline.core.judging import Judge, JudgmentCache, calibrate_judge
+from nuggets_pipeline.core.modeling import LoadedModel, load_model
+from nuggets_pipeline.core.reference_likelihood import score_references, summarize_scores
+from nuggets_pipeline.core.report import JudgeInfo, VariantResults, build_report
+from nuggets_pipeline.core.settings import hide_userinfo
+from nuggets_pipeline.defs import metadata as md
+from nuggets_pipeline.defs.assets.training import finetuned_dir, finetuned_model
+from nuggets_pipeline.defs.partitions import training_variants
+from nuggets_pipeline.defs.resources import JudgeResource, ModelResource, WarehouseResource
+
+ALL_PARTITIONS = {"allow_missing_partitions": True}
+
+
+def variant_model(home: Path, variant: str, device: str) -> LoadedModel:
+    """The fine-tuned variant on ``device``: the training model's device (NUGGETS_DEVICE), claimed for this step
+    where the node has several GPUs (ModelResource.torch_device)."""
+    path = finetuned_dir(home, variant) / "model"
+    if not (path / "config.json").exists():
+        raise dg.Failure(f"no fine-tuned checkpoint for variant {variant!r} at {path}: materialise finetuned_model")
+    # On a GPU the variants generate in bfloat16; on CPUs in float32, so answers are the same on every CPU.
+    on_gpu = torch.device(device).type == "cuda"
+    return load_model(str(path), dtype="auto" if on_gpu else "float32", device=device)
+
+
+def judgment_cache(warehouse: WarehouseResource) -> JudgmentCache:
+    return JudgmentCache(warehouse.root() / "judgments.sqlite")
+
+
+def exports_dir(warehouse: WarehouseResource) -> Path:
+    return warehouse.root() / "exports"
+
+
+def paths_metadata(written: dict[str, Path]) -> dict[str, dg.MetadataValue]:
+    """Every exported file as a path entry of the asset's metadata (shown, and copyable, in the UI)."""
+    return {f"export_{name}": dg.MetadataValue.path(str(path)) for name, path in written.items()}
+
+
+@dataclass(frozen=True, kw_only=True)
+class EvaluationProfile:
+    """Subset sizes and decoding lengths; ``None`` means the whole set. Keywords only: seven numbers in a row
+    cannot be told apart."""
+
+    mt_bench_questions: int | None
+    mt_bench_max_new_tokens: int
+    alpaca_eval_instructions: int | None
+    alpaca_eval_max_new_tokens: int
+    likelihood_alpaca_eval_items: int | None
+    likelihood_mt_bench_items: int | None
+    calibration_pairs: int
+
+
+# `paper`: the full benchmarks with their authors' generation lengths (FastChat's 1,024 new tokens for MT-Bench,
+# AlpacaEval's 2,048). `cpu-demo`: slices small enough for 2 CPU cores, the asset defaults.
+EvaluationProfileName = Literal["cpu-demo", "paper"]
+EVALUATION_PROFILES: dict[EvaluationProfileName, EvaluationProfile] = {
+    "cpu-demo": EvaluationProfile(
+        mt_bench_questions=4,
+        mt_bench_max_new_tokens=128,
+        alpaca_eval_instructions=16,
+        alpaca_eval_max_new_tokens=128,
+        likelihood_alpaca_eval_items=32,
+        likelihood_mt_bench_items=None,
+        calibration_pairs=16,
+    ),
+    "paper": EvaluationProfile(
+        mt_bench_questions=None,
+        mt_bench_max_new_tokens=1024,
+        alpaca_eval_instructions=None,
+        alpaca_eval_max_new_tokens=2048,
+        likelihood_alpaca_eval_items=None,
+        likelihood_mt_bench_items=None,
+        calibration_pairs=100,
+    ),
+}
+
+
+def profile_field() -> Any:
+    return Field(default="cpu-demo", description="cpu-demo (small slices) or paper (full sets); set fields override")
+
+
+class CalibrationConfig(dg.Config):
+    profile: EvaluationProfileName = profile_field()
+    n: int | None = Field(default=None, ge=2, description="GPT-4-decided pairs to test the judge on, balanced")
+    route: Literal["pairwise", "pointwise"] = Field(default="pairwise")
+    seed: int = 0
+
+    def pairs(self) -> int:
+        return self.n or EVALUATION_PROFILES[self.profile].calibration_pairs
+
+
+@dg.asset(
+    group_name="evaluation",
+    pool="model",
+    code_version="calibration-v1",
+    description="How far the judge agrees with GPT-4 on shipped AlpacaEval annotations: its trust figure.",
+)
+def judge_calibration(
+    context: dg.AssetExecutionContext, config: CalibrationConfig, judge: JudgeResource, warehouse: WarehouseResource
+) -> dg.Output[pd.DataFrame]:
+    result = calibrate_judge(
+        judge.build(), n=config.pairs(), seed=config.seed, route=config.route, cache=judgment_cache(warehouse)
+    )
+    context.log.info(result.summary)
+    row = pd.DataFrame([{k: v for k, v in result.__dict__.items()}])
+    return dg.Output(
+        row,
+        metadata={
+            "judge": result.judge,
+            "agreement_with_gpt4": result.agreement if result.agreement is not None else float("nan"),
+            "ci_95": f"{result.ci_low:.3f} – {result.ci_high:.3f}",
+            "near_chance": result.near_chance,
+            "summary": dg.MetadataValue.md(result.summary),
+            "pairs": result.n,
+            "wall_s": result.elapsed_s,
+        },
+    )
+
+
+# What a benchmark's core `evaluate` gets from the shared body: the variant, its model, the judge on its device,
+# and (as keywords) the judgment cache and a progress callback; it returns the rows and their summary.
+BenchmarkRun = Callable[..., tuple[pd.DataFrame, Any]]
+
+
+def judged_benchmark(
+    context: dg.AssetExecutionContext,
+    judge: JudgeResource,
+    training_model: ModelResource,
+    warehouse: WarehouseResource,
+    what: str,
+    decoding: dict[str, Any],
+    run: BenchmarkRun,
+) -> tuple[pd.DataFrame, Any, str]:
+    """The shape MT-Bench and AlpacaEval share: load the partition's variant on the training model's device, run
+    the benchmark with the judge there (judgments cached in the home), stamp every row with the variant, model
+    and decoding. Returns the rows, the summary and the variant."""
+    variant = context.partition_key
+    device = training_model.torch_device()
+    loaded = variant_model(warehouse.root(), variant, device)
+    rows, summary = run(
+        variant,
+        loaded,
+        judge.build(device),
+        cache=judgment_cache(warehouse),
+        progress=md.progress_logger(context.log.info, what + ": {done}/{total}", parts=5),
+    )
+    rows = rows.assign(variant=variant, model_fingerprint=loaded.fingerprint, decoding=json.dumps(decoding))
+    return rows, summary, variant
+
+
+JUDGMENTS_CHECK = "judgments_answered"
+LAST_ERROR_LIMIT = 600  # characters of the judge's last error shown (each judgment's error is cut to ~300 already)
+
+
+def judgments_check(asset: str) -> dg.AssetCheckSpec:
+    return dg.AssetCheckSpec(
+        JUDGMENTS_CHECK,
+        asset=asset,
+        description="Warns when some judge requests failed (their rows carry no verdict and are left out of the "
+        "score); the asset itself fails when all failed, or more than the judge's max_failed_fraction.",
+    )
+
+
+def judgment_failures(
+    asset: str, rows: pd.DataFrame, judged: pd.Series, max_failed_fraction: float
+) -> dg.AssetCheckResult:
+    """The judgments check of ``rows`` (``judged``: the rows a judge was asked about); raises ``dg.Failure`` with
+    the count and the judge's last error when all of them failed, or more than ``max_failed_fraction``.
+
+    A score over the few judgments that got through (or over none: NaN) would otherwise be stored, exported and
+    reported as if the benchmark had run; the failures are not cached, so materialising again retries only them.
+    """
+    failed = rows["failed"].astype(bool) & judged
+    n_judged, n_failed = int(judged.sum()), int(failed.sum())
+    metadata: dict[str, Any] = {
+        "failed_judgments": n_failed,
+        "judgments": n_judged,
+        "max_failed_fraction": max_failed_fraction,
+    }
+    if n_failed:
+        errors = rows.loc[failed, "error"].dropna()
+        # Each error was redacted by the judge backend when it was made; URL credentials are hidden once more here.
+        last = hide_userinfo(str(errors.iloc[-1]))[:LAST_ERROR_LIMIT] if len(errors) else "no error text"
+        metadata["last_error"] = last
+        if n_failed == n_judged or n_failed > max_failed_fraction * n_judged:
+            raise dg.Failure(
+                description=f"{asset}: {n_failed} of {n_judged} judgments failed (allowed: at most "
+                f"{max_failed_fraction:.0%}, never all); the judge's last error: {last}. Fix the judge (server, "
+                f"key, timeout_s, max_retries) and materialise again: answered judgments are cached, failed ones "
+                f"are asked again",
+                metadata=metadata,
+            )
+    return dg.AssetCheckResult(
+        check_name=JUDGMENTS_CHECK,
+        asset_key=asset,
+        passed=n_failed == 0,
+        severity=dg.AssetCheckSeverity.WARN,
+        metadata=metadata,
+    )
+
+
+def benchmark_metadata(written: dict[str, Path], training_model: ModelResource, **figures: Any) -> dict[str, Any]:
+    return {**paths_metadata(written), "device": training_model.device_used(), **figures}
+
+
+class MTBenchConfig(dg.Config):
+    profile: EvaluationProfileName = profile_field()
+    questions: int | None = Field(default=None, gt=0, description="first N of the 80 questions (80: all)")
+    max_new_tokens: int | None = Field(default=None, gt=0)
+    batch_size: int = Field(default=8, gt=0)
+    seed: int = 0
+
+    def settings(self) -> tuple[int | None, int]:
+        """(questions, None for all; max new tokens): set fields win over the profile's."""
+        profile = EVALUATION_PROFILES[self.profile]
+        return self.questions or profile.mt_bench_questions, self.max_new_tokens or profile.mt_bench_max_new_tokens
+
+
+@dg.asset(
+    group_name="evaluation",
+    partitions_def=training_variants,
+    deps=[finetuned_model],
+    pool="model",
+    code_version="mt-bench-v1",
+    description="MT-Bench: two-turn answers graded 1-10 by the judge; one row per (question, turn).",
+    check_specs=[judgments_check("mt_bench_results")],
+)
+def mt_bench_results(
+    context: dg.AssetExecutionContext,
+    config: MTBenchConfig,
+    judge: JudgeResource,
+    training_model: ModelResource,
+    warehouse: WarehouseResource,
+) -> Iterator[dg.Output[pd.DataFrame] | dg.AssetCheckResult]:
+    questions, max_new_tokens = config.settings()
+
+    def run(variant: str, loaded: LoadedModel, built: Judge, **shared: Any) -> tuple[pd.DataFrame, Any]:
+        return mt_bench.evaluate(
+            loaded,
+            built,
+            limit=questions,
+            max_new_tokens=max_new_tokens,
+            batch_size=config.batch_size,
+            seed=config.seed,
+            **shared,
+        )
+
+    decoding = {"max_new_tokens": max_new_tokens, "temperatures": "fastchat"}
+    rows, summary, variant = judged_benchmark(
+        context, judge, training_model, warehouse, "MT-Bench answers", decoding, run
+    )
+    # Before any export: a benchmark whose judge failed writes nothing a reader could take for a result.
+    check = judgment_failures("mt_bench_results", rows, pd.Series(True, index=rows.index), judge.max_failed_fraction)
+    categories = pd.DataFrame(sorted(summary.per_category.items()), columns=["category", "mean_rating"])
+    # FastChat's files: show_result reads the grades, gen_judgment can re-grade the answers with GPT-4.
+    written = exports.export_mt_bench(rows, variant, exports_dir(warehouse))
+    yield dg.Output(
+        rows,
+        metadata=benchmark_metadata(
+            written,
+            training_model,
+            judge=summary.judge,
+            score=summary.score,
+            turn_1=summary.turn_1,
+            turn_2=summary.turn_2,
+            standard_error=summary.standard_error,
+            questions=summary.n_questions,
+            unparseable_judgments=summary.n_unparseable,
+            failed_judgments=summary.n_failed,
+            per_category=md.table(categories),
+        ),
+    )
+    yield check
+
+
+class AlpacaEvalConfig(dg.Config):
+    profile: EvaluationProfileName = profile_field()
+    instructions: int | None = Field(default=None, gt=0, description="first N of the 805 instructions (805: all)")
+    version: Literal["alpaca_eval_1", "alpaca_eval_2"] = Field(
+        default="alpaca_eval_1", description="reference: text-davinci-003 (1, the paper's) or gpt-4-1106 (2)"
+    )
+    protocol: Literal["pairwise", "pointwise"] = Field(
+        default="pairwise", description="pointwise rates each output 1-10 (the route for weak judges)"
+    )
+    max_new_tokens: int | None = Field(default=None, gt=0)
+    batch_size: int = Field(default=8, gt=0)
+    seed: int = 0
+
+    def settings(self) -> tuple[int | None, int]:
+        """(instructions, None for all; max new tokens): set fields win over the profile's."""
+        profile = EVALUATION_PROFILES[self.profile]
+        return (
+            self.instructions or profile.alpaca_eval_instructions,
+            self.max_new_tokens or profile.alpaca_eval_max_new_tokens,
+        )
+
+
+@dg.asset(
+    group_name="evaluation",
+    partitions_def=training_variants,
+    deps=[finetuned_model],
+    pool="model",
+    code_version="alpaca-eval-v1",
+    description="AlpacaEval: the variant's outputs judged against the reference model's; one row each.",
+    check_specs=[judgments_check("alpaca_eval_results")],
+)
+def alpaca_eval_results(
+    context: dg.AssetExecutionContext,
+    config: AlpacaEvalConfig,
+    judge: JudgeResource,
+    training_model: ModelResource,
+    warehouse: WarehouseResource,
+) -> Iterator[dg.Output[pd.DataFrame] | dg.AssetCheckResult]:
+    instructions, max_new_tokens = config.settings()
+
+    def run(variant: str, loaded: LoadedModel, built: Judge, **shared: Any) -> tuple[pd.DataFrame, Any]:
+        return alpaca_eval.evaluate(
+            loaded,
+            built,
+            version=config.version,
+            limit=instructions,
+            generator=f"nuggets-{variant}",
+            protocol=config.protocol,
+            max_new_tokens=max_new_tokens,
+            batch_size=config.batch_size,
+            seed=config.seed,
+            **shared,
+        )
+
+    decoding = {"max_new_tokens": max_new_tokens, "temperature": 0}
+    annotations, summary, _ = judged_benchmark(
+        context, judge, training_model, warehouse, "AlpacaEval outputs", decoding, run
+    )
+    # An output identical to the reference is a tie without asking the judge (no prompt hash): not counted.
+    judged = annotations["prompt_hash"].notna()
+    check = judgment_failures("alpaca_eval_results", annotations, judged, judge.max_failed_fraction)
+    datasets = pd.DataFrame(sorted(summary.per_dataset.items()), columns=["dataset", "win_rate"])
+    written = exports.export_alpaca_eval(annotations, exports_dir(warehouse))
+    yield dg.Output(
+        annotations,
+        metadata=benchmark_metadata(
+            written,
+            training_model,
+            lc_glm=summary.lc_glm,
+            judge=summary.judge,
+            reference=summary.reference,
+            win_rate=summary.win_rate,
+            standard_error=summary.standard_error,
+            length_controlled_win_rate=summary.length_controlled_win_rate,
+            avg_output_length=summary.avg_length,
+            instructions=summary.n_instructions,
+            unparseable_judgments=summary.n_unparseable,
+            failed_judgments=summary.n_failed,
+            per_dataset=md.table(datasets),
+        ),
+    )
+    yield check
+
+
+class LikelihoodConfig(dg.Config):
+    profile: EvaluationProfileName = profile_field()
+    alpaca_eval_items: int | None = Field(default=None, gt=0, description="gpt-4-1106 reference answers (805: all)")
+    mt_bench_items: int | None = Field(default=None, gt=0, description="GPT-4 MT-Bench references (30: all)")
+
+    def items(self) -> dict[str, int | None]:
+        """Answers scored per source (None: all): set fields win over the profile's."""
+        profile = EVALUATION_PROFILES[self.profile]
+        return {
+            "alpaca_eval": self.alpaca_eval_items or profile.likelihood_alpaca_eval_items,
+            "mt_bench": self.mt_bench_items or profile.likelihood_mt_bench_items,
+        }
+
+
+@dg.asset(
+    group_name="evaluation",
+    partitions_def=training_variants,
+    deps=[finetuned_model],
+    pool="model",
+    code_version="likelihood-v1",
+    description="Judge-free: mean per-token log-likelihood of strong reference answers never trained on.",
+)
+def reference_likelihood(
+    context: dg.AssetExecutionContext,
+    config: LikelihoodConfig,
+    training_model: ModelResource,
+    warehouse: WarehouseResource,
+) -> dg.Output[pd.DataFrame]:
+    variant = context.partition_key
+    loaded = variant_model(warehouse.root(), variant, training_model.torch_device())
+    frames, lines = [], {}
+    for source, limit in config.items().items():
+        started = time.perf_counter()
+        scores, summary = score_references(loaded, source, limit=limit)
+        context.log.info(
+            f"reference log-likelihood, {source}: {summary.n_items} answers, {summary.n_tokens} answer tokens, "
+            f"mean {summary.mean_logprob:.4f} nats/token in {time.perf_counter() - started:.1f} s"
+        )
+        frames.append(scores.assign(source=source))
+        lines[f"{source}_mean_logprob"] = summary.mean_logprob
+        lines[f"{source}_items"] = summary.n_items
+    rows = pd.concat(frames, ignore_index=True).assign(variant=variant, model_fingerprint=loaded.fingerprint)
+    return dg.Output(rows, metadata={**lines, "device": training_model.device_used()})
+
+
+def by_variant(frames: dict[str, pd.DataFrame] | pd.DataFrame) -> dict[str, pd.DataFrame]:
+    if isinstance(frames, pd.DataFrame):  # a single materialised partition loads as a frame
+        return {str(frames["variant"].iloc[0]): frames} if len(frames) else {}
+    return dict(frames)
+
+
+class ReportConfig(dg.Config):
+    mt_bench_answer_files: list[str] = Field(
+        default=[],
+        description="FastChat model_answer/<model>.jsonl files of other models (e.g. FastChat's published "
+        "answers): graded by the same judge on the questions our variants answered and shown beside them",
+    )
+
+
+def other_models(
+    paths: list[str], questions_asked: set[int], judge: JudgeResource, warehouse: WarehouseResource
+) -> tuple[list[VariantResults], list[str]]:
+    """Grade other models' FastChat answers with our judge, so their rows are comparable with ours."""
+    if not paths:
+        return [], []
+    if not questions_asked:
+        raise dg.Failure("mt_bench_answer_files are graded on the questions the variants answered: none has yet")
+    built = judge.build()
+    questions = [q for q in mt_bench.load_questions() if q.question_id in questions_asked]
+    results, names = [], []
+    for path in paths:
+        name, answers = exports.read_fastchat_answers(path)
+        answered = {a.question_id for a in answers}
+        if missing := sorted(questions_asked - answered):
+            raise dg.Failure(f"{path}: no answer to MT-Bench question(s) {missing} that the variants answered")
+        chosen = [a for a in answers if a.question_id in questions_asked]
+        rows = mt_bench.grade_answers(built, questions, chosen, cache=judgment_cache(warehouse))
+        bench = exports_dir(warehouse) / exports.FASTCHAT_BENCH
+        exports.write_jsonl_atomic(
+            bench / "model_answer" / f"{exports.safe_name(name)}.jsonl",
+            [
+                json.loads(line)
+                for line in Path(path).expanduser().read_text(encoding="utf-8").splitlines()
+                if line.strip()
+            ],
+        )
+        exports.write_jsonl_atomic(
+            exports.judgment_part_path(exports_dir(warehouse), built.name, name), exports.fastchat_judgments(rows, name)
+        )
+        results.append(VariantResults(variant=name, mt_bench=mt_bench.summarize(rows)))
+        names.append(name)
+    return results, names
+
+
+@dg.asset(
+    group_name="evaluation",
+    ins={
+        "mt_bench_results": dg.AssetIn(metadata=ALL_PARTITIONS),
+        "alpaca_eval_results": dg.AssetIn(metadata=ALL_PARTITIONS),
+        "reference_likelihood": dg.AssetIn(metadata=ALL_PARTITIONS),
+    },
+    code_version="report-v2",
+    description="Every variant side by side, with paired bootstrap comparisons: did the selection help?",
+)
+def evaluation_report(
+    context: dg.AssetExecutionContext,
+    config: ReportConfig,
+    mt_bench_results: dict[str, pd.DataFrame],
+    alpaca_eval_results: dict[str, pd.DataFrame],
+    reference_likelihood: dict[str, pd.DataFrame],
+    judge_calibration: pd.DataFrame,
+    warehouse: WarehouseResource,
+    judge: JudgeResource,
+) -> dg.Output[pd.DataFrame]:
+    mt, ae, lk = by_variant(mt_bench_results), by_variant(alpaca_eval_results), by_variant(reference_likelihood)
+    variants = [v for v in training_variants.get_partition_keys() if v in mt or v in ae or v in lk]
+    if not variants:
+        raise dg.Failure("no variant has evaluation results yet: materialise mt_bench_results / alpaca_eval_results")
+    results = []
+    for variant in variants:
+        likelihood = None
+        if variant in lk:
+            likelihood = {s: summarize_scores(g, s) for s, g in lk[variant].groupby("source")}
+        results.append(
+            VariantResults(
+                variant=variant,
+                mt_bench=mt_bench.summarize(mt[variant]) if variant in mt else None,
+                alpaca_eval=alpaca_eval.summarize(ae[variant]) if variant in ae else None,
+                likelihood=likelihood,
+            )
+        )
+    asked = {int(q) for frame in mt.values() for q in frame["question_id"]}
+    others, other_names = other_models(config.mt_bench_answer_files, asked, judge, warehouse)
+    results += others
+    written: dict[str, Path] = {}
+    mt_judges = {str(j) for frame in mt.values() for j in frame["judge"].dropna().unique()}
+    for judge_name in mt_judges:  # one file with every model: what FastChat's show_result reads
+        models = [exports.model_id(v) for v in variants if v in mt] + other_names
+        written[f"mt_bench_judgments_{exports.safe_name(judge_name)}"] = exports.combine_judgments(
+            exports_dir(warehouse), judge_name, models
+        )
+    calibration = judge_calibration.iloc[0]
+    judge_info = JudgeInfo(
+        name=str(calibration["judge"]),
+        backend=str(calibration["backend"]),
+        mode=str(calibration["mode"]),
+        agreement=None if pd.isna(calibration["agreement"]) else float(calibration["agreement"]),
+        ci_low=float(calibration["ci_low"]),
+        ci_high=float(calibration["ci_high"]),
+        near_chance=bool(calibration["near_chance"]),
+    )
+    # How far the golden ranking can be trusted, as golden_subset recorded it from the stored pair deltas.
+    reliability = md.latest_value(context.instance, "golden_subset", "reliability_figures")
+    reliability = dict(reliability) if isinstance(reliability, dict) else None
+    table, comparisons, markdown = build_report(results, judge_info, reliability=reliability)
+    report_path = warehouse.root() / "exports" / "evaluation_report.md"
+    report_path.parent.mkdir(parents=True, exist_ok=True)
+    report_path.write_text(markdown)
+    # The same figures, machine-readable: the study command builds its results.json from this file.
+    report_path.with_suffix(".json").write_text(
+        json.dumps(
+            {
+                "variants": variants,
+                "judge": judge_info.__dict__,
+                "metrics": json.loads(table.to_json(orient="records")),
+                "comparisons": json.loads(comparisons.to_json(orient="records")),
+                "reliability": reliability,
+            },
+            indent=1,
+        )
+    )
+    context.log.info("\n" + markdown)
+    return dg.Output(
+        table.reset_index(drop=True),
+        metadata={
+            "report": dg.MetadataValue.md(markdown),
+            "variants": ", ".join(variants),
+            "chart": comparison_chart(table, warehouse.root() / "plots" / "evaluation.png"),
+            "report_file": dg.MetadataValue.path(str(report_path)),
+            "comparisons": md.table(comparisons_preview(comparisons)),
+            "other_models": ", ".join(other_names) or "none",
+            "reliability": (reliability or {}).get("line", "no readout: golden_subset recorded none"),
+            **paths_metadata(written),
+        },
+    )
+
+
+def comparisons_preview(comparisons: pd.DataFrame) -> pd.DataFrame:
+    columns = ["comparison", "source", "n", "difference", "ci_low", "ci_high", "verdict"]
+    return comparisons[columns] if len(comparisons) else pd.DataFrame(columns=columns)
+
+
+def comparison_chart(table: pd.DataFrame, path: Path) -> dg.MetadataValue:
+    """One bar group per metric, one bar per variant: the answer at a glance."""
+    variants = [c for c in table.columns if c in training_variants.get_partition_keys()]
+    headline = table[table["headline"].astype(bool)] if "headline" in table else table
+    numeric = headline.set_index("metric")[variants].apply(pd.to_numeric, errors="coerce").dropna(how="all")
+    figure, axes = md.pyplot().subplots(1, max(len(numeric), 1), figsize=(3 * max(len(numeric), 1), 3), squeeze=False)
+    for axis, (metric, values) in zip(axes[0], numeric.iterrows(), strict=False):
+        palette = ["#d4a017", "#8a8a8a", "#b0b0b0", "#c0504d", "#4f6bed", "#6a9f58"]
+        axis.bar(values.index, values.to_numpy(), color=[palette[i % len(palette)] for i in range(len(values))])
+        axis.tick_params(axis="x", labelsize=7, rotation=30)
+        axis.set_title(str(metric), fontsize=8)
+        lower, upper = values.min(), values.max()
+        margin = (upper - lower) * 0.5 or abs(upper) * 0.05 or 1.0
+        axis.set_ylim(lower - margin, upper + margin)  # small judges differ by hundredths: zoom in, not from 0
+    figure.tight_layout()
+    return md.save_plot(figure, path)

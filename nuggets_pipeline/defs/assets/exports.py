@@ -1,0 +1,89 @@
+"""The scored pool and the golden subset as files a trainer loads (JSONL, Parquet, `datasets`, Alpaca JSON)."""
+
+import dagster as dg
+import pandas as pd
+from pydantic import Field, field_validator
+
+from nuggets_pipeline.core.exports import export_scored_pool, ranked_pool
+from nuggets_pipeline.core.incoming import with_increments
+from nuggets_pipeline.core.selection import select_golden
+from nuggets_pipeline.defs import metadata as md
+from nuggets_pipeline.defs.assets.evaluation import paths_metadata
+from nuggets_pipeline.defs.resources import WarehouseResource
+
+
+class PoolExportConfig(dg.Config):
+    thresholds: list[float] = Field(
+        default=[],
+        description="also write one Alpaca JSON per threshold (golden_score > t), like the paper's released "
+        "alpaca_gpt4_0.85.json; e.g. [0.8, 0.85, 0.9]",
+    )
+    file_prefix: str = Field(default="alpaca_golden", description="per-threshold files are <prefix>_<t>.json")
+
+    @field_validator("thresholds")
+    @classmethod
+    def _in_range(cls, values: list[float]) -> list[float]:
+        if bad := [t for t in values if not 0.0 <= t <= 1.0]:
+            raise ValueError(f"thresholds must be within [0, 1], got {bad}")
+        return values
+
+
+def current_scores(scores: pd.DataFrame, zero_shot: pd.DataFrame, candidate_ids: set[str]) -> pd.DataFrame:
+    """Scores of today's candidates made with today's scoring model and anchors (others are stale)."""
+    if scores.empty:
+        return scores
+    same = (scores["model_fingerprint"] == zero_shot["model_fingerprint"].iloc[0]) & (
+        scores["anchor_set_hash"] == zero_shot["anchor_set_hash"].iloc[0]
+    )
+    current = scores[same & scores["candidate_id"].isin(candidate_ids)]
+    return current.drop_duplicates("candidate_id", keep="last")
+
+
+@dg.asset(
+    group_name="scoring",
+    code_version="pool-exports-v1",
+    description="The whole scored pool ranked by golden score (JSONL, Parquet, `datasets` folder) and the golden "
+    "subset as Alpaca JSON, under <home>/exports/golden/: data any trainer loads.",
+)
+def scored_pool_exports(
+    context: dg.AssetExecutionContext,
+    config: PoolExportConfig,
+    golden_subset: pd.DataFrame,
+    candidates: pd.DataFrame,
+    zero_shot_losses: pd.DataFrame,
+    warehouse: WarehouseResource,
+) -> dg.Output[pd.DataFrame]:
+    store = warehouse.warehouse()
+    candidates = with_increments(candidates, store)
+    files = sorted(store.table_dir("one_shot_scores").glob("*.parquet"))
+    scores = pd.concat([pd.read_parquet(f) for f in files], ignore_index=True) if files else pd.DataFrame()
+    current = current_scores(scores, zero_shot_losses, set(candidates["id"]))
+    if current.empty:
+        raise dg.Failure("no current one_shot_scores to export: score the candidate shards first")
+    pool = ranked_pool(candidates, current, golden_subset["id"])
+    if missing := set(golden_subset["id"]) - set(pool["id"]):
+        raise dg.Failure(f"{len(missing)} golden_subset rows have no current score: re-materialise golden_subset")
+    by_threshold = {}
+    for threshold in config.thresholds:
+        chosen = set(select_golden(current, threshold=threshold)["candidate_id"])
+        by_threshold[threshold] = pool[pool["id"].isin(chosen)]
+    exports = warehouse.root() / "exports"
+    written = export_scored_pool(pool, exports, threshold_subsets=by_threshold, prefix=config.file_prefix)
+    # golden_subset itself used to write exports/golden_subset.json: a second copy, left behind by older versions,
+    # that disagrees with golden/golden_subset.json as soon as the selection changes. One copy stays.
+    legacy = exports / "golden_subset.json"
+    if legacy.is_file():
+        legacy.unlink()
+        context.log.info(f"removed {legacy}, an old copy of {written['golden_subset_alpaca']}")
+    context.log.info(f"exported {len(pool)} scored rows ({int(pool['selected'].sum())} selected) to {written}")
+    sizes = pd.DataFrame({"threshold": list(by_threshold), "rows": [len(s) for s in by_threshold.values()]})
+    return dg.Output(
+        pool,
+        metadata={
+            "dagster/row_count": len(pool),
+            "selected": int(pool["selected"].sum()),
+            "per_threshold": md.table(sizes) if len(sizes) else "none asked",
+            "top_examples": md.preview(pool, ["golden_score", "instruction", "output"], rows=5),
+            **paths_metadata(written),
+        },
+    )

@@ -1,0 +1,107 @@
+"""The Kubernetes profile: the instance configuration validates, and the definitions load under it."""
+
+import importlib.util
+from pathlib import Path
+
+import dagster as dg
+import pytest
+import yaml
+from dagster._config import process_config, resolve_to_config_type
+from dagster._core.instance.config import dagster_instance_config
+from dagster_k8s import K8sRunLauncher
+from dagster_k8s.job import get_user_defined_k8s_config
+from dagster_postgres import DagsterPostgresStorage
+
+from nuggets_pipeline.core.paths import REPO_ROOT
+from nuggets_pipeline.core.settings import Settings
+from nuggets_pipeline.defs.definitions import build_defs
+
+DEPLOY = REPO_ROOT / "deploy"
+# Stand-ins for what Kubernetes Secrets put into the environment; nothing here reaches a cluster.
+CLUSTER_ENV = {
+    "DAGSTER_PG_HOST": "postgres.nuggets.svc.cluster.local",
+    "DAGSTER_PG_USER": "dagster",
+    "DAGSTER_PG_PASSWORD": "stand-in-password",
+    "DAGSTER_PG_DB": "dagster",
+    "DAGSTER_K8S_JOB_NAMESPACE": "nuggets",
+}
+
+
+def valid(schema_owner: type, config: dict) -> None:
+    result = process_config(resolve_to_config_type(schema_owner.config_type()), config)
+    assert result.success, [e.message for e in result.errors]
+
+
+def test_the_k8s_instance_profile_validates(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, value in CLUSTER_ENV.items():
+        monkeypatch.setenv(name, value)
+    config, custom_class = dagster_instance_config(str(DEPLOY / "k8s"), "dagster.yaml")
+    assert custom_class is None
+    launcher = config["run_launcher"]
+    assert (launcher["module"], launcher["class"]) == ("dagster_k8s", "K8sRunLauncher")
+    valid(K8sRunLauncher, launcher["config"])
+    valid(DagsterPostgresStorage, config["storage"]["postgres"])
+    assert config["run_monitoring"]["free_slots_after_run_end_seconds"] > 0
+    assert config["concurrency"]["pools"]["default_limit"] >= 1
+    # The only credential is read from the environment; the file holds no password.
+    raw = (DEPLOY / "k8s" / "dagster.yaml").read_text()
+    assert "stand-in-password" not in raw and yaml.safe_load(raw)["storage"]["postgres"]["postgres_db"]["password"] == {
+        "env": "DAGSTER_PG_PASSWORD"
+    }
+
+
+def test_the_helm_values_run_these_definitions_on_k8s() -> None:
+    values = yaml.safe_load((DEPLOY / "helm" / "values.yaml").read_text())
+    assert values["runLauncher"]["type"] == "K8sRunLauncher"
+    assert values["postgresql"]["enabled"] is False and "postgresqlPassword" not in values["postgresql"]
+    assert values["generatePostgresqlPasswordSecret"] is False
+    [deployment] = values["dagster-user-deployments"]["deployments"]
+    module = deployment["dagsterApiGrpcArgs"][deployment["dagsterApiGrpcArgs"].index("--module-name") + 1]
+    assert importlib.util.find_spec(module) is not None
+    env = {item["name"]: item["value"] for item in deployment["env"]}
+    assert env["NUGGETS_DEPLOYMENT"] == "cluster"
+    assert Settings(**{k: v for k, v in env.items() if k.startswith("NUGGETS_")}).executor == "k8s"
+    assert deployment["includeConfigInLaunchedRuns"]["enabled"] is True
+    assert values["dagsterDaemon"]["runMonitoring"]["freeSlotsAfterRunEndSeconds"] > 0
+    dockerfile = (DEPLOY / "Dockerfile").read_text()
+    assert module in dockerfile and "NUGGETS_DEPLOYMENT=cluster" in dockerfile
+
+
+def describe(defs: dg.Definitions) -> dict[str, object]:
+    dg.Definitions.validate_loadable(defs)
+    pods = {
+        key: get_user_defined_k8s_config(defs.resolve_assets_def(key).node_def.tags).container_config
+        for key in ("one_shot_scores", "zero_shot_losses", "instructions")
+    }
+    return {
+        "executor": defs.resolve_job_def("score_shards").executor_def.name,
+        "shards_per_run": defs.resolve_assets_def("one_shot_scores").backfill_policy.max_partitions_per_run,
+        "pods": pods,
+    }
+
+
+def test_definitions_under_the_k8s_profile_put_each_model_step_in_a_gpu_pod(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The code location as the Helm deployment's environment builds it (no module reloads: nothing is frozen
+    at import)."""
+    values = yaml.safe_load((DEPLOY / "helm" / "values.yaml").read_text())
+    [deployment] = values["dagster-user-deployments"]["deployments"]
+    for item in deployment["env"]:
+        if item["name"] != "NUGGETS_HOME":  # /var/lib/nuggets is the pod's volume, not this machine's
+            monkeypatch.setenv(item["name"], item["value"])
+    loaded = describe(build_defs())
+    monkeypatch.setenv("NUGGETS_SHARDS_PER_RUN", "16")
+    fanned_in = describe(build_defs())
+    assert loaded["executor"] == "k8s"
+    assert loaded["shards_per_run"] == 1 and fanned_in["shards_per_run"] == 16
+    for asset in ("one_shot_scores", "zero_shot_losses"):
+        resources = loaded["pods"][asset]["resources"]
+        assert resources["requests"]["nvidia.com/gpu"] == "1" and resources["limits"]["nvidia.com/gpu"] == "1"
+    assert loaded["pods"]["instructions"] == {}  # ingestion needs no GPU
+
+
+def test_the_local_executor_is_bounded() -> None:
+    from nuggets_pipeline.defs.definitions import defs
+
+    executor = defs.resolve_job_def("score_shards").executor_def
+    assert executor.name == "bounded_multiprocess"
+    assert Path(REPO_ROOT / "dagster.yaml").read_text().count("max_concurrent_runs: 2") == 1

@@ -1,0 +1,274 @@
+"""The demo command's stages ask for assets and configuration the definitions really have."""
+
+import dagster as dg
+import pytest
+
+from nuggets_pipeline.cli import build_parser, demo_stages
+from nuggets_pipeline.defs.definitions import defs
+
+
+@pytest.mark.parametrize("argv", [["demo"], ["demo", "--threshold", "0.8", "--candidates", "12", "--anchors", "3"]])
+def test_every_demo_stage_config_validates(argv: list[str]) -> None:
+    stages = demo_stages(build_parser().parse_args(argv))
+    assert [s.name for s in stages] == [
+        "ingest",
+        "anchors",
+        "zero-shot",
+        "one-shot",
+        "select",
+        "train",
+        "evaluate",
+        "report",
+    ]
+    for stage in stages:
+        job = dg.define_asset_job(f"demo_{stage.name.replace('-', '_')}", selection=stage.selection)
+        checked = dg.Definitions(
+            assets=list(defs.assets), asset_checks=list(defs.asset_checks), jobs=[job], resources=dict(defs.resources)
+        )
+        result = dg.validate_run_config(checked.resolve_job_def(job.name), {"ops": stage.ops_config})
+        assert result["ops"].keys() >= stage.ops_config.keys()
+
+
+def test_a_misspelt_field_is_refused() -> None:
+    stage = next(s for s in demo_stages(build_parser().parse_args(["demo"])) if s.name == "anchors")
+    stage.ops_config["anchor_set"]["config"]["kmeans_pool"] = 10
+    job = dg.define_asset_job("demo_anchors_typo", selection=stage.selection)
+    checked = dg.Definitions(assets=list(defs.assets), jobs=[job], resources=dict(defs.resources))
+    with pytest.raises(dg.DagsterInvalidConfigError, match="kmeans_pool"):
+        dg.validate_run_config(checked.resolve_job_def(job.name), {"ops": stage.ops_config})
+
+
+# --- `nuggets run`: flags mapped onto the launchpad's run config ------------------------------------------
+
+RUN_ARGV = [
+    "run",
+    "--source",
+    "user.jsonl",
+    "--instruction-field",
+    "prompt",
+    "--output-field",
+    "completion",
+    "--hub-split",
+    "test",
+    "--scoring-model",
+    "tiny-random-llama",
+    "--training-model",
+    "some-org/some-model",
+    "--anchor-method",
+    "random",
+    "--anchors",
+    "3",
+    "--top-k",
+    "5",
+    "--export-thresholds",
+    "0.8",
+    "0.85",
+    "--train-profile",
+    "paper",
+    "--eval-profile",
+    "paper",
+]
+
+
+def test_run_flags_map_onto_the_run_config_the_launchpad_takes() -> None:
+    from nuggets_pipeline.defs.definitions import default_resources
+    from nuggets_pipeline.runs.flags import run_config
+
+    bound = default_resources()
+    config = run_config(build_parser().parse_args(RUN_ARGV), bound)
+    ops = config["ops"]
+    assert ops["ingest_instructions"]["config"] == {
+        "sources": ["user.jsonl"],
+        "instruction_field": "prompt",
+        "output_field": "completion",
+        "hub_split": "test",
+    }
+    assert ops["anchor_set"]["config"]["method"] == "random" and ops["anchor_set"]["config"]["n"] == 3
+    assert ops["golden_subset"]["config"] == {"threshold": None, "top_k": 5}
+    assert ops["scored_pool_exports"]["config"] == {"thresholds": [0.8, 0.85]}
+    assert ops["finetuned_model"]["config"]["profile"] == "paper"
+    assert ops["mt_bench_results"]["config"] == {"profile": "paper"}
+    # A resource a flag touches carries all its bound fields: Dagster would reset the rest to class defaults.
+    scoring = config["resources"]["scoring_model"]["config"]
+    assert scoring["model"] == "tiny-random-llama"
+    assert scoring["device"] == bound["scoring_model"].device and scoring["dtype"] == bound["scoring_model"].dtype
+    assert config["resources"]["training_model"]["config"]["model"] == "some-org/some-model"
+    assert "judge" not in config["resources"]  # untouched: the definitions' judge
+    # The whole config validates against the full asset job, as the launchpad would check it.
+    job = dg.Definitions(
+        assets=list(defs.assets), asset_checks=list(defs.asset_checks), resources=bound
+    ).get_implicit_global_asset_job_def()
+    assert dg.validate_run_config(job, config)["resources"]["scoring_model"]["config"] == scoring
+
+
+def test_judge_flags_set_timeout_retries_and_failure_share_on_the_judge_resource() -> None:
+    """Before: no such flags; the judge waited 120 s per try, 6 tries, and evaluation never failed on judgments."""
+    from nuggets_pipeline.defs.definitions import default_resources
+    from nuggets_pipeline.runs.flags import run_config
+
+    bound = default_resources()
+    flags = ["--judge-timeout-s", "5", "--judge-max-retries", "1", "--judge-max-failed-fraction", "0.2"]
+    config = run_config(build_parser().parse_args(["run", "--source", "user.jsonl", *flags]), bound)
+    judge = config["resources"]["judge"]["config"]
+    assert (judge["timeout_s"], judge["max_retries"], judge["max_failed_fraction"]) == (5.0, 1, 0.2)
+    assert judge["model"] == bound["judge"].model  # the rest as bound
+    job = dg.Definitions(
+        assets=list(defs.assets), asset_checks=list(defs.asset_checks), resources=bound
+    ).get_implicit_global_asset_job_def()
+    assert dg.validate_run_config(job, config)["resources"]["judge"]["config"]["timeout_s"] == 5.0
+
+
+def test_an_anchor_file_keeps_all_its_rows_unless_anchors_is_given() -> None:
+    from nuggets_pipeline.defs.definitions import default_resources
+    from nuggets_pipeline.runs.flags import run_config
+
+    def anchors(*flags: str) -> dict:
+        argv = ["run", "--source", "user.jsonl", *flags]
+        return run_config(build_parser().parse_args(argv), default_resources())["ops"]["anchor_set"]["config"]
+
+    assert "n" not in anchors("--anchor-method", "file")  # the paper's 100, not the KMeans default of 8
+    assert anchors("--anchor-method", "file", "--anchors", "20")["n"] == 20
+    assert anchors("--anchor-method", "kmeans")["n"] == 8
+
+
+def test_every_run_stage_config_validates() -> None:
+    from nuggets_pipeline.cli import run_stages
+    from nuggets_pipeline.defs.definitions import default_resources
+
+    stages = run_stages(build_parser().parse_args(RUN_ARGV), default_resources())
+    assert [s.name for s in stages] == [s.name for s in demo_stages(build_parser().parse_args(["demo"]))]
+    for stage in stages:
+        job = dg.define_asset_job(f"run_{stage.name.replace('-', '_')}", selection=stage.selection)
+        checked = dg.Definitions(
+            assets=list(defs.assets), asset_checks=list(defs.asset_checks), jobs=[job], resources=dict(defs.resources)
+        )
+        config = {"ops": stage.ops_config, "resources": stage.resources_config}
+        dg.validate_run_config(checked.resolve_job_def(job.name), config)
+    select = next(s for s in stages if s.name == "select")
+    assert select.selection == ["golden_subset", "scored_pool_exports"]
+    assert select.ops_config["golden_subset"]["config"] == {"threshold": None, "top_k": 5}
+
+
+def test_run_help_reads_like_the_readme(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["run", "--help"])
+    text = capsys.readouterr().out
+    for heading in ("data (asset `instructions`)", "models (resources", "anchors", "selection", "profiles"):
+        assert heading in text
+    assert "nuggets run --source my_data.jsonl" in text and "--print-config" in text
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["run", "--threshold", "0.8", "--top-k", "3"])  # one criterion only
+
+
+def test_print_config_is_the_launchpad_yaml(capsys: pytest.CaptureFixture[str], tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import yaml
+
+    from nuggets_pipeline.cli import main
+    from nuggets_pipeline.defs.definitions import default_resources
+    from nuggets_pipeline.runs.flags import run_config
+
+    source = tmp_path / "mine.jsonl"
+    source.write_text('{"instruction": "a", "output": "b"}\n')
+    argv = ["run", "--source", str(source), "--training-model", str(tmp_path), "--print-config"]
+    assert main(argv) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed == run_config(build_parser().parse_args(argv), default_resources())
+    # Local paths become absolute: the same YAML means the same files from the UI's working directory.
+    assert printed["ops"]["ingest_instructions"]["config"]["sources"] == [str(source.resolve())]
+    assert printed["resources"]["training_model"]["config"]["model"] == str(tmp_path.resolve())
+
+
+@pytest.mark.slow
+def test_run_scores_your_file_with_your_model(  # type: ignore[no-untyped-def]
+    tmp_path, monkeypatch: pytest.MonkeyPatch, isolated_home, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`nuggets run` on a user's prompt/completion JSONL with the tiny model, through selection and export."""
+    import json
+
+    from nuggets_pipeline.cli import main
+    from nuggets_pipeline.core.storage import Warehouse
+
+    rows = [{"prompt": f"Count to {i}.", "completion": " ".join(map(str, range(1, i + 2)))} for i in range(14)]
+    source = tmp_path / "mine.jsonl"
+    source.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster_home"))
+    monkeypatch.setenv("NUGGETS_DAGSTER_STORAGE", str(tmp_path / "dagster_home"))
+    (tmp_path / "dagster_home").mkdir()
+    tiny = "tiny-random-llama"
+    argv = ["run", "--source", str(source), "--instruction-field", "prompt", "--output-field", "completion"]
+    argv += ["--scoring-model", tiny, "--training-model", tiny, "--judge-model", tiny, "--anchor-method", "random"]
+    argv += ["--anchors", "3", "--candidates", "0", "--shards", "2", "--top-k", "4", "--export-thresholds", "0.5"]
+    assert main([*argv, "--until", "select"]) == 0
+    # The summary gives the ranking's reliability line beside the golden subset (3 anchors: too few to say).
+    assert f"{'reliability':>20}: cannot say: only 3 anchors were scored" in capsys.readouterr().out
+    warehouse = Warehouse(isolated_home / "warehouse")
+    assert warehouse.query("select count(*) n from nuggets.instructions")["n"].iloc[0] == 14
+    assert warehouse.query("select count(*) n from nuggets.golden_subset")["n"].iloc[0] == 4
+    exported = json.loads((isolated_home / "exports" / "golden" / "golden_subset.json").read_text())
+    assert len(exported) == 4 and {r["instruction"] for r in exported} <= {r["prompt"] for r in rows}
+    assert (isolated_home / "exports" / "golden" / "alpaca_golden_0.5.json").exists()
+
+
+@pytest.mark.parametrize(
+    ("flags", "refused"),
+    [
+        (["--top-fraction", "0"], "ops.golden_subset.config.top_fraction: Input should be greater than 0"),
+        (["--top-fraction", "1.5"], "ops.golden_subset.config.top_fraction: Input should be less than or equal to 1"),
+        (["--threshold", "1.0"], "threshold 1.0 can never select anything"),
+        (["--top-k", "0"], "ops.golden_subset.config.top_k: Input should be greater than 0"),
+        (["--shards", "0"], "ops.candidates.config.shards: Input should be greater than 0"),
+        (["--judge-max-retries", "-1"], "resources.judge.config.max_retries"),
+        (["--until", "selct"], "--until 'selct' is no stage"),
+    ],
+)
+def test_a_run_config_out_of_range_is_refused_before_any_stage_runs(
+    flags: list[str], refused: str, tmp_path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:  # type: ignore[no-untyped-def]
+    from nuggets_pipeline.cli import main
+
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path))
+    monkeypatch.setenv("NUGGETS_DAGSTER_STORAGE", str(tmp_path / "storage"))
+    # No model may be loaded and nothing ingested: a refusal comes before the first stage.
+    monkeypatch.setattr("nuggets_pipeline.cli.run_stage", lambda *a, **k: pytest.fail("a stage ran"))
+    assert main(["run", "--scoring-model", "tiny-random-llama", *flags]) == 2
+    assert refused in capsys.readouterr().err
+
+
+def test_a_criterion_the_user_gave_is_never_replaced(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from nuggets_pipeline.runs.flags import ops_config
+
+    chosen = ops_config(build_parser().parse_args(["run", "--top-fraction", "0"]))["golden_subset"]["config"]
+    assert chosen == {"threshold": None, "top_fraction": 0.0}  # handed on to be refused, not turned into 0.25
+    assert ops_config(build_parser().parse_args(["run"]))["golden_subset"]["config"]["top_fraction"] == 0.25
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [
+        (["--scoring-mode", "adaptive"], {"mode": "adaptive", "adaptive_top_fraction": 0.25}),
+        (["--scoring-mode", "adaptive", "--top-k", "7"], {"mode": "adaptive", "adaptive_top_k": 7}),
+        (
+            ["--scoring-mode", "adaptive", "--threshold", "0.6", "--adaptive-confidence", "0.9"],
+            {"mode": "adaptive", "adaptive_threshold": 0.6, "adaptive_confidence": 0.9},
+        ),
+        (["--scoring-mode", "decision", "--threshold", "0.8"], {"mode": "decision", "decision_threshold": 0.8}),
+    ],
+)
+def test_the_scoring_mode_decides_against_the_selections_own_criterion(flags: list[str], expected: dict) -> None:
+    from nuggets_pipeline.defs.definitions import default_resources
+    from nuggets_pipeline.runs.flags import run_config
+
+    config = run_config(build_parser().parse_args(["run", *flags]), default_resources())
+    scoring = config["resources"]["scoring"]["config"]
+    assert {k: scoring[k] for k in expected} == expected
+
+
+def test_decision_mode_without_a_threshold_is_refused_before_any_stage_runs(
+    tmp_path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:  # type: ignore[no-untyped-def]
+    from nuggets_pipeline.cli import main
+
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path))
+    monkeypatch.setattr("nuggets_pipeline.cli.run_stage", lambda *a, **k: pytest.fail("a stage ran"))
+    assert main(["run", "--scoring-mode", "decision"]) == 2
+    assert "scoring.mode decision needs scoring.decision_threshold" in capsys.readouterr().err

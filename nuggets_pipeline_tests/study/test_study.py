@@ -1,0 +1,241 @@
+"""The study command: its settings, its rendering, and the whole study end to end at tiny size (resumed, and
+re-run from the scored pool it wrote)."""
+
+import dataclasses
+import json
+from pathlib import Path
+
+import dagster as dg
+import pandas as pd
+import pytest
+
+from nuggets_pipeline.core.paths import REPO_ROOT
+from nuggets_pipeline.defs.definitions import defs
+from nuggets_pipeline.study import experiment as study
+
+COMPARISONS = {
+    "golden vs random",
+    "golden vs random-1",
+    "golden vs random (pooled random+random-1)",
+    "golden vs full",
+    "golden vs bottom",
+    "random (pooled random+random-1) vs bottom",
+    "random vs random-1",
+}
+
+
+def test_the_study_meets_the_issue_floors_and_its_estimate_fits_an_afternoon() -> None:
+    s = study.SIZES["study"]
+    assert s.pool >= 600 and s.anchors >= 16 and s.epochs >= 2 and s.shards > 1
+    assert s.likelihood_alpaca_eval_items is None and s.likelihood_mt_bench_items is None  # all answers
+    assert {"golden", "bottom", "random", "full"} <= set(s.variants)
+    assert s.padding_free  # the same loss as padded batches (core tests), with a third less compute
+    estimate = study.estimate_seconds(s)
+    assert set(estimate) == {"ingest", "anchors", "zero-shot", "one-shot", "select", "train", "evaluate", "report"}
+    assert sum(estimate.values()) / 3600 < 3.0  # one sitting on 2 cores (docs/study.md)
+
+
+@pytest.mark.parametrize("size", study.SIZE_CHOICES)
+def test_every_study_stage_config_validates_against_the_definitions(size: str) -> None:
+    for stage in study.study_stages(study.SIZES[size]):
+        job = dg.define_asset_job(f"study_{stage.name.replace('-', '_')}", selection=stage.selection)
+        checked = dg.Definitions(
+            assets=list(defs.assets), asset_checks=list(defs.asset_checks), jobs=[job], resources=dict(defs.resources)
+        )
+        result = dg.validate_run_config(checked.resolve_job_def(job.name), {"ops": stage.ops_config})
+        assert result["ops"].keys() >= stage.ops_config.keys()
+
+
+def test_the_doc_is_rendered_from_results_and_only_inside_its_blocks() -> None:
+    results = {
+        "settings": {"pool": 600},
+        "stage_wall_s": {"train": {"wall_s": 3600.0}},
+        "estimated_stage_s": {"train": 3667, "evaluate": 5231},
+        "machine": {"cpu": "x"},
+        "judge": {"near_chance": True, "agreement": 0.583},
+        "variants": {"golden": {"examples": 150, "steps": 38, "final_loss": 1.5, "wall_s": 400.0}},
+        "comparisons": [
+            {
+                "comparison": "golden vs random",
+                "source": "alpaca_eval",
+                "n": 805,
+                "difference": 0.0123,
+                "ci_low": 0.004,
+                "ci_high": 0.02,
+                "verdict": "ahead",
+                "mt_bench_score_delta": 0.01,
+                "alpaca_eval_win_rate_delta": None,
+                "beyond_seed_spread": True,
+            }
+        ],
+        "headline": "Golden is ahead.",
+    }
+    text = (
+        "# Study\nkept\n<!-- study:headline -->\nSTALE\n<!-- /study:headline -->\n"
+        "<!-- study:comparisons -->\n<!-- /study:comparisons -->\nend\n"
+    )
+    rendered = study.render_study_doc(text, results)
+    assert "<!-- study:headline -->\nGolden is ahead.\n<!-- /study:headline -->" in rendered
+    row = "| golden vs random | alpaca_eval | 805 | +0.0123 | [+0.0040, +0.0200] | ahead | yes | +0.010 | – |"
+    assert row in rendered
+    assert "shown, not evidence" in rendered
+    assert rendered.startswith("# Study\nkept\n") and rendered.endswith("end\n") and "STALE" not in rendered
+    assert study.render_study_doc(rendered, results) == rendered  # idempotent
+    with pytest.raises(ValueError, match="no closing"):
+        study.render_study_doc("<!-- study:headline -->", results)
+
+
+def test_the_shipped_doc_and_readme_have_the_blocks_the_renderer_fills() -> None:
+    doc = (REPO_ROOT / "docs" / "study.md").read_text()
+    for name in ("headline", "settings", "machine", "timings", "comparisons", "variants", "length"):
+        assert f"<!-- study:{name} -->" in doc and f"<!-- /study:{name} -->" in doc
+    assert "<!-- study:headline -->" in (REPO_ROOT / "README.md").read_text()
+
+
+def _use_home(monkeypatch: pytest.MonkeyPatch, home: Path) -> None:
+    home.mkdir(parents=True, exist_ok=True)
+    monkeypatch.setenv("NUGGETS_HOME", str(home))
+    monkeypatch.setenv("NUGGETS_DAGSTER_STORAGE", str(home / "dagster"))
+    monkeypatch.setenv("DAGSTER_HOME", str(REPO_ROOT))
+
+
+@pytest.mark.slow
+def test_the_tiny_study_runs_end_to_end_resumes_and_reruns_from_its_scored_pool(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _use_home(monkeypatch, tmp_path / "first")
+    out = tmp_path / "out"
+    doc = tmp_path / "study.md"
+    doc.write_text((REPO_ROOT / "docs" / "study.md").read_text())
+    assert study.main(["--size", "tiny", "--out", str(out), "--render", str(doc)]) == 0
+    first = capsys.readouterr().out
+    assert "already materialised" not in first
+
+    results = json.loads((out / "results.json").read_text())
+    found = {c["comparison"] for c in results["comparisons"]}
+    assert found == COMPARISONS
+    for c in results["comparisons"]:
+        assert c["ci_low"] <= c["difference"] <= c["ci_high"]
+        assert c["verdict"] in ("ahead", "behind", "within noise")
+        assert c["resamples"] == study.SIZES["tiny"].bootstrap_resamples
+        assert c["seed_spread"] >= 0 and c["beyond_seed_spread"] in (True, False)
+    assert {c["source"] for c in results["comparisons"]} == {"alpaca_eval", "mt_bench"}
+    sizes = {v: results["variants"][v]["examples"] for v in ("golden", "bottom", "random", "random-1")}
+    assert set(sizes.values()) == {6}  # a quarter of 24, the same for every control
+    assert results["variants"]["full"]["examples"] == 24
+    assert results["settings"] == study.SIZES["tiny"].as_dict()
+    assert all(results["stage_wall_s"][stage]["wall_s"] > 0 for stage in study.estimate_seconds(study.SIZES["tiny"]))
+    assert (out / "differences.png").stat().st_size > 0
+    table = pd.read_csv(out / "comparisons.csv")
+    assert set(table["comparison"]) == COMPARISONS
+    pool = pd.read_parquet(out / "scored_pool.parquet")
+    assert len(pool) == 24 and pool["golden_score"].between(0, 1).all()
+    lengths = results["scored_pool"]["response_chars_mean"]
+    assert -1 <= results["scored_pool"]["spearman_golden_score_vs_response_chars"] <= 1
+    assert set(lengths) == {"pool", "golden quarter", "bottom quarter"} and min(lengths.values()) > 0
+    rendered = doc.read_text()
+    assert results["headline"] in rendered and "| golden vs bottom |" in rendered
+
+    # Re-running resumes: every stage is found materialised with the same settings, nothing runs again.
+    assert study.main(["--size", "tiny", "--out", str(out), "--render"]) == 0
+    second = capsys.readouterr().out
+    assert second.count("skipped: every unit materialised earlier") == 8
+    assert json.loads((out / "results.json").read_text())["comparisons"] == results["comparisons"]
+
+    # Fewer variants change only the report: nothing is scored, trained or evaluated again.
+    original = study.SIZES["tiny"]
+    fewer = dataclasses.replace(original, variants=("golden", "bottom", "random", "full"))
+    monkeypatch.setitem(study.SIZES, "tiny", fewer)
+    assert study.main(["--size", "tiny", "--out", str(tmp_path / "fewer"), "--render"]) == 0
+    third = capsys.readouterr().out
+    assert third.count("skipped: every unit materialised earlier") == 7 and "=== report" in third
+    narrowed = json.loads((tmp_path / "fewer" / "results.json").read_text())
+    assert {c["comparison"] for c in narrowed["comparisons"]} == {
+        "golden vs random",
+        "golden vs full",
+        "golden vs bottom",
+        "random vs bottom",
+    }
+    assert all(c["seed_spread"] is None for c in narrowed["comparisons"])  # no second seed, no floor claimed
+    monkeypatch.setitem(study.SIZES, "tiny", original)
+
+    # A fresh home trains from the committed scored pool without scoring: same pool, same golden subset.
+    _use_home(monkeypatch, tmp_path / "second")
+    args = ["--size", "tiny", "--out", str(tmp_path / "out2"), "--scored-pool", str(out / "scored_pool.parquet")]
+    assert study.main([*args, "--until", "select"]) == 0
+    instance = dg.DagsterInstance.get()
+    for shard in sorted(pool["shard"].unique()):
+        record = instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=dg.AssetKey("one_shot_scores"), asset_partitions=[shard]), limit=1
+        ).records[0]
+        assert record.asset_materialization.metadata["anchor_passes"].value == 0  # nothing was scored
+    first_golden = pd.read_parquet(tmp_path / "first" / "warehouse" / "golden_subset" / "all.parquet")
+    second_golden = pd.read_parquet(tmp_path / "second" / "warehouse" / "golden_subset" / "all.parquet")
+    pd.testing.assert_frame_equal(first_golden, second_golden)
+
+    # A scored pool from another anchor set (or model) is refused with the reason, never silently used.
+    other = pool.assign(anchor_set_hash="0" * 16)
+    other.to_parquet(tmp_path / "other.parquet")
+    with pytest.raises(ValueError, match="re-score instead"):
+        study.seed_scoring_checkpoints(tmp_path / "other.parquet")
+
+
+def test_the_headline_does_not_credit_the_selection_with_a_gap_two_random_seeds_also_show() -> None:
+    row = {
+        "source": "alpaca_eval",
+        "first": "golden",
+        "second": "random (pooled random+random-1)",
+        "difference": 0.01,
+        "ci_low": 0.005,
+        "ci_high": 0.015,
+        "n": 805,
+        "verdict": "ahead",
+        "seed_spread": 0.02,
+        "beyond_seed_spread": False,
+    }
+    text = study.headline([row], "SmolLM2")
+    assert "higher than" in text and "+0.0100" in text and "[+0.0050, +0.0150]" in text
+    assert "not clearly the selection's doing" in text
+    assert "larger than the 0.0050" in study.headline([{**row, "seed_spread": 0.005, "beyond_seed_spread": True}], "m")
+    assert "cannot be told apart" in study.headline([{**row, "verdict": "within noise", "ci_low": -0.001}], "m")
+
+
+def _damaged_pool(kind: str) -> pd.DataFrame:
+    pool = pd.read_parquet(REPO_ROOT / "docs" / "study" / "scored_pool.parquet").head(12)
+    if kind == "conflicting duplicate":  # a forged row for a real candidate: a dict kept whichever came last
+        forged = pool.iloc[[3, 8]].assign(golden_score=1.0, wins=pool["n_anchors"].iloc[0])
+        return pd.concat([pool, forged], ignore_index=True)
+    if kind == "nan score":
+        return pool.assign(golden_score=pool["golden_score"].where(pool.index != 5))
+    return pool
+
+
+@pytest.mark.parametrize(
+    ("kind", "message", "offending"),
+    [
+        ("conflicting duplicate", "2 candidate id(s) carry conflicting scores", [3, 8]),
+        ("nan score", "1 row(s) have no valid golden score", [5]),
+        ("truncated", "not a readable Parquet file", []),
+    ],
+)
+def test_a_scored_pool_with_conflicting_nan_or_cut_rows_is_refused_naming_the_file_and_ids(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str, message: str, offending: list[int]
+) -> None:
+    """Issue 23 item 3: conflicting duplicates replaced the real scores, NaN scores were stored as scored, and a
+    truncated file failed with an Arrow error naming no file; each is refused before any checkpoint is written."""
+    _use_home(monkeypatch, tmp_path / "home")
+    path = tmp_path / "scored_pool.parquet"
+    pool = _damaged_pool(kind)
+    pool.to_parquet(path)
+    if kind == "truncated":
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(ValueError) as error:
+        study.seed_scoring_checkpoints(path)
+    text = str(error.value)
+    assert text.startswith(f"scored pool {path}: ") and message in text
+    assert all(str(pool["candidate_id"].iloc[i]) in text for i in offending)
+    assert not (tmp_path / "home" / "checkpoints").exists()
+    # Exact repeats of a row (a file concatenated twice) are the same scores: accepted, one row each.
+    pool = _damaged_pool("clean")
+    pd.concat([pool, pool]).to_parquet(path)
+    assert study.read_scored_pool(path)["candidate_id"].tolist() == pool["candidate_id"].tolist()
