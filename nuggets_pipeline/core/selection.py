@@ -74,8 +74,52 @@ def select_golden(
         return _ranked(scores).head(int(top_k))
     if top_fraction is None or not 0.0 < top_fraction <= 1.0:
         raise ValueError(f"top_fraction must be within (0, 1], got {top_fraction}")
-    # The epsilon keeps 0.29 * 100 (28.999999999999996 in floating point) at 29.
-    return _ranked(scores).head(math.floor(top_fraction * len(scores) + 1e-9))
+    return _ranked(scores).head(fraction_count(top_fraction, len(scores)))
+
+
+def fraction_count(fraction: float, n: int) -> int:
+    """How many of ``n`` rows the best ``fraction`` holds: floor, where the epsilon keeps 0.29 * 100
+    (28.999999999999996 in floating point) at 29."""
+    return math.floor(fraction * n + 1e-9)
+
+
+def response_lengths(pool: pd.DataFrame) -> pd.Series:
+    """Response length in characters, the measure of the length baselines: it needs no tokenizer, so the
+    baselines do not change with the scoring model."""
+    return pool["output"].fillna("").astype(str).str.len()
+
+
+def select_longest(pool: pd.DataFrame, k: int) -> pd.DataFrame:
+    """The ``k`` examples with the longest responses, ties by id: the "long is more" baseline (Zhao et al.,
+    arXiv 2402.04833, whose 1,000 longest responses beat LIMA and AlpaGasus)."""
+    if isinstance(k, bool) or not isinstance(k, int | np.integer) or not 0 <= k <= len(pool):
+        raise ValueError(f"k must be an integer within [0, {len(pool)}], got {k!r}")
+    ranked = pool.assign(_length=response_lengths(pool)).sort_values(["_length", "id"], ascending=[False, True])
+    return ranked.drop(columns="_length").head(int(k))
+
+
+def select_length_matched(pool: pd.DataFrame, reference: pd.DataFrame, seed: int, bins: int = 10) -> pd.DataFrame:
+    """A seeded random sample of ``pool`` with the response-length distribution of ``reference`` (a subset of
+    it): the pool's length quantiles cut it into ``bins`` strata, and each stratum gives as many random examples
+    as the reference has in it. Set beside ``reference``, it isolates what a selector adds beyond length. Like the
+    random control it draws from the whole pool, so it may share examples with ``reference``."""
+    if bins < 1:
+        raise ValueError(f"bins must be positive, got {bins}")
+    missing = set(reference["id"]) - set(pool["id"])
+    if missing:
+        raise ValueError(f"{len(missing)} reference examples are not in the pool, e.g. {sorted(missing)[:3]}")
+    lengths = response_lengths(pool)
+    # Ranks first, so ties in length cannot make two quantile edges equal (qcut would refuse them).
+    strata = pd.qcut(lengths.rank(method="first"), q=min(bins, len(pool)), labels=False)
+    stratum_of = dict(zip(pool["id"], strata, strict=True))
+    wanted = pd.Series([stratum_of[i] for i in reference["id"]]).value_counts()
+    rng = np.random.default_rng(seed)
+    chosen: list[pd.DataFrame] = []
+    for stratum, count in sorted(wanted.items()):
+        members = pool[strata.to_numpy() == stratum].sort_values("id")
+        picks = rng.choice(len(members), size=int(count), replace=False)
+        chosen.append(members.iloc[np.sort(picks)])
+    return pd.concat(chosen) if chosen else pool.head(0)
 
 
 def select_bottom(scores: pd.DataFrame, k: int) -> pd.DataFrame:
@@ -99,4 +143,14 @@ def threshold_table(scores: pd.DataFrame, thresholds: tuple[float, ...] = PAPER_
     )
 
 
-__all__ = ["PAPER_GOLDEN_SHARE", "PAPER_THRESHOLDS", "select_bottom", "select_golden", "threshold_table"]
+__all__ = [
+    "PAPER_GOLDEN_SHARE",
+    "PAPER_THRESHOLDS",
+    "fraction_count",
+    "response_lengths",
+    "select_bottom",
+    "select_golden",
+    "select_length_matched",
+    "select_longest",
+    "threshold_table",
+]

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from nuggets_pipeline.core.selection import select_golden, threshold_table
+from nuggets_pipeline.core.selection import select_golden, select_length_matched, select_longest, threshold_table
 
 
 def scores(golden: list[float], n_anchors: int = 10, mean_delta: list[float] | None = None) -> pd.DataFrame:
@@ -107,3 +107,37 @@ def test_threshold_table_has_the_papers_shape() -> None:
     assert table["threshold"].tolist() == [0.5, 0.6, 0.7, 0.8, 0.85, 0.9]
     assert table["subset_size"].tolist() == [7, 6, 5, 4, 3, 2]
     assert table["fraction"].tolist() == pytest.approx([7 / 8, 6 / 8, 5 / 8, 4 / 8, 3 / 8, 2 / 8])
+
+
+def pool_of_lengths(lengths: list[int]) -> pd.DataFrame:
+    return pd.DataFrame({"id": [f"id{i:03d}" for i in range(len(lengths))], "output": ["x" * n for n in lengths]})
+
+
+def test_longest_takes_the_longest_responses_ties_by_id() -> None:
+    pool = pool_of_lengths([5, 40, 40, 3, 12])
+    assert select_longest(pool, 3)["id"].tolist() == ["id001", "id002", "id004"]
+    with pytest.raises(ValueError, match="within"):
+        select_longest(pool, 6)
+
+
+def test_length_matched_sample_follows_the_reference_lengths_and_its_seed() -> None:
+    rng = np.random.default_rng(3)
+    pool = pool_of_lengths(rng.integers(1, 2000, size=400).tolist())
+    reference = select_longest(pool, 60)  # all in the top strata: the sample must come from there too
+    first = select_length_matched(pool, reference, seed=1)
+    assert len(first) == 60 and first["id"].is_unique
+    assert first["output"].str.len().min() >= np.quantile(pool["output"].str.len(), 0.8)
+    again, other = select_length_matched(pool, reference, seed=1), select_length_matched(pool, reference, seed=2)
+    assert first["id"].tolist() == again["id"].tolist() and first["id"].tolist() != other["id"].tolist()
+    # A random reference gives a sample of the same per-decile counts.
+    random_reference = pool.sample(80, random_state=0)
+    strata = pd.qcut(pool["output"].str.len().rank(method="first"), q=10, labels=False)
+    of = dict(zip(pool["id"], strata, strict=True))
+    matched = select_length_matched(pool, random_reference, seed=0)
+    assert sorted(of[i] for i in matched["id"]) == sorted(of[i] for i in random_reference["id"])
+
+
+def test_length_matched_refuses_a_reference_outside_the_pool() -> None:
+    pool = pool_of_lengths([1, 2, 3])
+    with pytest.raises(ValueError, match="not in the pool"):
+        select_length_matched(pool, pool_of_lengths([1, 2, 3, 4]), seed=0)
