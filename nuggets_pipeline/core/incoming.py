@@ -196,14 +196,6 @@ def read_increments(
     return warehouse.read(INCREMENTS_TABLE, keys, schema=schema)
 
 
-def with_increments(candidates: pd.DataFrame, warehouse: Warehouse, schema: Any | None = None) -> pd.DataFrame:
-    """The whole candidate pool: the base candidates and every incoming batch's."""
-    increments = read_increments(warehouse, schema=schema)
-    if increments.empty:
-        return candidates
-    return pd.concat([candidates, increments[candidates.columns]], ignore_index=True)
-
-
 def shard_candidates(candidates: pd.DataFrame, shard: str, warehouse: Warehouse) -> pd.DataFrame:
     """Candidates of one shard: from the base pool, or from the stored file of the batch the shard belongs to."""
     found = candidates[candidates["shard"] == shard]

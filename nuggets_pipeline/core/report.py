@@ -349,11 +349,15 @@ def build_report(
     judge: JudgeInfo,
     title: str = "NUGGETS evaluation",
     reliability: Mapping[str, Any] | None = None,
+    *,
+    resamples: int = 10_000,
+    seed: int = 0,
 ) -> tuple[pd.DataFrame, pd.DataFrame, str]:
     """The comparison table, the paired comparisons and their Markdown rendering, in one call; ``reliability``
-    (the golden ranking's readout figures, when known) gets its own section."""
+    (the golden ranking's readout figures, when known) gets its own section; ``resamples`` and ``seed`` are the
+    paired comparisons' bootstrap."""
     table = comparison_table(results, judge)
-    comparisons = comparison_rows(likelihood_comparisons(results), table, judge)
+    comparisons = comparison_rows(likelihood_comparisons(results, resamples=resamples, seed=seed), table, judge)
     return table, comparisons, render_markdown(table, judge, title, comparisons, reliability)
 
 

@@ -3,17 +3,22 @@
 Only the files of shards that are in the current candidate pool are ever read: after a re-shard (3 shards -> 2),
 the file of a shard that no longer exists is listed by name and never opened, so old rows can neither be
 selected nor collide with the current ones. A row counts as current only if it carries the current scoring
-fingerprint and anchor-set hash and belongs to the pool shard it was stored under.
+fingerprint and anchor-set hash (``core.versions.ScoringVersion``) and belongs to the pool shard it was stored
+under; ``core.versions`` is the API the pipeline reads through.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
 from nuggets_pipeline.core.selection import PAPER_THRESHOLDS
 from nuggets_pipeline.core.storage import FILENAME_COLUMN, StoredTableError, Warehouse
+
+if TYPE_CHECKING:  # core.versions reads scores through this module
+    from nuggets_pipeline.core.versions import ScoringVersion
 
 SCORES_TABLE = "one_shot_scores"
 
@@ -71,8 +76,7 @@ GROUP BY t.threshold ORDER BY t.threshold
 class Coverage:
     """Per pool shard: current, stale, incomplete or missing; plus stored shards that left the pool."""
 
-    fingerprint: str
-    anchor_set_hash: str
+    version: ScoringVersion
     shards: pd.DataFrame  # one row per pool shard (see _SHARD_STATUS_SQL)
     not_in_pool: list[str] = field(default_factory=list)
 
@@ -112,8 +116,7 @@ class Coverage:
             "shards_incomplete": ", ".join(self.named("incomplete")) or "none",
             "shards_not_in_pool": ", ".join(self.not_in_pool) or "none",
             "candidates_unscored": self.candidates_unscored,
-            "scoring_fingerprint": self.fingerprint,
-            "anchor_set_hash": self.anchor_set_hash,
+            **self.version.metadata(),
         }
 
 
@@ -124,31 +127,32 @@ def _score_files(warehouse: Warehouse, pool: pd.DataFrame) -> tuple[list, list[s
     return files, sorted(set(stored) - set(shards))
 
 
-def coverage(
-    warehouse: Warehouse, pool: pd.DataFrame, fingerprint: str, anchors: str, schema: object | None = None
-) -> Coverage:
-    """Which shards of ``pool`` (columns id, shard) hold current scores for every candidate."""
-    files, not_in_pool = _score_files(warehouse, pool)
-    shards = warehouse.sql(
-        _SHARD_STATUS_SQL,
-        {"fingerprint": fingerprint, "anchors": anchors},
-        files={"scores": (files, schema)},
-        frames={"pool": pool[["id", "shard"]]},
-    )
-    return Coverage(fingerprint, anchors, shards, not_in_pool)
-
-
-def current_scores(
-    warehouse: Warehouse, pool: pd.DataFrame, fingerprint: str, anchors: str, schema: object | None = None
+def _over_pool(
+    warehouse: Warehouse, query: str, files: list, pool: pd.DataFrame, version: ScoringVersion, schema: object | None
 ) -> pd.DataFrame:
-    """The stored score rows of ``pool``'s candidates that match the fingerprint and the anchor set."""
-    files, _ = _score_files(warehouse, pool)
-    found = warehouse.sql(
-        _CURRENT_SQL,
-        {"fingerprint": fingerprint, "anchors": anchors},
+    """``query`` over the pool's score files (``scores``) and the pool's ids and shards (``pool``), at ``version``."""
+    return warehouse.sql(
+        query,
+        {"fingerprint": version.fingerprint, "anchors": version.anchor_set_hash},
         files={"scores": (files, schema)},
         frames={"pool": pool[["id", "shard"]]},
     )
+
+
+def coverage(
+    warehouse: Warehouse, pool: pd.DataFrame, version: ScoringVersion, schema: object | None = None
+) -> Coverage:
+    """Which shards of ``pool`` (columns id, shard) hold scores at ``version`` for every candidate."""
+    files, not_in_pool = _score_files(warehouse, pool)
+    return Coverage(version, _over_pool(warehouse, _SHARD_STATUS_SQL, files, pool, version, schema), not_in_pool)
+
+
+def scores_at(
+    warehouse: Warehouse, pool: pd.DataFrame, version: ScoringVersion, schema: object | None = None
+) -> pd.DataFrame:
+    """The stored score rows of ``pool``'s candidates that carry ``version``."""
+    files, _ = _score_files(warehouse, pool)
+    found = _over_pool(warehouse, _CURRENT_SQL, files, pool, version, schema)
     if schema is not None and len(found):
         _validate_rows(schema, found)
     return found.drop(columns=[FILENAME_COLUMN]).reset_index(drop=True)
@@ -182,7 +186,7 @@ def threshold_table(
 
 
 def current_pair_deltas(warehouse: Warehouse, current: pd.DataFrame) -> tuple[pd.DataFrame, int]:
-    """The stored (candidate, anchor) deltas behind ``current`` (rows of ``current_scores``), and how many of its
+    """The stored (candidate, anchor) deltas behind ``current`` (rows of ``scores_at``), and how many of its
     candidates had to be left out because their stored deltas do not add up to their current score.
 
     The pair table carries no fingerprint: a shard scored with ``keep_pair_deltas`` off keeps an older version's

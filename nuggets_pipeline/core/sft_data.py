@@ -1,16 +1,18 @@
-"""Supervised fine-tuning data, prepared the way Stanford Alpaca's train.py prepares it.
+"""Supervised fine-tuning data: Alpaca prompt-completion examples, tokenised for TRL's SFTTrainer.
 
-One example becomes ``BOS + prompt + response + EOS``; the labels copy the ids with every prompt position
-(BOS included) set to ``IGNORE_INDEX``, so the loss is computed on the response and its EOS only. Batches are
-padded on the right and padded labels are ignored too.
+One example becomes ``BOS + prompt + response + EOS`` with a ``completion_mask`` marking the response and its EOS:
+TRL's prompt-completion form once tokenised (the columns its own tokenisation step produces). With
+``completion_only_loss`` TRL turns the mask into labels, so the loss is on the response and its EOS only, and its
+collator pads on the right (or, ``padding_free``, puts the examples end to end in one row).
 
-Differences from Alpaca's train.py, each deliberate:
-- BOS is prepended explicitly (as everywhere in this project) instead of by the tokenizer, and prompt and
-  response are tokenised separately, so the label mask falls exactly on the prompt/response boundary.
-- ``padding_free`` batches put the examples end to end in one row instead of padding them (see sft_collator).
+Differences from Alpaca's train.py and from TRL tokenising the text itself, each deliberate:
+- BOS is prepended explicitly (as everywhere in this project: the scorer, the chat template) instead of by the
+  tokenizer; neither SmolLM2's nor the tiny model's tokenizer adds one, so TRL's text path would train without it.
+- Prompt and response are tokenised separately (as the scorer does), so the mask falls exactly on the
+  prompt/response boundary; tokenising prompt + response together can merge tokens across it.
 - An example longer than ``max_length`` is never cut silently: it is counted, and either its response is cut
   at ``max_length`` (losing its EOS, so the model is not taught to stop mid-answer) or it is skipped with a
-  recorded reason.
+  recorded reason. TRL's own truncation then has nothing left to cut.
 """
 
 from __future__ import annotations
@@ -20,13 +22,10 @@ import string
 from dataclasses import dataclass, field
 
 import pandas as pd
-from transformers import DataCollatorForSeq2Seq, DataCollatorWithFlattening, PreTrainedTokenizerBase
+from transformers import PreTrainedTokenizerBase
 
 from nuggets_pipeline.core.modeling import bos_token_id
 from nuggets_pipeline.core.templates import ALPACA, PromptTemplate
-
-# The label value Hugging Face causal LMs (and torch's cross-entropy) leave out of the loss.
-IGNORE_INDEX = -100
 
 OVERLONG_POLICIES: tuple[str, ...] = ("truncate", "skip")
 
@@ -42,7 +41,8 @@ class EmptyTrainingSetError(TrainingDataError):
 @dataclass(frozen=True)
 class EncodedExample:
     input_ids: list[int]
-    labels: list[int]
+    # 1 on the tokens the loss is computed on (the response and its EOS), 0 on BOS and the prompt.
+    completion_mask: list[int]
     # Tokens the whole example has before any truncation (BOS and EOS included).
     full_length: int
     truncated: bool = False
@@ -56,11 +56,11 @@ class SkippedExample:
 
 @dataclass
 class SFTDataset:
-    """Tokenised training examples plus the account of what happened to the over-long ones."""
+    """Tokenised training examples (``input_ids``, ``completion_mask``) plus the account of the over-long ones."""
 
     features: list[dict[str, list[int]]]
     ids: list[str]
-    max_length: int
+    max_length: int | None
     overlong_policy: str
     # Examples longer than max_length, whatever was then done with them (= truncated + len(skipped)).
     overlong: int = 0
@@ -78,18 +78,20 @@ class SFTDataset:
     @property
     def target_tokens(self) -> int:
         """Tokens the loss is computed on in one pass over the data."""
-        return sum(sum(1 for label in f["labels"] if label != IGNORE_INDEX) for f in self.features)
+        return sum(sum(f["completion_mask"]) for f in self.features)
 
 
 def encode_example(
-    prompt_ids: list[int], response_ids: list[int], bos_id: int, eos_id: int, max_length: int, overlong: str
+    prompt_ids: list[int], response_ids: list[int], bos_id: int, eos_id: int, max_length: int | None, overlong: str
 ) -> EncodedExample | str:
-    """Assemble one example from its tokenised prompt and response; a string return is a skip reason."""
+    """Assemble one example from its tokenised prompt and response; a string return is a skip reason.
+
+    ``max_length`` None: no limit."""
     prompt = [bos_id, *prompt_ids]
     target = [*response_ids, eos_id]
     full_length = len(prompt) + len(target)
     truncated = False
-    if full_length > max_length:
+    if max_length is not None and full_length > max_length:
         if overlong == "skip":
             return f"over max_length: {full_length} tokens > {max_length}"
         room = max_length - len(prompt)
@@ -99,7 +101,7 @@ def encode_example(
         truncated = True
     return EncodedExample(
         input_ids=prompt + target,
-        labels=[IGNORE_INDEX] * len(prompt) + target,
+        completion_mask=[0] * len(prompt) + [1] * len(target),
         full_length=full_length,
         truncated=truncated,
     )
@@ -114,7 +116,7 @@ def _text_column(examples: pd.DataFrame, name: str) -> list[str]:
 def prepare_sft_dataset(
     examples: pd.DataFrame,
     tokenizer: PreTrainedTokenizerBase,
-    max_length: int,
+    max_length: int | None,
     overlong: str = "truncate",
     template: PromptTemplate = ALPACA,
 ) -> SFTDataset:
@@ -148,8 +150,7 @@ def prepare_sft_dataset(
         dataset.overlong += encoded.truncated
         dataset.truncated += encoded.truncated
         dataset.ids.append(example_id)
-        ones = [1] * len(encoded.input_ids)
-        dataset.features.append({"input_ids": encoded.input_ids, "attention_mask": ones, "labels": encoded.labels})
+        dataset.features.append({"input_ids": encoded.input_ids, "completion_mask": encoded.completion_mask})
     if not dataset.features:
         reasons = "; ".join(sorted({s.reason.split(":")[0] for s in dataset.skipped}))
         raise EmptyTrainingSetError(
@@ -157,24 +158,6 @@ def prepare_sft_dataset(
             f"raise max_length (now {max_length}) or use overlong='truncate'"
         )
     return dataset
-
-
-def sft_collator(
-    tokenizer: PreTrainedTokenizerBase, padding_free: bool = False
-) -> DataCollatorForSeq2Seq | DataCollatorWithFlattening:
-    """Pads ids on the right with the pad token and labels with IGNORE_INDEX, as Alpaca's collator does.
-
-    ``padding_free``: the batch's examples end to end in one row, with position ids restarting at 0 for each.
-    transformers turns those position ids into a block-diagonal causal mask, so no token attends across
-    examples and the loss is the padded batch's loss; only the padding's compute is gone (Alpaca-length
-    examples in random batches of 4 are about 1.6x their real tokens once padded).
-    """
-    if padding_free:
-        # Each example's first label is already IGNORE_INDEX (BOS is prompt), so the separator changes nothing.
-        return DataCollatorWithFlattening(return_position_ids=True, separator_id=IGNORE_INDEX, return_tensors="pt")
-    if tokenizer.padding_side != "right":
-        raise ValueError("training pads on the right (Alpaca); set tokenizer.padding_side = 'right' first")
-    return DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=IGNORE_INDEX, return_tensors="pt")
 
 
 def random_subset(pool: pd.DataFrame, size: int, seed: int) -> pd.DataFrame:
@@ -257,7 +240,6 @@ def alpaca_chat_template(template: PromptTemplate = ALPACA) -> str:
 
 
 __all__ = [
-    "IGNORE_INDEX",
     "OVERLONG_POLICIES",
     "EmptyTrainingSetError",
     "EncodedExample",
@@ -268,5 +250,4 @@ __all__ = [
     "encode_example",
     "prepare_sft_dataset",
     "random_subset",
-    "sft_collator",
 ]

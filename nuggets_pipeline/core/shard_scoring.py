@@ -23,11 +23,11 @@ from pathlib import Path
 import pandas as pd
 
 from nuggets_pipeline.core.checkpoints import read_chunk_checkpoints
-from nuggets_pipeline.core.ids import ids_hash
 from nuggets_pipeline.core.modeling import LoadedModel
 from nuggets_pipeline.core.score_tables import SCORES_TABLE
-from nuggets_pipeline.core.scoring import OneShotChunk, ScoringConfig, score_one_shot
+from nuggets_pipeline.core.scoring import SCORE_COLUMNS, OneShotChunk, ScoringConfig, score_one_shot
 from nuggets_pipeline.core.storage import Warehouse, write_parquet_atomic
+from nuggets_pipeline.core.versions import anchor_set_hash
 
 PAIR_DELTAS_TABLE = "one_shot_pair_deltas"
 Log = Callable[[str], None]
@@ -106,7 +106,7 @@ def score_shard_resumable(
     the scores are returned for the caller to store.
     """
     warn = warn or log
-    anchors_hash = ids_hash(anchor_set["id"])
+    anchors_hash = anchor_set_hash(anchor_set)
     stale = zero_shot[(zero_shot["model_fingerprint"] != fingerprint) | (zero_shot["anchor_set_hash"] != anchors_hash)]
     if len(stale):
         raise StaleZeroShotError(fingerprint, anchors_hash)
@@ -148,6 +148,19 @@ def score_shard_resumable(
     return result
 
 
+def seed_checkpoints(warehouse: Warehouse, scores: pd.DataFrame, fingerprint: str, anchors_hash: str) -> list[Path]:
+    """Place scores computed elsewhere (a committed scored pool, one row per candidate with its ``shard``) as each
+    shard's checkpoint of this scoring version: one chunk of scores per shard, no deltas, so
+    ``score_shard_resumable`` resumes from it and finds nothing left to score. The caller checks the scores belong
+    to this version and pool; the paths written are returned."""
+    written = []
+    for shard, rows in scores.groupby("shard"):
+        path = chunk_path(checkpoint_folder(warehouse, str(shard), fingerprint, anchors_hash), "scores", 0)
+        write_parquet_atomic(rows[SCORE_COLUMNS].reset_index(drop=True), path)
+        written.append(path)
+    return written
+
+
 __all__ = [
     "PAIR_DELTAS_TABLE",
     "ShardResult",
@@ -155,4 +168,5 @@ __all__ = [
     "checkpoint_folder",
     "chunk_path",
     "score_shard_resumable",
+    "seed_checkpoints",
 ]

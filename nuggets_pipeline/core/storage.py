@@ -1,8 +1,17 @@
-"""The one owner of the warehouse: where every intermediate lives, how it is written, and how it is read back.
+"""The one owner of the home's files: where every output lives, how it is written, and how tables are read back.
 
-Layout (under ``<home>/warehouse``): one folder per table, one Parquet file per partition (``all.parquet`` for an
-unpartitioned table), plus ``warehouse.duckdb``, a catalog of views for people and the CLI. Scoring checkpoints
-live under ``<home>/checkpoints/<table>/<shard>/<version>/``. Nothing else in the project builds these paths.
+Layout of ``<home>`` (``Warehouse``, built on ``<home>/warehouse``; nothing else in the project builds these paths):
+
+- ``warehouse/``: one folder per table, one Parquet file per partition (``all.parquet`` for an unpartitioned
+  table), plus ``warehouse.duckdb``, a catalog of views for people and the CLI;
+- ``checkpoints/<table>/<shard>/<version>/``: scoring checkpoints;
+- ``finetuned/<variant>/``: a fine-tuned variant's run (its loadable model in ``model/``);
+- ``exports/``: files for other tools (FastChat, alpaca_eval, trainers) and the evaluation report;
+- ``plots/``: the PNG charts shown in the UI;
+- ``judgments.sqlite``: the judge's answers, cached.
+
+Every file is written by ``write_atomic`` (or a function built on it): a temporary name, then a rename, with the
+mode any new file gets (0666 less the umask); a folder built whole comes from ``staging_folder`` (0777 less it).
 
 Why not DuckDB tables: DuckDB allows one writer per file across processes, and shard runs write in parallel.
 Each writer here owns its own Parquet file (written to a temporary name, then renamed: atomic on POSIX), and
@@ -157,9 +166,40 @@ class Warehouse:
     def catalog(self) -> Path:
         return self.root / CATALOG_FILE
 
+    @classmethod
+    def of_home(cls, home: Path) -> Warehouse:
+        """The warehouse of a home folder (``<home>/warehouse``)."""
+        return cls(Path(home) / "warehouse")
+
     @property
     def home(self) -> Path:
         return self.root.parent
+
+    # -- the home's other outputs (the module docstring's layout) ---------------------------------------------
+
+    @property
+    def exports_dir(self) -> Path:
+        return self.home / "exports"
+
+    @property
+    def evaluation_report_path(self) -> Path:
+        """The report's Markdown; its figures sit beside it with the suffix ``.json``."""
+        return self.exports_dir / "evaluation_report.md"
+
+    @property
+    def judgment_cache_path(self) -> Path:
+        return self.home / "judgments.sqlite"
+
+    def plot_path(self, name: str) -> Path:
+        return self.home / "plots" / f"{_partition_key(name)}.png"
+
+    def finetuned_dir(self, variant: str) -> Path:
+        """A fine-tuned variant's run folder (checkpoints, examples, model card)."""
+        return self.home / "finetuned" / _partition_key(variant)
+
+    def finetuned_model_dir(self, variant: str) -> Path:
+        """The loadable Hugging Face model of a variant: the ``model`` folder core.training saves in its run."""
+        return self.finetuned_dir(variant) / "model"
 
     def table_dir(self, table: str) -> Path:
         return self.root / _identifier(table)

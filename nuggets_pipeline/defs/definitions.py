@@ -12,7 +12,7 @@ import os
 import dagster as dg
 
 from nuggets_pipeline.core.settings import Settings, env_name, get_settings
-from nuggets_pipeline.defs import automation, checks, execution, sensors
+from nuggets_pipeline.defs import automation, checks, execution, jobs, pools, sensors
 from nuggets_pipeline.defs.assets import anchors, evaluation, exports, incoming, ingestion, scoring, training
 from nuggets_pipeline.defs.resources import (
     JudgeResource,
@@ -83,12 +83,14 @@ def _configured(asset: dg.AssetsDefinition, settings: Settings) -> dg.AssetsDefi
 def build_defs(settings: Settings | None = None) -> dg.Definitions:
     """The code location under ``settings`` (default: the environment's, validated: a bad value stops it)."""
     settings = settings or get_settings()
+    pools.install()  # runs without a daemon reclaim a dead run's pool slots; a waiting step sleeps (pools.py)
     assets = dg.load_assets_from_modules(ASSET_MODULES)
     return dg.Definitions(
         assets=[_configured(a, settings) if isinstance(a, dg.AssetsDefinition) else a for a in assets],
         asset_checks=dg.load_asset_checks_from_modules([checks]),
         resources=default_resources(settings),
-        jobs=sensors.JOBS,
+        # The sensors' jobs, and one job per stage the commands run (defs/jobs.py): the UI lists them all.
+        jobs=[*sensors.JOBS, *jobs.STAGE_JOBS],
         sensors=[*sensors.sensors(settings), automation.automation_sensor(settings)],
         schedules=automation.schedules(settings),
         executor=execution.executor(settings),

@@ -1,16 +1,19 @@
-"""Turn tables and distributions into metadata the Dagster UI shows: Markdown tables, bar charts, PNG plots;
-and progress lines for a step's log."""
+"""What the Dagster UI shows of a step: Markdown tables, bar charts, PNG plots, file paths, progress lines for its
+log, and the core's errors as the step's failure."""
 
 from __future__ import annotations
 
 import base64
 import io
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import dagster as dg
 import numpy as np
 import pandas as pd
+
+from nuggets_pipeline.core.storage import write_atomic
 
 PREVIEW_CHARS = 80
 
@@ -69,13 +72,12 @@ def pyplot():  # type: ignore[no-untyped-def]
 
 
 def save_plot(figure, path: Path) -> dg.MetadataValue:  # type: ignore[no-untyped-def]
-    """Save a matplotlib figure under the home and return Markdown that embeds it, plus the file stays on disk.
-    The figure is closed: pyplot keeps every open figure alive until then."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Save a matplotlib figure at ``path`` (a ``Warehouse.plot_path``) and return Markdown that embeds it; the
+    file stays on disk. The figure is closed: pyplot keeps every open figure alive until then."""
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
     pyplot().close(figure)
-    path.write_bytes(buffer.getvalue())
+    write_atomic(path, lambda temporary: temporary.write_bytes(buffer.getvalue()))
     encoded = base64.b64encode(buffer.getvalue()).decode()
     return dg.MetadataValue.md(f"![{path.stem}](data:image/png;base64,{encoded})\n\n`{path}`")
 
@@ -94,3 +96,18 @@ def latest_value(instance: dg.DagsterInstance, asset: str, key: str) -> object |
     event = instance.get_latest_materialization_event(dg.AssetKey(asset))
     entry = event.asset_materialization.metadata.get(key) if event and event.asset_materialization else None
     return entry.value if entry is not None else None
+
+
+def paths_metadata(written: Mapping[str, Path]) -> dict[str, dg.MetadataValue]:
+    """Every exported file as a path entry of the asset's metadata (shown, and copyable, in the UI)."""
+    return {f"export_{name}": dg.MetadataValue.path(str(path)) for name, path in written.items()}
+
+
+@contextmanager
+def failure_on(*errors: type[Exception]) -> Iterator[None]:
+    """A core error of these types, whose message already says what to do, fails the step as a ``dg.Failure``
+    with that message (and the error's ``metadata``, where it has one) instead of a traceback."""
+    try:
+        yield
+    except errors as error:
+        raise dg.Failure(str(error), metadata=getattr(error, "metadata", None)) from None

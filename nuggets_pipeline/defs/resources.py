@@ -1,9 +1,8 @@
-"""Resources: the models the core works with, the warehouse, and the Parquet IO manager."""
+"""Resources: the models the core works with, how scores are computed, the judge, the warehouse, and the Parquet
+IO manager. The models and the device a process's resources share live in ``model_cache``."""
 
 from __future__ import annotations
 
-import hashlib
-import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -14,8 +13,7 @@ from pydantic import Field, PrivateAttr, field_validator, model_validator
 from upath import UPath
 
 from nuggets_pipeline.core.adaptive import AdaptiveConfig
-from nuggets_pipeline.core.devices import claim as claim_device
-from nuggets_pipeline.core.modeling import DTYPES, LoadedModel, load_model, resolve_device, resolve_dtype
+from nuggets_pipeline.core.modeling import DTYPES, LoadedModel, resolve_device
 from nuggets_pipeline.core.paths import nuggets_home
 from nuggets_pipeline.core.reliability import SelectionRule
 from nuggets_pipeline.core.scoring import ScoringConfig
@@ -23,50 +21,9 @@ from nuggets_pipeline.core.selection import PAPER_GOLDEN_SHARE
 from nuggets_pipeline.core.settings import JUDGE_MAX_FAILED_FRACTION, JUDGE_MAX_RETRIES, JUDGE_TIMEOUT_S
 from nuggets_pipeline.core.storage import Warehouse, write_parquet_atomic
 from nuggets_pipeline.core.templates import TEMPLATES
-from nuggets_pipeline.defs import pools
+from nuggets_pipeline.core.versions import scoring_fingerprint
+from nuggets_pipeline.defs.model_cache import claim_for_process, load_shared, process_claim, release_for_process
 from nuggets_pipeline.defs.schemas import TABLE_SCHEMAS
-
-pools.install()  # runs without a daemon reclaim a dead run's pool slots; a waiting step sleeps (pools.py)
-
-_LOADED: dict[tuple[str, str, str], LoadedModel] = {}
-
-
-def load_shared(model: str, dtype: str, device: str) -> LoadedModel:
-    """Loaded once per process, keyed by the resolved dtype and device, so "auto" and the dtype it resolves to
-    share one copy (the demo's scoring model and judge are the same SmolLM2)."""
-    torch_device = resolve_device(device)
-    key = (model, str(resolve_dtype(dtype, torch_device)), str(torch_device))
-    if key not in _LOADED:
-        _LOADED[key] = load_model(model, dtype=dtype, device=device)
-    return _LOADED[key]
-
-
-# One claim per process, shared by its model resources: a run executed in one process (in_process executor,
-# dg.materialize) that scores and trains uses one GPU, as before, instead of waiting for a second one it may never
-# get (a 1-GPU machine would wait on itself). The multiprocess executor runs each step in its own process.
-_PROCESS_CLAIM: dict[str, Any] = {"claim": None, "users": 0}
-
-
-def _claim_for_process(device: str, model: str, log: Any) -> None:
-    if _PROCESS_CLAIM["users"] == 0:
-        held = claim_device(device, label=f"{model} pid {os.getpid()}", log=log)
-        if held is not None:
-            if log is not None:
-                log(f"claimed device {held.name} (waited {held.waited_s:.1f} s)")
-            if held.torch_device.startswith("cuda"):
-                torch.cuda.set_device(torch.device(held.torch_device))  # for code that just says "cuda"
-        _PROCESS_CLAIM["claim"] = held
-    _PROCESS_CLAIM["users"] += 1
-
-
-def _release_process_claim(log: Any) -> None:
-    _PROCESS_CLAIM["users"] -= 1
-    held = _PROCESS_CLAIM["claim"]
-    if _PROCESS_CLAIM["users"] == 0 and held is not None:
-        # Logged before the lock is dropped, so logged holding intervals never overlap when the locks do not.
-        log(f"releasing device {held.name}")
-        held.release()
-        _PROCESS_CLAIM["claim"] = None
 
 
 class ModelResource(dg.ConfigurableResource):
@@ -107,7 +64,7 @@ class ModelResource(dg.ConfigurableResource):
 
     def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
         if self._claimed:
-            _release_process_claim(context.log.info)
+            release_for_process(context.log.info)
         self._claimed = False
 
     def device_used(self) -> str:
@@ -116,16 +73,16 @@ class ModelResource(dg.ConfigurableResource):
         if self.device == "cpu":
             return "cpu"  # claims nothing, as before
         if not self._claimed:
-            _claim_for_process(self.device, self.model, self._log.info if self._log is not None else None)
+            claim_for_process(self.device, self.model, self._log.info if self._log is not None else None)
             self._claimed = True
-        held = _PROCESS_CLAIM["claim"]
+        held = process_claim()
         return held.name if held is not None else str(resolve_device(self.device))
 
     def torch_device(self) -> str:
         """The torch device this step's models run on: the claimed device's (a simulated device computes on the
         CPU), else ``device`` resolved. Claims on first call, like ``device_used``."""
         self.device_used()
-        held = _PROCESS_CLAIM["claim"]
+        held = process_claim()
         return held.torch_device if held is not None else str(resolve_device(self.device))
 
     def load(self) -> LoadedModel:
@@ -222,9 +179,8 @@ class ScoringResource(dg.ConfigurableResource):
         )
 
     def fingerprint(self, model_fingerprint: str, template: str) -> str:
-        """Identifies the scoring function: a change of model, dtype, template or separator changes it."""
-        parts = [model_fingerprint, template, self.separator, str(self.max_length)]
-        return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:16]
+        """This resource's scoring fingerprint for a model and template (``core.versions.scoring_fingerprint``)."""
+        return scoring_fingerprint(model_fingerprint, template, self.separator, self.max_length)
 
 
 class JudgeResource(dg.ConfigurableResource):

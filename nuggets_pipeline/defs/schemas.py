@@ -1,4 +1,5 @@
-"""Pandera schemas of every table the pipeline stores; assets use them as Dagster types."""
+"""Pandera schemas of every table the pipeline stores (assets use them as Dagster types), and the field map that
+reads a source file's rows into the instructions table."""
 
 from __future__ import annotations
 
@@ -8,8 +9,25 @@ import dagster as dg
 import pandera.pandas as pa
 from dagster_pandera import pandera_schema_to_dagster_type
 from pandera.typing import Series
+from pydantic import Field
+
+from nuggets_pipeline.core.data import FieldMap
 
 ID_PATTERN = r"^[0-9a-f]{16}$"
+
+
+class FieldMapConfig(dg.Config):
+    """Which source fields hold an example (``core.data.FieldMap``) and the longest example kept: shared by the
+    base pool's ingestion and every incoming batch, so both read a file the same way."""
+
+    instruction_field: str = "instruction"
+    input_field: str = "input"
+    output_field: str = "output"
+    conversations_field: str = Field(default="conversations", description="ShareGPT-style turns, if present")
+    max_chars: int = Field(default=16_384, gt=0, description="longer examples are quarantined, never cut")
+
+    def field_map(self) -> FieldMap:
+        return FieldMap(self.instruction_field, self.input_field, self.output_field, self.conversations_field)
 
 
 class InstructionsSchema(pa.DataFrameModel):

@@ -8,10 +8,17 @@ path. ``nuggets run ... --print-config`` prints that config as YAML instead of r
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import inspect
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from nuggets_pipeline.runs import presets
+from nuggets_pipeline.runs.presets import Anchors, Preset, Selection, Training, in_stage_order
+
+# The defaults of every flag that has one: `nuggets run` starts from this row of the preset table.
+RUN = presets.preset("run")
 
 RUN_DESCRIPTION = """\
 Run the whole graph on your data with your models, stage by stage, in the same Dagster instance as the UI.
@@ -88,21 +95,27 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     scoring.add_argument("--adaptive-round-anchors", type=int, default=None, help="adaptive: anchors per round (10)")
 
     anchors = parser.add_argument_group("anchors (asset `anchor_set`) and candidates")
-    anchors.add_argument("--anchor-method", choices=["random", "kmeans", "file"], default="kmeans")
+    anchors.add_argument("--anchor-method", choices=["random", "kmeans", "file"], default=RUN.anchors.method)
     anchors.add_argument(
         "--anchors",
         type=int,
         default=None,
-        help="anchors to choose (k for KMeans; default 8); with --anchor-method file, a seeded sample of that many "
-        "(default: the whole file)",
+        help=f"anchors to choose (k for KMeans; default {RUN.anchors.n}); with --anchor-method file, a seeded sample "
+        "of that many (default: the whole file)",
     )
     anchors.add_argument("--anchor-file", default=None, help="JSON/JSONL of anchors for --anchor-method file")
-    anchors.add_argument("--kmeans-pool", type=int, default=300, help="pool rows embedded for KMeans (0: all)")
-    anchors.add_argument("--embed-max-tokens", type=int, default=128, help="tokens of each text embedded")
-    anchors.add_argument("--candidates", type=int, default=96, help="candidates to score (0: the whole pool)")
-    anchors.add_argument("--shards", type=int, default=4, help="candidate shards (scoring partitions)")
+    anchors.add_argument(
+        "--kmeans-pool", type=int, default=RUN.anchors.kmeans_pool, help="pool rows embedded for KMeans (0: all)"
+    )
+    anchors.add_argument(
+        "--embed-max-tokens", type=int, default=RUN.anchors.embed_max_tokens, help="tokens of each text embedded"
+    )
+    anchors.add_argument("--candidates", type=int, default=RUN.pool, help="candidates to score (0: the whole pool)")
+    anchors.add_argument("--shards", type=int, default=RUN.shards, help="candidate shards (scoring partitions)")
 
-    select = parser.add_argument_group("selection (asset `golden_subset`); default: --top-fraction 0.25")
+    select = parser.add_argument_group(
+        f"selection (asset `golden_subset`); default: --top-fraction {RUN.selection.top_fraction}"
+    )
     criterion = select.add_mutually_exclusive_group()
     criterion.add_argument("--threshold", type=float, default=None, help="keep golden_score > T (the paper: 0.8)")
     criterion.add_argument("--top-k", type=int, default=None, help="keep the K best")
@@ -117,9 +130,13 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
     profiles = parser.add_argument_group("profiles (training and evaluation sizes)")
-    profiles.add_argument("--train-profile", default="cpu-demo", help="training profile: cpu-demo, paper, ...")
+    profiles.add_argument(
+        "--train-profile", default=RUN.training.profile, help="training profile: cpu-demo, paper, ..."
+    )
     profiles.add_argument("--train-steps", type=int, default=None, help="stop training after this many steps")
-    profiles.add_argument("--eval-profile", choices=["cpu-demo", "paper"], default="cpu-demo", help="benchmark sizes")
+    profiles.add_argument(
+        "--eval-profile", choices=["cpu-demo", "paper"], default=RUN.evaluation.profile, help="benchmark sizes"
+    )
     profiles.add_argument(
         "--mt-bench-answers",
         action="append",
@@ -142,18 +159,50 @@ def _absolute(value: str | None) -> str | None:
     return str(path.resolve()) if path.exists() else value
 
 
-DEFAULT_ANCHORS = 8  # random and KMeans anchors when --anchors is not given
-DEFAULT_TOP_FRACTION = 0.25  # the selection when no criterion flag is given
-
-
 def _set(target: dict[str, Any], **values: Any) -> dict[str, Any]:
     """Only the flags the user gave: unset ones keep the asset's (or resource's) own default."""
     target.update({k: v for k, v in values.items() if v is not None})
     return target
 
 
+def run_preset(args: argparse.Namespace, base: Preset = RUN) -> Preset:
+    """The preset the flags make of ``base``: what they set replaces the table's value."""
+    # anchor_set honours n for a file too: unless asked, a file gives all its rows (the paper's 100), not 8.
+    if args.anchors is not None:
+        n: int | None = args.anchors
+    else:
+        n = None if args.anchor_method == "file" else base.anchors.n
+    if args.threshold is not None:
+        selection = Selection(threshold=args.threshold, top_fraction=None)
+    elif args.top_k is not None:
+        selection = Selection(top_k=args.top_k, top_fraction=None)
+    else:
+        # `is not None`, never `or`: a value the user gave (0 included) is validated, not replaced.
+        top_fraction = args.top_fraction if args.top_fraction is not None else base.selection.top_fraction
+        selection = Selection(top_fraction=top_fraction)
+    overrides = dict(base.training.overrides) | _set({}, max_steps=args.train_steps)
+    return dataclasses.replace(
+        base,
+        pool=args.candidates or None,
+        shards=args.shards,
+        anchors=Anchors(
+            method=args.anchor_method,
+            n=n,
+            file=_absolute(args.anchor_file),
+            seed=base.anchors.seed,
+            kmeans_pool=args.kmeans_pool,
+            embed_max_tokens=args.embed_max_tokens,
+        ),
+        selection=selection,
+        training=Training(args.train_profile, overrides),
+        evaluation=dataclasses.replace(base.evaluation, profile=args.eval_profile),
+    )
+
+
 def ops_config(args: argparse.Namespace) -> dict[str, Any]:
-    """The `ops` section of the run config: one entry per asset whose config a flag sets."""
+    """The `ops` section of the run config: the preset's (``presets.ops_config``) with what only `run` sets, the
+    data, the export thresholds and other models' answers, beside it."""
+    ops = presets.ops_config(run_preset(args))
     ingest = _set(
         {},
         sources=[_absolute(s) for s in args.sources] if args.sources else None,
@@ -166,38 +215,11 @@ def ops_config(args: argparse.Namespace) -> dict[str, Any]:
         hub_name=args.hub_name,
         hub_revision=args.hub_revision,
     )
-    # anchor_set honours n for a file too: unless asked, a file gives all its rows (the paper's 100), not 8.
-    n = args.anchors if args.anchors is not None or args.anchor_method == "file" else DEFAULT_ANCHORS
-    anchors = _set(
-        {"method": args.anchor_method},
-        n=n,
-        file=_absolute(args.anchor_file),
-        kmeans_pool_size=args.kmeans_pool,
-        embed_max_tokens=args.embed_max_tokens,
-    )
-    if args.threshold is not None:
-        selection: dict[str, Any] = {"threshold": args.threshold}
-    elif args.top_k is not None:
-        selection = {"threshold": None, "top_k": args.top_k}
-    else:
-        # `is not None`, never `or`: a value the user gave (0 included) is validated, not replaced.
-        top_fraction = args.top_fraction if args.top_fraction is not None else DEFAULT_TOP_FRACTION
-        selection = {"threshold": None, "top_fraction": top_fraction}
-    training = _set({"profile": args.train_profile}, max_steps=args.train_steps)
-    evaluation = {"profile": args.eval_profile}
-    return {
-        "ingest_instructions": {"config": ingest},
-        "anchor_set": {"config": anchors},
-        "candidates": {"config": {"shards": args.shards, "limit": args.candidates or None}},
-        "golden_subset": {"config": selection},
-        "scored_pool_exports": {"config": {"thresholds": list(args.export_thresholds)}},
-        "finetuned_model": {"config": training},
-        "mt_bench_results": {"config": dict(evaluation)},
-        "alpaca_eval_results": {"config": dict(evaluation)},
-        "reference_likelihood": {"config": dict(evaluation)},
-        "judge_calibration": {"config": dict(evaluation)},
-        "evaluation_report": {"config": {"mt_bench_answer_files": [_absolute(f) for f in args.mt_bench_answers]}},
-    }
+    ops["ingest_instructions"] = {"config": ingest}
+    ops["scored_pool_exports"] = {"config": {"thresholds": list(args.export_thresholds)}}
+    report = ops.setdefault("evaluation_report", {"config": {}})["config"]
+    report["mt_bench_answer_files"] = [_absolute(f) for f in args.mt_bench_answers]
+    return in_stage_order(ops)
 
 
 def _config_value(value: Any) -> Any:
@@ -246,6 +268,12 @@ def resources_config(args: argparse.Namespace, bound: dict[str, Any]) -> dict[st
             max_failed_fraction=args.judge_max_failed_fraction,
         ),
     }
+    return resource_overrides(changes, bound)
+
+
+def resource_overrides(changes: dict[str, dict[str, Any]], bound: dict[str, Any]) -> dict[str, Any]:
+    """The `resources` section for ``changes`` (resource name -> fields to set): each resource changed carries
+    every bound field with the changes on top; a resource without a change is left out."""
     out = {}
     for name, change in changes.items():
         if not change:
@@ -254,6 +282,20 @@ def resources_config(args: argparse.Namespace, bound: dict[str, Any]) -> dict[st
         fields = {field: _config_value(getattr(resource, field)) for field in type(resource).model_fields}
         out[name] = {"config": fields | change}
     return out
+
+
+def pinned_model_resources(model: str, device: str, bound: dict[str, Any]) -> dict[str, Any]:
+    """The `resources` section that pins one model for scoring, training and judging (a preset's ``model``): in
+    float32, with the in-process judge, so the same seeds give the same figures whatever the environment set."""
+    pinned = {"model": model, "dtype": "float32", "device": device}
+    return resource_overrides(
+        {
+            "scoring_model": pinned,
+            "training_model": pinned,
+            "judge": {"model": model, "backend": "local", "device": device},
+        },
+        bound,
+    )
 
 
 def run_config(args: argparse.Namespace, bound: dict[str, Any]) -> dict[str, Any]:
@@ -315,20 +357,15 @@ def validate_run_config(config: dict[str, Any], assets: Sequence[Any], bound: di
         raise RunConfigError("the run config is refused before any stage runs:\n  " + "\n  ".join(problems))
 
 
-def for_selection(config: dict[str, Any], ops: set[str]) -> dict[str, Any]:
-    """The part of the run config a stage's assets take (Dagster refuses config for ops not in the run)."""
-    return {"ops": {k: v for k, v in config["ops"].items() if k in ops}} | (
-        {"resources": config["resources"]} if "resources" in config else {}
-    )
-
-
 __all__ = [
     "RUN_DESCRIPTION",
     "RunConfigError",
     "add_run_arguments",
-    "for_selection",
     "ops_config",
+    "pinned_model_resources",
+    "resource_overrides",
     "resources_config",
     "run_config",
+    "run_preset",
     "validate_run_config",
 ]

@@ -70,6 +70,17 @@ class Plan:
     strategies: list[dict[str, Any]] = field(default_factory=list)
 
 
+def anchor_tokens_to_score(candidates: int, anchor_tokens_per_candidate: float) -> float:
+    """One-shot scoring's work: every anchor's tokens, run once after each candidate's prefix (the prefix tokens,
+    one demonstration per candidate, are counted apart)."""
+    return candidates * anchor_tokens_per_candidate
+
+
+def seconds_at(tokens: float, tokens_per_s: float) -> float:
+    """Seconds for ``tokens`` at a measured rate; NaN where no rate was measured."""
+    return tokens / tokens_per_s if tokens_per_s == tokens_per_s and tokens_per_s > 0 else float("nan")
+
+
 def anchor_token_lengths(loaded: Any, anchors: pd.DataFrame, template_name: str, max_length: int | None) -> list[int]:
     """Tokens of each anchor (prompt + response) as the engine runs it after every candidate's prefix, with the
     same cut as ``ScoringConfig.max_length`` (BOS belongs to the prefix)."""
@@ -180,7 +191,7 @@ def make_plan(
         full_anchors=len(anchor_frame),
     )
     rate = tokens / seconds if seconds > 0 else float("nan")
-    total = per_candidate * len(candidates)
+    total = int(anchor_tokens_to_score(len(candidates), per_candidate))
     gpu_hours = total / gpu_tokens_per_s / 3600 if gpu_tokens_per_s else None
     scoring_parameters = int(loaded.model.num_parameters())
     pool_tokens = prefix_tokens - len(candidates)  # each demonstration without its BOS
@@ -214,7 +225,7 @@ def make_plan(
         sample_anchor_tokens=tokens,
         sample_seconds=seconds,
         tokens_per_s_here=rate,
-        hours_here=total / rate / 3600 if rate == rate and rate > 0 else float("nan"),
+        hours_here=seconds_at(total, rate) / 3600,
         shard_size=shard_size,
         shards=math.ceil(len(candidates) / shard_size),
         gpu_tokens_per_s=gpu_tokens_per_s,
@@ -265,7 +276,7 @@ def compare_strategies(
         return {
             "strategy": name,
             "tokens": int(tokens),
-            "hours_here": tokens / rate_here / 3600 if rate_here == rate_here and rate_here > 0 else None,
+            "hours_here": seconds_at(tokens, rate_here) / 3600 if rate_here == rate_here and rate_here > 0 else None,
             "gpu_hours": tokens / gpu_tokens_per_s / 3600 if gpu_tokens_per_s else None,
             "selection_to_tuning_ratio": cost.ratio,
             "basis": basis,

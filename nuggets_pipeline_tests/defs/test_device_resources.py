@@ -57,11 +57,11 @@ def test_evaluation_steps_run_on_the_device_their_step_claims(
 ) -> None:
     """A variant's evaluation step claims a device like every other model step (it used to resolve "auto" to the
     first GPU for itself), and releases it when the step ends."""
+    from nuggets_pipeline.core.storage import Warehouse
     from nuggets_pipeline.defs.assets.evaluation import reference_likelihood
-    from nuggets_pipeline.defs.assets.training import finetuned_dir
     from nuggets_pipeline.defs.resources import WarehouseIOManagerFactory, WarehouseResource
 
-    checkpoint = finetuned_dir(isolated_home, "golden") / "model"
+    checkpoint = Warehouse.of_home(isolated_home).finetuned_model_dir("golden")
     tiny_model.model.save_pretrained(checkpoint)
     tiny_model.tokenizer.save_pretrained(checkpoint)
     monkeypatch.setenv("NUGGETS_SIMULATED_DEVICES", "1")

@@ -1,41 +1,59 @@
-"""The demo command's stages ask for assets and configuration the definitions really have."""
+"""The commands' stages ask for assets and configuration the definitions really have, through the stage jobs
+the definitions register."""
 
 import dagster as dg
 import pytest
 
-from nuggets_pipeline.cli import build_parser, demo_stages
-from nuggets_pipeline.defs.definitions import defs
+from nuggets_pipeline.cli import build_parser, demo_preset
+from nuggets_pipeline.defs.definitions import default_resources, defs
+from nuggets_pipeline.defs.jobs import STAGE_NAMES, STAGES
+from nuggets_pipeline.runs import runner
+
+
+def demo_stages(argv: list[str]) -> list[runner.Stage]:
+    return runner.stages(runner.preset_plan(demo_preset(build_parser().parse_args(argv)), default_resources()))
+
+
+def test_every_stage_is_a_job_of_the_definitions_with_its_assets_and_their_checks() -> None:
+    assert STAGE_NAMES == ("ingest", "anchors", "zero-shot", "one-shot", "select", "train", "evaluate", "report")
+    checked = {key.asset_key.to_user_string() for key in defs.resolve_asset_graph().asset_check_keys}
+    for spec in STAGES:
+        job = defs.resolve_job_def(spec.job_name)  # registered: the UI lists it
+        layer = job.asset_layer
+        assert {key.to_user_string() for key in layer.selected_asset_keys} == set(spec.assets)
+        checks = {key.asset_key.to_user_string() for key in layer.asset_graph.asset_check_keys}
+        assert checks == checked & set(spec.assets)  # the checks of the stage's assets run with it
+    assert defs.resolve_job_def("stage_one_shot").partitions_def.name == "candidate_shards"
+    assert {"score_shards", "ingest_increments"} <= {job.name for job in defs.resolve_all_job_defs()}
 
 
 @pytest.mark.parametrize("argv", [["demo"], ["demo", "--threshold", "0.8", "--candidates", "12", "--anchors", "3"]])
 def test_every_demo_stage_config_validates(argv: list[str]) -> None:
-    stages = demo_stages(build_parser().parse_args(argv))
-    assert [s.name for s in stages] == [
-        "ingest",
-        "anchors",
-        "zero-shot",
-        "one-shot",
-        "select",
-        "train",
-        "evaluate",
-        "report",
-    ]
+    stages = demo_stages(argv)
+    assert [s.name for s in stages] == list(STAGE_NAMES)
     for stage in stages:
-        job = dg.define_asset_job(f"demo_{stage.name.replace('-', '_')}", selection=stage.selection)
-        checked = dg.Definitions(
-            assets=list(defs.assets), asset_checks=list(defs.asset_checks), jobs=[job], resources=dict(defs.resources)
-        )
-        result = dg.validate_run_config(checked.resolve_job_def(job.name), {"ops": stage.ops_config})
-        assert result["ops"].keys() >= stage.ops_config.keys()
+        result = dg.validate_run_config(defs.resolve_job_def(stage.spec.job_name), stage.run_config)
+        assert result["ops"].keys() >= stage.run_config["ops"].keys()
+    by_name = {s.name: s.run_config["ops"] for s in stages}
+    if "--threshold" in argv:
+        assert by_name["select"]["golden_subset"]["config"] == {"threshold": 0.8}
+        assert by_name["anchors"]["anchor_set"]["config"]["n"] == 3
+        assert by_name["anchors"]["candidates"]["config"] == {"shards": 4, "limit": 12}
+    else:  # the demo's defaults, read from the preset table
+        assert by_name["select"]["golden_subset"]["config"] == {"threshold": None, "top_fraction": 0.25}
+        assert by_name["train"]["finetuned_model"]["config"] == {
+            "profile": "cpu-demo",
+            "max_steps": 4,
+            "max_length": 192,
+        }
+        assert by_name["report"]["evaluation_report"]["config"]["variants"] == ["golden", "random"]
 
 
 def test_a_misspelt_field_is_refused() -> None:
-    stage = next(s for s in demo_stages(build_parser().parse_args(["demo"])) if s.name == "anchors")
-    stage.ops_config["anchor_set"]["config"]["kmeans_pool"] = 10
-    job = dg.define_asset_job("demo_anchors_typo", selection=stage.selection)
-    checked = dg.Definitions(assets=list(defs.assets), jobs=[job], resources=dict(defs.resources))
+    stage = next(s for s in demo_stages(["demo"]) if s.name == "anchors")
+    stage.run_config["ops"]["anchor_set"]["config"]["kmeans_pool"] = 10
     with pytest.raises(dg.DagsterInvalidConfigError, match="kmeans_pool"):
-        dg.validate_run_config(checked.resolve_job_def(job.name), {"ops": stage.ops_config})
+        dg.validate_run_config(defs.resolve_job_def(stage.spec.job_name), stage.run_config)
 
 
 # --- `nuggets run`: flags mapped onto the launchpad's run config ------------------------------------------
@@ -71,7 +89,6 @@ RUN_ARGV = [
 
 
 def test_run_flags_map_onto_the_run_config_the_launchpad_takes() -> None:
-    from nuggets_pipeline.defs.definitions import default_resources
     from nuggets_pipeline.runs.flags import run_config
 
     bound = default_resources()
@@ -103,7 +120,6 @@ def test_run_flags_map_onto_the_run_config_the_launchpad_takes() -> None:
 
 def test_judge_flags_set_timeout_retries_and_failure_share_on_the_judge_resource() -> None:
     """Before: no such flags; the judge waited 120 s per try, 6 tries, and evaluation never failed on judgments."""
-    from nuggets_pipeline.defs.definitions import default_resources
     from nuggets_pipeline.runs.flags import run_config
 
     bound = default_resources()
@@ -119,7 +135,6 @@ def test_judge_flags_set_timeout_retries_and_failure_share_on_the_judge_resource
 
 
 def test_an_anchor_file_keeps_all_its_rows_unless_anchors_is_given() -> None:
-    from nuggets_pipeline.defs.definitions import default_resources
     from nuggets_pipeline.runs.flags import run_config
 
     def anchors(*flags: str) -> dict:
@@ -132,21 +147,19 @@ def test_an_anchor_file_keeps_all_its_rows_unless_anchors_is_given() -> None:
 
 
 def test_every_run_stage_config_validates() -> None:
-    from nuggets_pipeline.cli import run_stages
-    from nuggets_pipeline.defs.definitions import default_resources
+    from nuggets_pipeline.runs.flags import run_config
 
-    stages = run_stages(build_parser().parse_args(RUN_ARGV), default_resources())
-    assert [s.name for s in stages] == [s.name for s in demo_stages(build_parser().parse_args(["demo"]))]
+    config = run_config(build_parser().parse_args(RUN_ARGV), default_resources())
+    stages = runner.stages(runner.RunPlan(launched_by="run", run_config=config, variants=("golden", "random")))
+    assert [s.name for s in stages] == list(STAGE_NAMES)
     for stage in stages:
-        job = dg.define_asset_job(f"run_{stage.name.replace('-', '_')}", selection=stage.selection)
-        checked = dg.Definitions(
-            assets=list(defs.assets), asset_checks=list(defs.asset_checks), jobs=[job], resources=dict(defs.resources)
-        )
-        config = {"ops": stage.ops_config, "resources": stage.resources_config}
-        dg.validate_run_config(checked.resolve_job_def(job.name), config)
+        dg.validate_run_config(defs.resolve_job_def(stage.spec.job_name), stage.run_config)
+        assert stage.run_config["resources"] == config["resources"]
     select = next(s for s in stages if s.name == "select")
-    assert select.selection == ["golden_subset", "scored_pool_exports"]
-    assert select.ops_config["golden_subset"]["config"] == {"threshold": None, "top_k": 5}
+    assert select.spec.assets == ("golden_subset", "scored_pool_exports")
+    assert select.run_config["ops"]["golden_subset"]["config"] == {"threshold": None, "top_k": 5}
+    ingest = next(s for s in stages if s.name == "ingest")
+    assert set(ingest.run_config["ops"]) == {"ingest_instructions"}  # the op of the instructions multi-asset
 
 
 def test_run_help_reads_like_the_readme(capsys: pytest.CaptureFixture[str]) -> None:
@@ -164,7 +177,6 @@ def test_print_config_is_the_launchpad_yaml(capsys: pytest.CaptureFixture[str], 
     import yaml
 
     from nuggets_pipeline.cli import main
-    from nuggets_pipeline.defs.definitions import default_resources
     from nuggets_pipeline.runs.flags import run_config
 
     source = tmp_path / "mine.jsonl"
@@ -229,7 +241,7 @@ def test_a_run_config_out_of_range_is_refused_before_any_stage_runs(
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path))
     monkeypatch.setenv("NUGGETS_DAGSTER_STORAGE", str(tmp_path / "storage"))
     # No model may be loaded and nothing ingested: a refusal comes before the first stage.
-    monkeypatch.setattr("nuggets_pipeline.cli.run_stage", lambda *a, **k: pytest.fail("a stage ran"))
+    monkeypatch.setattr("nuggets_pipeline.runs.runner.run_unit", lambda *a, **k: pytest.fail("a stage ran"))
     assert main(["run", "--scoring-model", "tiny-random-llama", *flags]) == 2
     assert refused in capsys.readouterr().err
 
@@ -255,7 +267,6 @@ def test_a_criterion_the_user_gave_is_never_replaced(tmp_path) -> None:  # type:
     ],
 )
 def test_the_scoring_mode_decides_against_the_selections_own_criterion(flags: list[str], expected: dict) -> None:
-    from nuggets_pipeline.defs.definitions import default_resources
     from nuggets_pipeline.runs.flags import run_config
 
     config = run_config(build_parser().parse_args(["run", *flags]), default_resources())
@@ -269,6 +280,6 @@ def test_decision_mode_without_a_threshold_is_refused_before_any_stage_runs(
     from nuggets_pipeline.cli import main
 
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path))
-    monkeypatch.setattr("nuggets_pipeline.cli.run_stage", lambda *a, **k: pytest.fail("a stage ran"))
+    monkeypatch.setattr("nuggets_pipeline.runs.runner.run_unit", lambda *a, **k: pytest.fail("a stage ran"))
     assert main(["run", "--scoring-mode", "decision"]) == 2
     assert "scoring.mode decision needs scoring.decision_threshold" in capsys.readouterr().err

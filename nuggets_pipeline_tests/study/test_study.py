@@ -9,9 +9,14 @@ import dagster as dg
 import pandas as pd
 import pytest
 
+from nuggets_pipeline.cli import main
 from nuggets_pipeline.core.paths import REPO_ROOT
-from nuggets_pipeline.defs.definitions import defs
-from nuggets_pipeline.study import experiment as study
+from nuggets_pipeline.defs.definitions import default_resources, defs
+from nuggets_pipeline.runs import presets, runner
+from nuggets_pipeline.study.render import render_study_doc
+from nuggets_pipeline.study.results import headline
+from nuggets_pipeline.study.scored_pool import import_scored_pool, read_scored_pool
+from nuggets_pipeline.study.sizing import estimate_seconds, settings_record
 
 COMPARISONS = {
     "golden vs random",
@@ -25,25 +30,41 @@ COMPARISONS = {
 
 
 def test_the_study_meets_the_issue_floors_and_its_estimate_fits_an_afternoon() -> None:
-    s = study.SIZES["study"]
-    assert s.pool >= 600 and s.anchors >= 16 and s.epochs >= 2 and s.shards > 1
-    assert s.likelihood_alpaca_eval_items is None and s.likelihood_mt_bench_items is None  # all answers
-    assert {"golden", "bottom", "random", "full"} <= set(s.variants)
-    assert s.padding_free  # the same loss as padded batches (core tests), with a third less compute
-    estimate = study.estimate_seconds(s)
+    s = settings_record(presets.preset("study"))
+    assert s["pool"] >= 600 and s["anchors"] >= 16 and s["num_train_epochs"] >= 2 and s["shards"] > 1
+    assert s["likelihood_alpaca_eval_items"] is None and s["likelihood_mt_bench_items"] is None  # all answers
+    assert {"golden", "bottom", "random", "full"} <= set(s["variants"])
+    assert s["padding_free"]  # the same loss as padded batches (core tests), with a third less compute
+    estimate = estimate_seconds(presets.preset("study"))
     assert set(estimate) == {"ingest", "anchors", "zero-shot", "one-shot", "select", "train", "evaluate", "report"}
     assert sum(estimate.values()) / 3600 < 3.0  # one sitting on 2 cores (docs/study.md)
 
 
-@pytest.mark.parametrize("size", study.SIZE_CHOICES)
+def test_the_committed_results_record_the_study_presets_settings() -> None:
+    """results.json keeps its schema: the preset table's study row, written as the settings record it had."""
+    committed = json.loads((REPO_ROOT / "docs" / "study" / "results.json").read_text())
+    assert committed["settings"] == settings_record(presets.preset("study"))
+    assert committed["estimated_stage_s"] == {k: round(v) for k, v in estimate_seconds(presets.preset("study")).items()}
+
+
+@pytest.mark.parametrize("size", presets.STUDY_SIZES)
 def test_every_study_stage_config_validates_against_the_definitions(size: str) -> None:
-    for stage in study.study_stages(study.SIZES[size]):
-        job = dg.define_asset_job(f"study_{stage.name.replace('-', '_')}", selection=stage.selection)
-        checked = dg.Definitions(
-            assets=list(defs.assets), asset_checks=list(defs.asset_checks), jobs=[job], resources=dict(defs.resources)
-        )
-        result = dg.validate_run_config(checked.resolve_job_def(job.name), {"ops": stage.ops_config})
-        assert result["ops"].keys() >= stage.ops_config.keys()
+    plan = runner.preset_plan(presets.preset(size), default_resources())
+    runner.check(plan, None)  # what the runner refuses before any stage, ops and pinned resources alike
+    for stage in runner.stages(plan):
+        result = dg.validate_run_config(defs.resolve_job_def(stage.spec.job_name), stage.run_config)
+        assert result["ops"].keys() >= stage.run_config["ops"].keys()
+        resources = result["resources"]  # only those the stage's assets use; the rest of the run config is inert
+        for model in ("scoring_model", "training_model"):
+            if model in resources:
+                assert resources[model]["config"]["model"] == presets.preset(size).model
+        if "judge" in resources:
+            assert resources["judge"]["config"]["backend"] == "local"
+    used = [
+        dg.validate_run_config(defs.resolve_job_def(s.spec.job_name), s.run_config)["resources"]
+        for s in runner.stages(plan)
+    ]
+    assert all(any(name in r for r in used) for name in ("scoring_model", "training_model", "judge"))
 
 
 def test_the_doc_is_rendered_from_results_and_only_inside_its_blocks() -> None:
@@ -74,15 +95,15 @@ def test_the_doc_is_rendered_from_results_and_only_inside_its_blocks() -> None:
         "# Study\nkept\n<!-- study:headline -->\nSTALE\n<!-- /study:headline -->\n"
         "<!-- study:comparisons -->\n<!-- /study:comparisons -->\nend\n"
     )
-    rendered = study.render_study_doc(text, results)
+    rendered = render_study_doc(text, results)
     assert "<!-- study:headline -->\nGolden is ahead.\n<!-- /study:headline -->" in rendered
     row = "| golden vs random | alpaca_eval | 805 | +0.0123 | [+0.0040, +0.0200] | ahead | yes | +0.010 | – |"
     assert row in rendered
     assert "shown, not evidence" in rendered
     assert rendered.startswith("# Study\nkept\n") and rendered.endswith("end\n") and "STALE" not in rendered
-    assert study.render_study_doc(rendered, results) == rendered  # idempotent
+    assert render_study_doc(rendered, results) == rendered  # idempotent
     with pytest.raises(ValueError, match="no closing"):
-        study.render_study_doc("<!-- study:headline -->", results)
+        render_study_doc("<!-- study:headline -->", results)
 
 
 def test_the_shipped_doc_and_readme_have_the_blocks_the_renderer_fills() -> None:
@@ -107,7 +128,7 @@ def test_the_tiny_study_runs_end_to_end_resumes_and_reruns_from_its_scored_pool(
     out = tmp_path / "out"
     doc = tmp_path / "study.md"
     doc.write_text((REPO_ROOT / "docs" / "study.md").read_text())
-    assert study.main(["--size", "tiny", "--out", str(out), "--render", str(doc)]) == 0
+    assert main(["study", "--size", "tiny", "--out", str(out), "--render", str(doc)]) == 0
     first = capsys.readouterr().out
     assert "already materialised" not in first
 
@@ -117,14 +138,14 @@ def test_the_tiny_study_runs_end_to_end_resumes_and_reruns_from_its_scored_pool(
     for c in results["comparisons"]:
         assert c["ci_low"] <= c["difference"] <= c["ci_high"]
         assert c["verdict"] in ("ahead", "behind", "within noise")
-        assert c["resamples"] == study.SIZES["tiny"].bootstrap_resamples
+        assert c["resamples"] == presets.preset("tiny").bootstrap_resamples
         assert c["seed_spread"] >= 0 and c["beyond_seed_spread"] in (True, False)
     assert {c["source"] for c in results["comparisons"]} == {"alpaca_eval", "mt_bench"}
     sizes = {v: results["variants"][v]["examples"] for v in ("golden", "bottom", "random", "random-1")}
     assert set(sizes.values()) == {6}  # a quarter of 24, the same for every control
     assert results["variants"]["full"]["examples"] == 24
-    assert results["settings"] == study.SIZES["tiny"].as_dict()
-    assert all(results["stage_wall_s"][stage]["wall_s"] > 0 for stage in study.estimate_seconds(study.SIZES["tiny"]))
+    assert results["settings"] == settings_record(presets.preset("tiny"))
+    assert all(results["stage_wall_s"][stage]["wall_s"] > 0 for stage in estimate_seconds(presets.preset("tiny")))
     assert (out / "differences.png").stat().st_size > 0
     table = pd.read_csv(out / "comparisons.csv")
     assert set(table["comparison"]) == COMPARISONS
@@ -137,16 +158,16 @@ def test_the_tiny_study_runs_end_to_end_resumes_and_reruns_from_its_scored_pool(
     assert results["headline"] in rendered and "| golden vs bottom |" in rendered
 
     # Re-running resumes: every stage is found materialised with the same settings, nothing runs again.
-    assert study.main(["--size", "tiny", "--out", str(out), "--render"]) == 0
+    assert main(["study", "--size", "tiny", "--out", str(out), "--render"]) == 0
     second = capsys.readouterr().out
     assert second.count("skipped: every unit materialised earlier") == 8
     assert json.loads((out / "results.json").read_text())["comparisons"] == results["comparisons"]
 
     # Fewer variants change only the report: nothing is scored, trained or evaluated again.
-    original = study.SIZES["tiny"]
+    original = presets.preset("tiny")
     fewer = dataclasses.replace(original, variants=("golden", "bottom", "random", "full"))
-    monkeypatch.setitem(study.SIZES, "tiny", fewer)
-    assert study.main(["--size", "tiny", "--out", str(tmp_path / "fewer"), "--render"]) == 0
+    monkeypatch.setitem(presets.PRESETS, "tiny", fewer)
+    assert main(["study", "--size", "tiny", "--out", str(tmp_path / "fewer"), "--render"]) == 0
     third = capsys.readouterr().out
     assert third.count("skipped: every unit materialised earlier") == 7 and "=== report" in third
     narrowed = json.loads((tmp_path / "fewer" / "results.json").read_text())
@@ -157,12 +178,20 @@ def test_the_tiny_study_runs_end_to_end_resumes_and_reruns_from_its_scored_pool(
         "random vs bottom",
     }
     assert all(c["seed_spread"] is None for c in narrowed["comparisons"])  # no second seed, no floor claimed
-    monkeypatch.setitem(study.SIZES, "tiny", original)
+    monkeypatch.setitem(presets.PRESETS, "tiny", original)
 
     # A fresh home trains from the committed scored pool without scoring: same pool, same golden subset.
     _use_home(monkeypatch, tmp_path / "second")
-    args = ["--size", "tiny", "--out", str(tmp_path / "out2"), "--scored-pool", str(out / "scored_pool.parquet")]
-    assert study.main([*args, "--until", "select"]) == 0
+    args = [
+        "study",
+        "--size",
+        "tiny",
+        "--out",
+        str(tmp_path / "out2"),
+        "--scored-pool",
+        str(out / "scored_pool.parquet"),
+    ]
+    assert main([*args, "--until", "select"]) == 0
     instance = dg.DagsterInstance.get()
     for shard in sorted(pool["shard"].unique()):
         record = instance.fetch_materializations(
@@ -177,7 +206,7 @@ def test_the_tiny_study_runs_end_to_end_resumes_and_reruns_from_its_scored_pool(
     other = pool.assign(anchor_set_hash="0" * 16)
     other.to_parquet(tmp_path / "other.parquet")
     with pytest.raises(ValueError, match="re-score instead"):
-        study.seed_scoring_checkpoints(tmp_path / "other.parquet")
+        import_scored_pool(tmp_path / "other.parquet")
 
 
 def test_the_headline_does_not_credit_the_selection_with_a_gap_two_random_seeds_also_show() -> None:
@@ -193,11 +222,11 @@ def test_the_headline_does_not_credit_the_selection_with_a_gap_two_random_seeds_
         "seed_spread": 0.02,
         "beyond_seed_spread": False,
     }
-    text = study.headline([row], "SmolLM2")
+    text = headline([row], "SmolLM2")
     assert "higher than" in text and "+0.0100" in text and "[+0.0050, +0.0150]" in text
     assert "not clearly the selection's doing" in text
-    assert "larger than the 0.0050" in study.headline([{**row, "seed_spread": 0.005, "beyond_seed_spread": True}], "m")
-    assert "cannot be told apart" in study.headline([{**row, "verdict": "within noise", "ci_low": -0.001}], "m")
+    assert "larger than the 0.0050" in headline([{**row, "seed_spread": 0.005, "beyond_seed_spread": True}], "m")
+    assert "cannot be told apart" in headline([{**row, "verdict": "within noise", "ci_low": -0.001}], "m")
 
 
 def _damaged_pool(kind: str) -> pd.DataFrame:
@@ -230,7 +259,7 @@ def test_a_scored_pool_with_conflicting_nan_or_cut_rows_is_refused_naming_the_fi
     if kind == "truncated":
         path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
     with pytest.raises(ValueError) as error:
-        study.seed_scoring_checkpoints(path)
+        import_scored_pool(path)
     text = str(error.value)
     assert text.startswith(f"scored pool {path}: ") and message in text
     assert all(str(pool["candidate_id"].iloc[i]) in text for i in offending)
@@ -238,4 +267,4 @@ def test_a_scored_pool_with_conflicting_nan_or_cut_rows_is_refused_naming_the_fi
     # Exact repeats of a row (a file concatenated twice) are the same scores: accepted, one row each.
     pool = _damaged_pool("clean")
     pd.concat([pool, pool]).to_parquet(path)
-    assert study.read_scored_pool(path)["candidate_id"].tolist() == pool["candidate_id"].tolist()
+    assert read_scored_pool(path)["candidate_id"].tolist() == pool["candidate_id"].tolist()

@@ -10,26 +10,27 @@ from typing import Any, Literal
 import dagster as dg
 import pandas as pd
 import torch
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from nuggets_pipeline.core import alpaca_eval, exports, mt_bench
-from nuggets_pipeline.core.judging import Judge, JudgmentCache, calibrate_judge
+from nuggets_pipeline.core.judging import JudgmentCache, calibrate_judge
 from nuggets_pipeline.core.modeling import LoadedModel, load_model
 from nuggets_pipeline.core.reference_likelihood import score_references, summarize_scores
 from nuggets_pipeline.core.report import JudgeInfo, VariantResults, build_report
 from nuggets_pipeline.core.settings import hide_userinfo
+from nuggets_pipeline.core.storage import Warehouse, write_text_atomic
 from nuggets_pipeline.defs import metadata as md
-from nuggets_pipeline.defs.assets.training import finetuned_dir, finetuned_model
 from nuggets_pipeline.defs.partitions import training_variants
 from nuggets_pipeline.defs.resources import JudgeResource, ModelResource, WarehouseResource
 
 ALL_PARTITIONS = {"allow_missing_partitions": True}
+FINETUNED_MODEL = dg.AssetKey("finetuned_model")  # by key: an asset module never imports another
 
 
-def variant_model(home: Path, variant: str, device: str) -> LoadedModel:
+def variant_model(warehouse: Warehouse, variant: str, device: str) -> LoadedModel:
     """The fine-tuned variant on ``device``: the training model's device (NUGGETS_DEVICE), claimed for this step
     where the node has several GPUs (ModelResource.torch_device)."""
-    path = finetuned_dir(home, variant) / "model"
+    path = warehouse.finetuned_model_dir(variant)
     if not (path / "config.json").exists():
         raise dg.Failure(f"no fine-tuned checkpoint for variant {variant!r} at {path}: materialise finetuned_model")
     # On a GPU the variants generate in bfloat16; on CPUs in float32, so answers are the same on every CPU.
@@ -38,16 +39,28 @@ def variant_model(home: Path, variant: str, device: str) -> LoadedModel:
 
 
 def judgment_cache(warehouse: WarehouseResource) -> JudgmentCache:
-    return JudgmentCache(warehouse.root() / "judgments.sqlite")
+    return JudgmentCache(warehouse.warehouse().judgment_cache_path)
 
 
 def exports_dir(warehouse: WarehouseResource) -> Path:
-    return warehouse.root() / "exports"
+    return warehouse.warehouse().exports_dir
 
 
-def paths_metadata(written: dict[str, Path]) -> dict[str, dg.MetadataValue]:
-    """Every exported file as a path entry of the asset's metadata (shown, and copyable, in the UI)."""
-    return {f"export_{name}": dg.MetadataValue.path(str(path)) for name, path in written.items()}
+def variant_evaluation(
+    name: str, code_version: str, description: str, judged: bool = True
+) -> Callable[[Callable[..., Any]], dg.AssetsDefinition]:
+    """The decorator of a per-variant evaluation: one partition per training variant, after its fine-tune, on
+    the model pool; a judged benchmark also carries the judgments check."""
+    return dg.asset(
+        name=name,
+        group_name="evaluation",
+        partitions_def=training_variants,
+        deps=[FINETUNED_MODEL],
+        pool="model",
+        code_version=code_version,
+        description=description,
+        check_specs=[judgments_check(name)] if judged else None,
+    )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -131,9 +144,9 @@ def judge_calibration(
     )
 
 
-# What a benchmark's core `evaluate` gets from the shared body: the variant, its model, the judge on its device,
-# and (as keywords) the judgment cache and a progress callback; it returns the rows and their summary.
-BenchmarkRun = Callable[..., tuple[pd.DataFrame, Any]]
+# A benchmark's core `evaluate` (mt_bench, alpaca_eval): the variant's model and the judge on its device, then as
+# keywords the judgment cache, a progress callback and the benchmark's own options; the rows and their summary.
+BenchmarkEvaluate = Callable[..., tuple[pd.DataFrame, Any]]
 
 
 def judged_benchmark(
@@ -143,20 +156,21 @@ def judged_benchmark(
     warehouse: WarehouseResource,
     what: str,
     decoding: dict[str, Any],
-    run: BenchmarkRun,
+    evaluate: BenchmarkEvaluate,
+    **options: Any,
 ) -> tuple[pd.DataFrame, Any, str]:
     """The shape MT-Bench and AlpacaEval share: load the partition's variant on the training model's device, run
-    the benchmark with the judge there (judgments cached in the home), stamp every row with the variant, model
-    and decoding. Returns the rows, the summary and the variant."""
+    the benchmark (``evaluate`` with ``options``) with the judge there (judgments cached in the home), stamp every
+    row with the variant, model and decoding. Returns the rows, the summary and the variant."""
     variant = context.partition_key
     device = training_model.torch_device()
-    loaded = variant_model(warehouse.root(), variant, device)
-    rows, summary = run(
-        variant,
+    loaded = variant_model(warehouse.warehouse(), variant, device)
+    rows, summary = evaluate(
         loaded,
         judge.build(device),
         cache=judgment_cache(warehouse),
         progress=md.progress_logger(context.log.info, what + ": {done}/{total}", parts=5),
+        **options,
     )
     rows = rows.assign(variant=variant, model_fingerprint=loaded.fingerprint, decoding=json.dumps(decoding))
     return rows, summary, variant
@@ -214,7 +228,7 @@ def judgment_failures(
 
 
 def benchmark_metadata(written: dict[str, Path], training_model: ModelResource, **figures: Any) -> dict[str, Any]:
-    return {**paths_metadata(written), "device": training_model.device_used(), **figures}
+    return {**md.paths_metadata(written), "device": training_model.device_used(), **figures}
 
 
 class MTBenchConfig(dg.Config):
@@ -230,14 +244,10 @@ class MTBenchConfig(dg.Config):
         return self.questions or profile.mt_bench_questions, self.max_new_tokens or profile.mt_bench_max_new_tokens
 
 
-@dg.asset(
-    group_name="evaluation",
-    partitions_def=training_variants,
-    deps=[finetuned_model],
-    pool="model",
+@variant_evaluation(
+    "mt_bench_results",
     code_version="mt-bench-v1",
     description="MT-Bench: two-turn answers graded 1-10 by the judge; one row per (question, turn).",
-    check_specs=[judgments_check("mt_bench_results")],
 )
 def mt_bench_results(
     context: dg.AssetExecutionContext,
@@ -247,21 +257,19 @@ def mt_bench_results(
     warehouse: WarehouseResource,
 ) -> Iterator[dg.Output[pd.DataFrame] | dg.AssetCheckResult]:
     questions, max_new_tokens = config.settings()
-
-    def run(variant: str, loaded: LoadedModel, built: Judge, **shared: Any) -> tuple[pd.DataFrame, Any]:
-        return mt_bench.evaluate(
-            loaded,
-            built,
-            limit=questions,
-            max_new_tokens=max_new_tokens,
-            batch_size=config.batch_size,
-            seed=config.seed,
-            **shared,
-        )
-
     decoding = {"max_new_tokens": max_new_tokens, "temperatures": "fastchat"}
     rows, summary, variant = judged_benchmark(
-        context, judge, training_model, warehouse, "MT-Bench answers", decoding, run
+        context,
+        judge,
+        training_model,
+        warehouse,
+        "MT-Bench answers",
+        decoding,
+        mt_bench.evaluate,
+        limit=questions,
+        max_new_tokens=max_new_tokens,
+        batch_size=config.batch_size,
+        seed=config.seed,
     )
     # Before any export: a benchmark whose judge failed writes nothing a reader could take for a result.
     check = judgment_failures("mt_bench_results", rows, pd.Series(True, index=rows.index), judge.max_failed_fraction)
@@ -309,14 +317,10 @@ class AlpacaEvalConfig(dg.Config):
         )
 
 
-@dg.asset(
-    group_name="evaluation",
-    partitions_def=training_variants,
-    deps=[finetuned_model],
-    pool="model",
+@variant_evaluation(
+    "alpaca_eval_results",
     code_version="alpaca-eval-v1",
     description="AlpacaEval: the variant's outputs judged against the reference model's; one row each.",
-    check_specs=[judgments_check("alpaca_eval_results")],
 )
 def alpaca_eval_results(
     context: dg.AssetExecutionContext,
@@ -326,24 +330,22 @@ def alpaca_eval_results(
     warehouse: WarehouseResource,
 ) -> Iterator[dg.Output[pd.DataFrame] | dg.AssetCheckResult]:
     instructions, max_new_tokens = config.settings()
-
-    def run(variant: str, loaded: LoadedModel, built: Judge, **shared: Any) -> tuple[pd.DataFrame, Any]:
-        return alpaca_eval.evaluate(
-            loaded,
-            built,
-            version=config.version,
-            limit=instructions,
-            generator=f"nuggets-{variant}",
-            protocol=config.protocol,
-            max_new_tokens=max_new_tokens,
-            batch_size=config.batch_size,
-            seed=config.seed,
-            **shared,
-        )
-
     decoding = {"max_new_tokens": max_new_tokens, "temperature": 0}
     annotations, summary, _ = judged_benchmark(
-        context, judge, training_model, warehouse, "AlpacaEval outputs", decoding, run
+        context,
+        judge,
+        training_model,
+        warehouse,
+        "AlpacaEval outputs",
+        decoding,
+        alpaca_eval.evaluate,
+        version=config.version,
+        limit=instructions,
+        generator=exports.model_id(context.partition_key),
+        protocol=config.protocol,
+        max_new_tokens=max_new_tokens,
+        batch_size=config.batch_size,
+        seed=config.seed,
     )
     # An output identical to the reference is a tie without asking the judge (no prompt hash): not counted.
     judged = annotations["prompt_hash"].notna()
@@ -385,13 +387,11 @@ class LikelihoodConfig(dg.Config):
         }
 
 
-@dg.asset(
-    group_name="evaluation",
-    partitions_def=training_variants,
-    deps=[finetuned_model],
-    pool="model",
+@variant_evaluation(
+    "reference_likelihood",
     code_version="likelihood-v1",
     description="Judge-free: mean per-token log-likelihood of strong reference answers never trained on.",
+    judged=False,
 )
 def reference_likelihood(
     context: dg.AssetExecutionContext,
@@ -400,7 +400,7 @@ def reference_likelihood(
     warehouse: WarehouseResource,
 ) -> dg.Output[pd.DataFrame]:
     variant = context.partition_key
-    loaded = variant_model(warehouse.root(), variant, training_model.torch_device())
+    loaded = variant_model(warehouse.warehouse(), variant, training_model.torch_device())
     frames, lines = [], {}
     for source, limit in config.items().items():
         started = time.perf_counter()
@@ -428,6 +428,20 @@ class ReportConfig(dg.Config):
         description="FastChat model_answer/<model>.jsonl files of other models (e.g. FastChat's published "
         "answers): graded by the same judge on the questions our variants answered and shown beside them",
     )
+    variants: list[str] | None = Field(
+        default=None, description="training variants to report and compare (None: every variant evaluated)"
+    )
+    bootstrap_resamples: int = Field(default=10_000, gt=0, description="resamples of the paired comparisons")
+    bootstrap_seed: int = Field(default=0, description="seed of the paired comparisons' bootstrap")
+
+    @field_validator("variants")
+    @classmethod
+    def _known_variants(cls, value: list[str] | None) -> list[str] | None:
+        unknown = sorted(set(value or []) - set(training_variants.get_partition_keys()))
+        if unknown:
+            known = training_variants.get_partition_keys()
+            raise ValueError(f"no such training variant {unknown}; the variants: {known}")
+        return value
 
 
 def other_models(
@@ -486,7 +500,8 @@ def evaluation_report(
     judge: JudgeResource,
 ) -> dg.Output[pd.DataFrame]:
     mt, ae, lk = by_variant(mt_bench_results), by_variant(alpaca_eval_results), by_variant(reference_likelihood)
-    variants = [v for v in training_variants.get_partition_keys() if v in mt or v in ae or v in lk]
+    wanted = set(config.variants) if config.variants is not None else set(training_variants.get_partition_keys())
+    variants = [v for v in training_variants.get_partition_keys() if v in wanted and (v in mt or v in ae or v in lk)]
     if not variants:
         raise dg.Failure("no variant has evaluation results yet: materialise mt_bench_results / alpaca_eval_results")
     results = []
@@ -525,12 +540,14 @@ def evaluation_report(
     # How far the golden ranking can be trusted, as golden_subset recorded it from the stored pair deltas.
     reliability = md.latest_value(context.instance, "golden_subset", "reliability_figures")
     reliability = dict(reliability) if isinstance(reliability, dict) else None
-    table, comparisons, markdown = build_report(results, judge_info, reliability=reliability)
-    report_path = warehouse.root() / "exports" / "evaluation_report.md"
-    report_path.parent.mkdir(parents=True, exist_ok=True)
-    report_path.write_text(markdown)
+    table, comparisons, markdown = build_report(
+        results, judge_info, reliability=reliability, resamples=config.bootstrap_resamples, seed=config.bootstrap_seed
+    )
+    store = warehouse.warehouse()
+    report_path = write_text_atomic(store.evaluation_report_path, markdown)
     # The same figures, machine-readable: the study command builds its results.json from this file.
-    report_path.with_suffix(".json").write_text(
+    write_text_atomic(
+        report_path.with_suffix(".json"),
         json.dumps(
             {
                 "variants": variants,
@@ -540,7 +557,7 @@ def evaluation_report(
                 "reliability": reliability,
             },
             indent=1,
-        )
+        ),
     )
     context.log.info("\n" + markdown)
     return dg.Output(
@@ -548,12 +565,12 @@ def evaluation_report(
         metadata={
             "report": dg.MetadataValue.md(markdown),
             "variants": ", ".join(variants),
-            "chart": comparison_chart(table, warehouse.root() / "plots" / "evaluation.png"),
+            "chart": comparison_chart(table, store.plot_path("evaluation")),
             "report_file": dg.MetadataValue.path(str(report_path)),
             "comparisons": md.table(comparisons_preview(comparisons)),
             "other_models": ", ".join(other_names) or "none",
             "reliability": (reliability or {}).get("line", "no readout: golden_subset recorded none"),
-            **paths_metadata(written),
+            **md.paths_metadata(written),
         },
     )
 

@@ -5,11 +5,11 @@ import pandas as pd
 from pydantic import Field, field_validator
 
 from nuggets_pipeline.core.exports import export_scored_pool, ranked_pool
-from nuggets_pipeline.core.incoming import with_increments
 from nuggets_pipeline.core.selection import select_golden
+from nuggets_pipeline.core.versions import StaleVersionError, current_pool, current_scores, current_version
 from nuggets_pipeline.defs import metadata as md
-from nuggets_pipeline.defs.assets.evaluation import paths_metadata
 from nuggets_pipeline.defs.resources import WarehouseResource
+from nuggets_pipeline.defs.schemas import CandidatesSchema, OneShotScoresSchema
 
 
 class PoolExportConfig(dg.Config):
@@ -28,17 +28,6 @@ class PoolExportConfig(dg.Config):
         return values
 
 
-def current_scores(scores: pd.DataFrame, zero_shot: pd.DataFrame, candidate_ids: set[str]) -> pd.DataFrame:
-    """Scores of today's candidates made with today's scoring model and anchors (others are stale)."""
-    if scores.empty:
-        return scores
-    same = (scores["model_fingerprint"] == zero_shot["model_fingerprint"].iloc[0]) & (
-        scores["anchor_set_hash"] == zero_shot["anchor_set_hash"].iloc[0]
-    )
-    current = scores[same & scores["candidate_id"].isin(candidate_ids)]
-    return current.drop_duplicates("candidate_id", keep="last")
-
-
 @dg.asset(
     group_name="scoring",
     code_version="pool-exports-v1",
@@ -50,14 +39,16 @@ def scored_pool_exports(
     config: PoolExportConfig,
     golden_subset: pd.DataFrame,
     candidates: pd.DataFrame,
+    anchor_set: pd.DataFrame,
     zero_shot_losses: pd.DataFrame,
     warehouse: WarehouseResource,
 ) -> dg.Output[pd.DataFrame]:
     store = warehouse.warehouse()
-    candidates = with_increments(candidates, store)
-    files = sorted(store.table_dir("one_shot_scores").glob("*.parquet"))
-    scores = pd.concat([pd.read_parquet(f) for f in files], ignore_index=True) if files else pd.DataFrame()
-    current = current_scores(scores, zero_shot_losses, set(candidates["id"]))
+    with md.failure_on(StaleVersionError):
+        version = current_version(zero_shot_losses, anchor_set)
+        version.check_subset(golden_subset)  # the subset and the ranked pool come from one version
+    candidates = current_pool(candidates, store, CandidatesSchema)
+    current = current_scores(store, candidates, version, OneShotScoresSchema)
     if current.empty:
         raise dg.Failure("no current one_shot_scores to export: score the candidate shards first")
     pool = ranked_pool(candidates, current, golden_subset["id"])
@@ -67,7 +58,7 @@ def scored_pool_exports(
     for threshold in config.thresholds:
         chosen = set(select_golden(current, threshold=threshold)["candidate_id"])
         by_threshold[threshold] = pool[pool["id"].isin(chosen)]
-    exports = warehouse.root() / "exports"
+    exports = store.exports_dir
     written = export_scored_pool(pool, exports, threshold_subsets=by_threshold, prefix=config.file_prefix)
     # golden_subset itself used to write exports/golden_subset.json: a second copy, left behind by older versions,
     # that disagrees with golden/golden_subset.json as soon as the selection changes. One copy stays.
@@ -84,6 +75,6 @@ def scored_pool_exports(
             "selected": int(pool["selected"].sum()),
             "per_threshold": md.table(sizes) if len(sizes) else "none asked",
             "top_examples": md.preview(pool, ["golden_score", "instruction", "output"], rows=5),
-            **paths_metadata(written),
+            **md.paths_metadata(written),
         },
     )

@@ -25,10 +25,15 @@ from nuggets_pipeline.core.incoming import (
     waiting_files,
 )
 from nuggets_pipeline.defs import metadata as md
-from nuggets_pipeline.defs.assets.ingestion import FieldMapConfig
 from nuggets_pipeline.defs.partitions import CANDIDATE_SHARDS, incoming_files
 from nuggets_pipeline.defs.resources import WarehouseResource
-from nuggets_pipeline.defs.schemas import CandidatesSchema, CandidatesType, QuarantineSchema, QuarantineType
+from nuggets_pipeline.defs.schemas import (
+    CandidatesSchema,
+    CandidatesType,
+    FieldMapConfig,
+    QuarantineSchema,
+    QuarantineType,
+)
 
 
 class IncrementConfig(FieldMapConfig):

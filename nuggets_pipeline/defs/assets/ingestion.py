@@ -7,25 +7,17 @@ import dagster as dg
 import pandas as pd
 from pydantic import Field
 
-from nuggets_pipeline.core.data import FieldMap, HubOptions, ingest
+from nuggets_pipeline.core.data import HubOptions, ingest
 from nuggets_pipeline.core.incoming import file_digest
 from nuggets_pipeline.core.paths import ALPACA_CLEANED, data_dir
 from nuggets_pipeline.defs import metadata as md
-from nuggets_pipeline.defs.schemas import InstructionsSchema, InstructionsType, QuarantineSchema, QuarantineType
-
-
-class FieldMapConfig(dg.Config):
-    """Which source fields hold an example (``core.data.FieldMap``) and the longest example kept: shared by the
-    base pool's ingestion and every incoming batch, so both read a file the same way."""
-
-    instruction_field: str = "instruction"
-    input_field: str = "input"
-    output_field: str = "output"
-    conversations_field: str = Field(default="conversations", description="ShareGPT-style turns, if present")
-    max_chars: int = Field(default=16_384, gt=0, description="longer examples are quarantined, never cut")
-
-    def field_map(self) -> FieldMap:
-        return FieldMap(self.instruction_field, self.input_field, self.output_field, self.conversations_field)
+from nuggets_pipeline.defs.schemas import (
+    FieldMapConfig,
+    InstructionsSchema,
+    InstructionsType,
+    QuarantineSchema,
+    QuarantineType,
+)
 
 
 class IngestConfig(FieldMapConfig):

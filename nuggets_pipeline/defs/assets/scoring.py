@@ -16,13 +16,20 @@ from nuggets_pipeline.core.adaptive_scoring import (
     screen_shard,
 )
 from nuggets_pipeline.core.cost import SelectionCost, estimated, measured
-from nuggets_pipeline.core.ids import ids_hash
-from nuggets_pipeline.core.incoming import INCREMENTS_TABLE, shard_candidates, with_increments
+from nuggets_pipeline.core.incoming import INCREMENTS_TABLE, shard_candidates
 from nuggets_pipeline.core.reliability import SelectionRule, pair_matrix, readout
-from nuggets_pipeline.core.score_tables import coverage, current_pair_deltas, current_scores, threshold_table
+from nuggets_pipeline.core.score_tables import current_pair_deltas, threshold_table
 from nuggets_pipeline.core.scoring import score_zero_shot
 from nuggets_pipeline.core.selection import PAPER_GOLDEN_SHARE, select_golden
 from nuggets_pipeline.core.shard_scoring import StaleZeroShotError, score_shard_resumable
+from nuggets_pipeline.core.versions import (
+    StaleVersionError,
+    anchor_set_hash,
+    current_coverage,
+    current_pool,
+    current_scores,
+    current_version,
+)
 from nuggets_pipeline.defs import metadata as md
 from nuggets_pipeline.defs.execution import MODEL_POD_TAGS
 from nuggets_pipeline.defs.partitions import candidate_shards
@@ -60,7 +67,7 @@ def zero_shot_losses(
     frame = score_zero_shot(loaded, anchor_set, scoring.core_config(scoring_model.template))
     seconds = time.perf_counter() - started
     frame["model_fingerprint"] = scoring.fingerprint(loaded.fingerprint, scoring_model.template)
-    frame["anchor_set_hash"] = ids_hash(anchor_set["id"])
+    frame["anchor_set_hash"] = anchor_set_hash(anchor_set)
     ZeroShotSchema.validate(frame)
     tokens = int(frame["response_tokens"].sum() + frame["prompt_tokens"].sum())
     context.log.info(f"zero-shot scored {len(frame)} anchors in {seconds:.1f}s")
@@ -197,7 +204,7 @@ def one_shot_scores(
     store = warehouse.warehouse()
     config = scoring.core_config(scoring_model.template)
     adaptive = scoring.effective_mode == "adaptive"
-    screening = pool_screening(store, with_increments(candidates, store, CandidatesSchema)) if adaptive else None
+    screening = pool_screening(store, current_pool(candidates, store, CandidatesSchema)) if adaptive else None
     for shard in context.partition_keys:
         in_shard = shard_or_fail(candidates, shard, store)
         started = time.perf_counter()
@@ -378,22 +385,6 @@ def selection_cost(instance: dg.DagsterInstance, current: pd.DataFrame) -> Selec
     return measured(scoring_s, float(tuning.value))
 
 
-def current_provenance(zero_shot_losses: pd.DataFrame, anchor_set: pd.DataFrame) -> tuple[str, str]:
-    """The scoring fingerprint and anchor-set hash every score (and every subset) must carry to be current."""
-    anchors = ids_hash(anchor_set["id"])
-    zero_shot_anchors = set(zero_shot_losses["anchor_set_hash"])
-    if zero_shot_anchors != {anchors}:
-        raise dg.Failure(
-            f"zero_shot_losses was computed against anchor set {', '.join(sorted(zero_shot_anchors))}, the current "
-            f"anchor_set is {anchors}: materialise zero_shot_losses, then re-score one_shot_scores",
-            metadata={"anchor_set_hash": anchors},
-        )
-    fingerprints = sorted(set(zero_shot_losses["model_fingerprint"]))
-    if len(fingerprints) != 1:
-        raise dg.Failure(f"zero_shot_losses mixes scoring fingerprints {fingerprints}: materialise it again")
-    return fingerprints[0], anchors
-
-
 @dg.asset(
     group_name="scoring",
     # Increments are read from the warehouse (their candidates join the pool); the dep draws that lineage.
@@ -414,20 +405,20 @@ def golden_subset(
     warehouse: WarehouseResource,
 ) -> dg.Output[pd.DataFrame]:
     store = warehouse.warehouse()
-    pool = with_increments(candidates, store, CandidatesSchema)
-    fingerprint, anchors = current_provenance(zero_shot_losses, anchor_set)
-    cover = coverage(store, pool, fingerprint, anchors, OneShotScoresSchema)
+    pool = current_pool(candidates, store, CandidatesSchema)
+    with md.failure_on(StaleVersionError):
+        version = current_version(zero_shot_losses, anchor_set)
+    cover = current_coverage(store, pool, version, OneShotScoresSchema)
     partial = not cover.complete
     if partial and not config.allow_partial:
         # Refuse before anything is stored: a subset from stale scores must never reach training.
         raise dg.Failure(
             f"golden_subset refuses to select: {len(cover.to_rescore)} of {len(cover.shards)} shards have no "
-            f"complete scores for the current scoring fingerprint {fingerprint} and anchor set {anchors} "
-            f"({cover.summary()}). Fix: {cover.backfill_hint()}. Or set allow_partial: true to select from the "
-            f"current rows only.",
+            f"complete scores for the current {version} ({cover.summary()}). Fix: {cover.backfill_hint()}. "
+            "Or set allow_partial: true to select from the current rows only.",
             metadata={**cover.metadata(), "backfill_partitions": ", ".join(cover.to_rescore)},
         )
-    current = current_scores(store, pool, fingerprint, anchors, OneShotScoresSchema)
+    current = current_scores(store, pool, version, OneShotScoresSchema)
     if current.empty:
         raise dg.Failure(
             "no current one_shot_scores: score the candidate shards first "
@@ -462,9 +453,7 @@ def golden_subset(
         )
     subset = pool.merge(chosen[["candidate_id", "golden_score"]], left_on="id", right_on="candidate_id")
     subset = subset.sort_values("golden_score", ascending=False, na_position="last")
-    subset = subset[["id", "instruction", "input", "output", "golden_score"]].reset_index(drop=True)
-    subset["scores_fingerprint"] = fingerprint
-    subset["anchor_set_hash"] = anchors
+    subset = version.stamp(subset[["id", "instruction", "input", "output", "golden_score"]].reset_index(drop=True))
     GoldenSubsetSchema.validate(subset)
     # No export here: scored_pool_exports writes the subset's Alpaca JSON with the rest of the selection's files,
     # all replaced together. A second copy written here was rewritten even when that export then failed.
@@ -484,7 +473,7 @@ def golden_subset(
     ranked = ranked.sort_values("golden_score", ascending=False)
     plot = md.histogram_plot(
         current["golden_score"],
-        warehouse.root() / "plots" / "golden_scores.png",
+        store.plot_path("golden_scores"),
         "Golden scores",
         "fraction of anchors helped",
         bins=20,

@@ -14,35 +14,45 @@ from pydantic import Field, field_validator
 from nuggets_pipeline.core.devices import DeviceUnavailableError, available_devices
 from nuggets_pipeline.core.devices import claim as claim_devices
 from nuggets_pipeline.core.ids import ids_hash
-from nuggets_pipeline.core.incoming import with_increments
 from nuggets_pipeline.core.paths import REPO_ROOT
-from nuggets_pipeline.core.score_tables import current_scores
 from nuggets_pipeline.core.selection import select_bottom
 from nuggets_pipeline.core.sft_data import random_subset
-from nuggets_pipeline.core.training import PROFILES, TrainingError, get_profile, train_sft
-from nuggets_pipeline.core.training_launch import LAUNCH_MODULE, config_to_json
+from nuggets_pipeline.core.storage import Warehouse, write_parquet_atomic
+from nuggets_pipeline.core.training import (
+    ENTRY_MODULE,
+    PROFILES,
+    TrainingConfig,
+    TrainingError,
+    get_profile,
+    profile_settings,
+    train_sft,
+)
+from nuggets_pipeline.core.versions import StaleVersionError, current_pool, current_scores, current_version
 from nuggets_pipeline.defs import metadata as md
-from nuggets_pipeline.defs.assets.scoring import current_provenance
 from nuggets_pipeline.defs.partitions import random_seed_offset, training_variants
 from nuggets_pipeline.defs.resources import ModelResource, WarehouseResource
 from nuggets_pipeline.defs.schemas import CandidatesSchema, OneShotScoresSchema
 
-
-def finetuned_dir(home: Path, variant: str) -> Path:
-    """Where a variant's run lives; its loadable Hugging Face model is the `model` folder inside."""
-    return home / "finetuned" / variant
+# The fields of TrainingAssetConfig that are not training settings; every other one overrides the profile's field
+# of the same name (core.training.TrainingConfig: TRL's SFTConfig names).
+NOT_TRAINING_SETTINGS = frozenset(
+    {"profile", "random_seed", "full_limit", "launcher", "num_processes", "accelerate_config"}
+)
 
 
 class TrainingAssetConfig(dg.Config):
-    profile: str = Field(default="cpu-demo", description=f"named profile: {', '.join(sorted(PROFILES))}")
-    epochs: float | None = Field(default=None, gt=0, description="override the profile's epochs")
+    """A training profile (an SFTConfig preset of core.training.PROFILES) and the fields set on top of it; a field
+    left None keeps the profile's value."""
+
+    profile: str = Field(default="cpu-demo", description=f"training profile: {', '.join(sorted(PROFILES))}")
+    num_train_epochs: float | None = Field(default=None, gt=0, description="override the profile's epochs")
     learning_rate: float | None = Field(default=None, gt=0)
     max_steps: int | None = Field(default=None, gt=0, description="stop after this many optimizer steps")
     max_length: int | None = Field(default=None, gt=1)
-    per_device_batch_size: int | None = Field(default=None, gt=0)
+    per_device_train_batch_size: int | None = Field(default=None, gt=0)
     gradient_accumulation_steps: int | None = Field(default=None, gt=0)
     method: str | None = Field(default=None, description="full or lora")
-    dtype: str | None = Field(default=None, description="float32 or bfloat16")
+    bf16: bool | None = Field(default=None, description="bf16 autocast over float32 master weights (else float32)")
     padding_free: bool | None = Field(
         default=None, description="examples end to end in one row instead of padded: same loss, less compute"
     )
@@ -68,10 +78,26 @@ class TrainingAssetConfig(dg.Config):
             raise ValueError(f"launcher must be one of {list(LAUNCHERS)}, got {value!r}")
         return value
 
-    def training_config(self):  # type: ignore[no-untyped-def]
-        not_training = {"profile", "random_seed", "full_limit", "launcher", "num_processes", "accelerate_config"}
-        overrides = {k: v for k, v in self.model_dump().items() if k not in not_training and v is not None}
-        return get_profile(self.profile, **overrides)
+    @field_validator("profile")
+    @classmethod
+    def _known_profile(cls, value: str) -> str:
+        if value not in PROFILES:
+            raise ValueError(f"profile must be one of {sorted(PROFILES)}, got {value!r}")
+        return value
+
+    def overrides(self) -> dict[str, Any]:
+        """The training settings this config sets, by TrainingConfig (SFTConfig) name."""
+        return {k: v for k, v in self.model_dump().items() if k not in NOT_TRAINING_SETTINGS and v is not None}
+
+    def training_config(self) -> TrainingConfig:
+        return get_profile(self.profile, **self.overrides())
+
+    def training_flags(self) -> list[str]:
+        """The same settings as command-line flags of the training entry point (a launched run parses them)."""
+        flags = ["--profile", self.profile]
+        for name, value in self.overrides().items():
+            flags += [f"--{name}", str(value).lower() if isinstance(value, bool) else str(value)]
+        return flags
 
     def resolved_launcher(self) -> str:
         if self.launcher is not None:
@@ -90,7 +116,8 @@ def variant_examples(
     scored: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
     """The examples of one variant. golden, bottom and every random control have the golden subset's size;
-    ``scored`` (the one_shot_scores rows) is needed for `bottom` only."""
+    ``pool`` is the pool golden was selected from (``core.versions.current_pool``: the base candidates and every
+    incoming batch), so every control is drawn from it too; ``scored`` (its current scores) is for `bottom` only."""
     columns = ["id", "instruction", "input", "output"]
     if variant == "golden":
         return golden[columns]
@@ -126,25 +153,33 @@ def bottom_examples(size: int, pool: pd.DataFrame, scored: pd.DataFrame | None) 
     return pool.set_index("id").loc[chosen["candidate_id"]].reset_index()
 
 
-def check_subset_provenance(subset: pd.DataFrame, zero_shot_losses: pd.DataFrame, anchor_set: pd.DataFrame) -> None:
-    """Refuse a golden subset selected from scores of another model, template, separator or anchor set."""
-    fingerprint, anchors = current_provenance(zero_shot_losses, anchor_set)
-    if not {"scores_fingerprint", "anchor_set_hash"} <= set(subset.columns):
-        raise dg.Failure("the stored golden_subset carries no provenance (an older build): materialise golden_subset")
-    found = sorted(set(zip(subset["scores_fingerprint"], subset["anchor_set_hash"], strict=True)))
-    if found != [(fingerprint, anchors)] and len(subset):
-        raise dg.Failure(
-            f"the stored golden_subset was selected from stale scores (fingerprint, anchor set) {found}; the current "
-            f"ones are ({fingerprint}, {anchors}). Re-score one_shot_scores and materialise golden_subset first.",
-            metadata={"subset_provenance": str(found), "scoring_fingerprint": fingerprint, "anchor_set_hash": anchors},
-        )
+def training_examples(
+    variant: str,
+    golden_subset: pd.DataFrame,
+    candidates: pd.DataFrame,
+    anchor_set: pd.DataFrame,
+    zero_shot_losses: pd.DataFrame,
+    store: Warehouse,
+    config: TrainingAssetConfig,
+) -> pd.DataFrame:
+    """A variant's examples, from the pool golden was selected from (``core.versions.current_pool``: the base
+    candidates and every incoming batch that joined them), so the controls see the data golden saw."""
+    pool = current_pool(candidates, store, CandidatesSchema)
+    scored = None
+    if variant != "full":  # every other variant is sized by (or is) the golden subset: it must be current
+        with md.failure_on(StaleVersionError):
+            version = current_version(zero_shot_losses, anchor_set)
+            version.check_subset(golden_subset)
+        if variant == "bottom":  # the lowest-scored candidates, read only from current scores of current shards
+            scored = current_scores(store, pool, version, OneShotScoresSchema)
+    return variant_examples(variant, golden_subset, pool, config, scored)
 
 
 @dg.asset(
     group_name="training",
     partitions_def=training_variants,
     pool="model",
-    code_version="sft-v1",
+    code_version="sft-trl-v1",
     description="A Hugging Face checkpoint fine-tuned (Alpaca template, loss on the response) on one variant.",
 )
 def finetuned_model(
@@ -159,23 +194,15 @@ def finetuned_model(
     pipes_subprocess_client: dg.PipesSubprocessClient,
 ) -> dg.MaterializeResult:
     variant = context.partition_key
-    scored = None
-    if variant != "full":  # every other variant is sized by (or is) the golden subset: it must be current
-        check_subset_provenance(golden_subset, zero_shot_losses, anchor_set)
-    if variant == "bottom":  # the lowest-scored candidates, read only from current scores of current shards
-        store = warehouse.warehouse()
-        fingerprint, anchors = current_provenance(zero_shot_losses, anchor_set)
-        scored = current_scores(
-            store, with_increments(candidates, store, CandidatesSchema), fingerprint, anchors, OneShotScoresSchema
-        )
-    examples = variant_examples(variant, golden_subset, candidates, config, scored)
+    store = warehouse.warehouse()
+    examples = training_examples(variant, golden_subset, candidates, anchor_set, zero_shot_losses, store, config)
     if examples.empty:
         raise dg.Failure(
             f"variant {variant!r} has no examples to train on (the golden subset is empty): "
             "lower the selection threshold or score more candidates"
         )
     digest = ids_hash(examples["id"])
-    output = finetuned_dir(warehouse.root(), variant)
+    output = store.finetuned_dir(variant)
     launcher = config.resolved_launcher()
     context.log.info(
         f"fine-tuning {training_model.model} on {len(examples)} examples ({variant}, subset {digest}), "
@@ -216,7 +243,7 @@ def finetuned_model(
             "wall_s": float(summary["wall_seconds"]),
             "tokens_per_s": float(summary["tokens_per_second"]),
             "examples_per_s": float(summary["examples_per_second"]),
-            "loss_curve": loss_plot(losses, warehouse.root() / "plots" / f"loss_{variant}.png"),
+            "loss_curve": loss_plot(losses, store.plot_path(f"loss_{variant}")),
             "losses": md.table(losses),
         },
         data_version=dg.DataVersion(digest),
@@ -224,18 +251,22 @@ def finetuned_model(
 
 
 def launch_command(config: TrainingAssetConfig, launcher: str, processes: int | None, script: list[str]) -> list[str]:
-    """The launcher's command line; the launched module is the same for both (nuggets_pipeline.core.training_launch)."""
+    """The launcher's command line; both start the training entry point (python -m nuggets_pipeline.core.training)
+    once per process."""
     if launcher == "accelerate":
         path = Path(config.accelerate_config)
         path = path if path.is_absolute() else REPO_ROOT / path
         if not path.is_file():
             raise dg.Failure(f"accelerate_config {config.accelerate_config!r}: no such file ({path})")
         count = ["--num_processes", str(processes)] if processes else []
-        precision = ["--mixed_precision", "bf16" if config.training_config().dtype == "bfloat16" else "no"]
+        # Read from the settings, not a built TrainingConfig: building one sets up accelerate's state (and a CUDA
+        # context) in this process, whose GPUs belong to the launched run.
+        bf16 = profile_settings(config.profile, **config.overrides())["bf16"]
+        precision = ["--mixed_precision", "bf16" if bf16 else "no"]
         launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(path), *count, *precision]
-        return [*launch, "-m", LAUNCH_MODULE, *script]
+        return [*launch, "-m", ENTRY_MODULE, *script]
     launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes or 1}"]
-    return [*launch, "-m", LAUNCH_MODULE, *script]
+    return [*launch, "-m", ENTRY_MODULE, *script]
 
 
 def launch_training(
@@ -252,10 +283,11 @@ def launch_training(
     """Multi-process training through Dagster Pipes: its progress lines are this run's log events, its stdout and
     stderr this step's compute logs, and its summary (losses, throughput, checkpoint) comes back as a message."""
     output.mkdir(parents=True, exist_ok=True)
-    frame = output / "examples.parquet"
-    examples.reset_index(drop=True).to_parquet(frame)
-    script = ["--base-model", training_model.model, "--examples", str(frame), "--output", str(output)]
-    script += ["--variant", variant, "--subset-hash", digest, "--config-json", config_to_json(config.training_config())]
+    frame = write_parquet_atomic(examples.reset_index(drop=True), output / "examples.parquet")
+    # The exact frame selected here (--exact_examples: not re-ingested) and the same profile and overrides as the
+    # single-process path, so both train on the same data with the same settings.
+    script = ["--base_model", training_model.model, "--examples", str(frame), "--exact_examples", "true"]
+    script += ["--output_dir", str(output), "--variant", variant, "--subset_hash", digest, *config.training_flags()]
     processes = config.num_processes
     gpus = available_devices()
     if processes is None and gpus:

@@ -11,13 +11,12 @@ import pytest
 
 from nuggets_pipeline.core.storage import Warehouse
 from nuggets_pipeline.defs.assets.evaluation import AlpacaEvalConfig, CalibrationConfig, LikelihoodConfig, MTBenchConfig
-from nuggets_pipeline.defs.assets.training import finetuned_dir
 from nuggets_pipeline.defs.resources import JudgeResource
 from nuggets_pipeline_tests.materialize import ASSETS, score, select, tiny_resources
 
 SMALL = {
     "finetuned_model": {
-        "config": {"max_steps": 1, "per_device_batch_size": 2, "gradient_accumulation_steps": 1, "max_length": 64}
+        "config": {"max_steps": 1, "per_device_train_batch_size": 2, "gradient_accumulation_steps": 1, "max_length": 64}
     },
     "mt_bench_results": {"config": {"questions": 2, "max_new_tokens": 6}},
     "alpaca_eval_results": {"config": {"instructions": 3, "max_new_tokens": 6}},
@@ -130,7 +129,7 @@ class FlakyJudgeServer:
 @pytest.fixture
 def golden_checkpoint(isolated_home: Path, tiny_model) -> Path:  # type: ignore[no-untyped-def]
     """The tiny model saved as the `golden` variant's fine-tuned model: evaluation without training first."""
-    folder = finetuned_dir(isolated_home, "golden") / "model"
+    folder = Warehouse.of_home(isolated_home).finetuned_model_dir("golden")
     tiny_model.model.save_pretrained(folder)
     tiny_model.tokenizer.save_pretrained(folder)
     return folder

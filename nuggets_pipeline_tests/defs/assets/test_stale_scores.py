@@ -13,7 +13,7 @@ import pytest
 from nuggets_pipeline.core.storage import Warehouse
 from nuggets_pipeline_tests.materialize import ASSETS, score, select, tiny_resources
 
-TINY_TRAINING = {"max_steps": 1, "per_device_batch_size": 2, "gradient_accumulation_steps": 1, "max_length": 48}
+TINY_TRAINING = {"max_steps": 1, "per_device_train_batch_size": 2, "gradient_accumulation_steps": 1, "max_length": 48}
 GOLDEN = dg.AssetKey("golden_subset")
 
 

@@ -8,7 +8,7 @@ import pytest
 from nuggets_pipeline.core.modeling import load_model
 from nuggets_pipeline_tests.materialize import ASSETS, score, select, tiny_resources
 
-TINY_TRAINING = {"max_steps": 2, "per_device_batch_size": 2, "gradient_accumulation_steps": 1, "max_length": 64}
+TINY_TRAINING = {"max_steps": 2, "per_device_train_batch_size": 2, "gradient_accumulation_steps": 1, "max_length": 64}
 
 
 def train(instance: dg.DagsterInstance, variant: str) -> dg.ExecuteInProcessResult:

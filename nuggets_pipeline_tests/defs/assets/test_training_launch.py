@@ -14,13 +14,13 @@ import dagster as dg
 import pytest
 
 from nuggets_pipeline.core.modeling import load_model
-from nuggets_pipeline.defs.assets.training import finetuned_dir
+from nuggets_pipeline.core.storage import Warehouse
 from nuggets_pipeline_tests.materialize import ASSETS, score, select, tiny_resources
 
 # Both runs see every example of the 4-example golden subset in step 1, whatever order the samplers draw.
 COMMON = {"max_steps": 2, "gradient_accumulation_steps": 1, "max_length": 64}
-SINGLE = {**COMMON, "launcher": "single", "per_device_batch_size": 4}
-LAUNCHED = {**COMMON, "launcher": "accelerate", "num_processes": 2, "per_device_batch_size": 2}
+SINGLE = {**COMMON, "launcher": "single", "per_device_train_batch_size": 4}
+LAUNCHED = {**COMMON, "launcher": "accelerate", "num_processes": 2, "per_device_train_batch_size": 2}
 # Measured: the two runs' losses agreed to 1e-4 at both steps (10.8853, 10.8608 on a similar subset); the difference
 # is float32 summation order across two processes.
 LOSS_TOLERANCE = 1e-3
@@ -59,7 +59,7 @@ def test_a_two_process_launch_trains_like_one_process(prepared: dg.DagsterInstan
 
     single = metadata(train(prepared, SINGLE))
     assert (single["launcher"], single["processes"], single["device"]) == ("single", 1, "cpu")
-    shutil.rmtree(finetuned_dir(isolated_home, "golden"))  # a fresh run, not a resume of this one
+    shutil.rmtree(Warehouse.of_home(isolated_home).finetuned_dir("golden"))  # a fresh run, not a resume of this one
 
     result = train(prepared, LAUNCHED)
     launched = metadata(result)
@@ -74,7 +74,7 @@ def test_a_two_process_launch_trains_like_one_process(prepared: dg.DagsterInstan
 
     # The checkpoint is the asset's value: a loadable model folder under the home.
     checkpoint = Path(launched["checkpoint"])
-    assert checkpoint == finetuned_dir(isolated_home, "golden") / "model"
+    assert checkpoint == Warehouse.of_home(isolated_home).finetuned_model_dir("golden")
     assert load_model(str(checkpoint)).model.config.num_hidden_layers == 2
     # The launched run's progress lines arrived through Pipes as this run's log events.
     logged = [entry.user_message for entry in prepared.all_logs(result.run_id)]
@@ -82,7 +82,7 @@ def test_a_two_process_launch_trains_like_one_process(prepared: dg.DagsterInstan
     assert any("launching accelerate" in m and "fsdp_8gpu.yaml" in m for m in logged)
 
     # torchrun, the other launcher, through the same path.
-    shutil.rmtree(finetuned_dir(isolated_home, "golden"))
+    shutil.rmtree(Warehouse.of_home(isolated_home).finetuned_dir("golden"))
     torchrun = metadata(train(prepared, {**LAUNCHED, "launcher": "torchrun"}))
     assert (torchrun["launcher"], torchrun["processes"]) == ("torchrun", 2)
     assert losses(torchrun) == pytest.approx(first, abs=LOSS_TOLERANCE)

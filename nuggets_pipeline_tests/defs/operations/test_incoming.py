@@ -96,6 +96,17 @@ def test_a_new_file_is_ingested_once_and_only_its_shards_are_scored(
     check = selected.get_asset_check_evaluations()[0]
     assert check.passed, check.metadata
 
+    # The `full` control trains on the pool golden selected from, batches included (it used to take the base 12).
+    trained = dg.materialize(
+        ASSETS,
+        selection=["finetuned_model"],
+        instance=prepared,
+        resources=tiny_resources(),
+        partition_key="full",
+        run_config={"ops": {"finetuned_model": {"config": {"max_steps": 1}}}},
+    )
+    assert trained.get_asset_materialization_events()[0].materialization.metadata["examples"].value == 12 + 11
+
 
 def test_a_file_still_being_written_waits(
     instance: dg.DagsterInstance, isolated_home: Path, monkeypatch: pytest.MonkeyPatch

@@ -127,23 +127,56 @@ def test_links_to_secrets_and_system_files_are_refused_and_copied_nowhere(
 
 
 @pytest.mark.parametrize("umask", [0o022, 0o077])
-def test_warehouse_files_and_exports_get_the_same_mode(tmp_path: Path, umask: int) -> None:
+def test_every_writer_gives_its_files_the_warehouse_mode(tmp_path: Path, umask: int) -> None:
     """One rule for every file written: 0666 less the umask (0644 by default, 0600 under umask 077)."""
     import pandas as pd
 
-    from nuggets_pipeline.core.storage import Warehouse, write_parquet_atomic
+    from nuggets_pipeline.core.storage import Warehouse, write_parquet_atomic, write_text_atomic
+    from nuggets_pipeline.defs import metadata as md
 
+    store = Warehouse(tmp_path / "warehouse")
     previous = os.umask(umask)
     try:
-        stored = Warehouse(tmp_path / "warehouse").write("instructions", pd.DataFrame({"id": ["a"]}))
-        write_parquet_atomic(pd.DataFrame({"id": ["b"]}), tmp_path / "checkpoint.parquet")
-        export = tmp_path / "exports" / "golden_subset.json"  # written the way golden_subset writes it
-        export.parent.mkdir()
-        export.write_text("[]")
+        written = [
+            store.write("instructions", pd.DataFrame({"id": ["a"]})),
+            write_parquet_atomic(pd.DataFrame({"id": ["b"]}), tmp_path / "checkpoint.parquet"),
+            write_text_atomic(store.evaluation_report_path, "# report\n"),
+        ]
+        md.histogram_plot([0.1, 0.5], store.plot_path("golden_scores"), "Golden scores", "fraction", bins=2)
+        written.append(store.plot_path("golden_scores"))
     finally:
         os.umask(previous)
-    modes = {p.name: p.stat().st_mode & 0o777 for p in (stored, tmp_path / "checkpoint.parquet", export)}
-    assert set(modes.values()) == {0o666 & ~umask}, modes
+    modes = {p.name: oct(p.stat().st_mode & 0o777) for p in written}
+    assert set(modes.values()) == {oct(0o666 & ~umask)}, modes
+
+
+@pytest.mark.slow
+def test_every_file_scoring_selection_and_export_write_has_the_mode_of_warehouse_files(
+    tmp_path: Path, isolated_home: Path, instance: dg.DagsterInstance
+) -> None:
+    """Measured after `make demo`: exported files were 0600 while warehouse files were 0644 under the same umask
+    (two atomic Parquet writers besides the warehouse's, without its mode fix). Now every file of the home that
+    scoring, the selection and the exports write has the warehouse files' mode."""
+    from nuggets_pipeline_tests.materialize import ASSETS, prepare, score, select, tiny_resources
+
+    previous = os.umask(0o022)
+    try:
+        prepare(instance, tmp_path / "pool.json")
+        assert score(instance, "base-000", "base-001").success
+        assert select(instance, top_fraction=0.5).success
+        exported = dg.materialize(
+            ASSETS, selection=["scored_pool_exports"], instance=instance, resources=tiny_resources()
+        )
+        assert exported.success
+    finally:
+        os.umask(previous)
+    files = {str(p.relative_to(isolated_home)): p.stat().st_mode & 0o777 for p in isolated_home.rglob("*")}
+    files = {name: mode for name, mode in files.items() if (isolated_home / name).is_file()}
+    warehouse_mode = files["warehouse/instructions/all.parquet"]
+    assert warehouse_mode == 0o644
+    for expected in ("warehouse/one_shot_scores/", "checkpoints/", "exports/golden/", "plots/golden_scores.png"):
+        assert any(name.startswith(expected) for name in files), f"nothing under {expected} was written"
+    assert {name: oct(mode) for name, mode in files.items() if mode != warehouse_mode} == {}
 
 
 def test_credentials_in_the_judge_url_are_refused_before_a_request_and_never_logged(

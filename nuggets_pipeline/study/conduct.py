@@ -1,0 +1,105 @@
+"""`make study` (`nuggets study`): does the golden subset train a better model?
+
+The study runs the project's own stages (the same graph and stage jobs as `make demo`, through the one runner,
+on the instance `make ui` shows) with the settings of a study row of the preset table (``runs/presets.py``,
+``study`` or the test size ``tiny``): a stable slice of the shipped Alpaca set as pool, KMeans anchors,
+candidates scored shard by shard (the partitioned path), the variants golden / bottom / random / full (and a
+second random seed where time allows) fine-tuned with identical hyper-parameters from the same base, the
+judge-free reference log-likelihood over every AlpacaEval and MT-Bench reference answer, the judge numbers
+beside it, and the report with its paired bootstrap comparisons (core.report).
+
+Resumable by the runner's rule: a stage (or one partition of it) already materialised with the same settings
+is skipped, and a changed setting re-runs that stage and the ones after it, never the ones before; nothing is
+tuned on the evaluation set, because no setting reads it.
+
+Outputs (``--out``, docs/study for the real study): results.json (settings, machine, stage wall times,
+per-variant figures, every comparison with its interval and verdict), comparisons.csv, differences.png and the
+scored pool (scored_pool.parquet), which ``--scored-pool FILE`` trains and evaluates from without re-scoring.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import dagster as dg
+
+from nuggets_pipeline.core.paths import REPO_ROOT, nuggets_home
+from nuggets_pipeline.runs import presets, runner
+from nuggets_pipeline.study.render import render_study_doc
+from nuggets_pipeline.study.results import collect_results
+from nuggets_pipeline.study.scored_pool import import_scored_pool
+from nuggets_pipeline.study.sizing import estimate_seconds, settings_record
+
+
+def run(
+    size: str,
+    out: Path | None = None,
+    scored_pool: Path | None = None,
+    render: list[Path] | None = None,
+    until: str | None = None,
+    estimate: bool = False,
+) -> int:
+    """The study of ``size``: print its settings and estimate, run its stages, write and render the results."""
+    preset = presets.preset(size)
+    out = out or (REPO_ROOT / "docs" / "study" if size == "study" else nuggets_home() / "study" / size)
+    if render is None:
+        render = [REPO_ROOT / "docs" / "study.md", REPO_ROOT / "README.md"] if size == "study" else []
+    expected = estimate_seconds(preset)
+    settings = json.dumps(settings_record(preset), indent=1)
+    print("=== study settings (fixed before anything runs)\n" + settings, flush=True)
+    print(
+        "=== estimated wall time on 2 cores (throughputs of benchmarks/RESULTS.md): "
+        + ", ".join(f"{k} {v:,.0f}s" for k, v in expected.items())
+        + f"; total {sum(expected.values()) / 3600:.2f} h",
+        flush=True,
+    )
+    if estimate:
+        return 0
+
+    from nuggets_pipeline.core.incoming import file_digest
+    from nuggets_pipeline.defs.definitions import default_resources
+
+    runner.use_project_instance()
+    instance = dg.DagsterInstance.get()
+    identities: dict[str, dict[str, str]] = {}
+    before: dict[str, Callable[[], None]] = {}
+    if scored_pool is not None:
+        # The committed pool replaces scoring: its rows become the shards' checkpoints just before one-shot runs,
+        # and its hash joins that stage's settings, so another file re-runs one-shot and every stage after it.
+        pool_file = scored_pool
+        identities["one-shot"] = {"scored_pool": file_digest(pool_file)[:16]}
+        before["one-shot"] = lambda: import_scored_pool(pool_file)
+    plan = runner.preset_plan(
+        preset,
+        default_resources(),
+        launched_by=f"study-{size}",
+        identities=identities,
+        before=before,
+        ledger=nuggets_home() / "study" / size / "timings.json",
+    )
+    try:
+        timings = runner.run(plan, instance, until=until)
+    except runner.RunRefused as error:
+        print(f"nuggets study: {error}", file=sys.stderr)
+        return 2
+    if until is not None:
+        return 0
+    command = f"python -m nuggets_pipeline.cli study --size {size}" + (
+        f" --scored-pool {scored_pool}" if scored_pool else ""
+    )
+    ran_any = not all(timing.get("skipped_last_run") for timing in timings.values())
+    results = collect_results(preset, instance, timings, out, command, scored_pool)
+    for path in render:
+        if path.exists():
+            path.write_text(render_study_doc(path.read_text(), results))
+    print(f"\n=== results ({'ran' if ran_any else 'nothing left to run'}): {out / 'results.json'}")
+    print(results["headline"])
+    for comparison in results["comparisons"]:
+        print("  " + comparison["sentence"])
+    return 0
+
+
+__all__ = ["run"]

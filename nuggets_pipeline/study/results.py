@@ -1,0 +1,215 @@
+"""The study's results: each variant's figures, the report's paired comparisons, the scored pool's length check,
+the headline; all written under the results folder (results.json, comparisons.csv, differences.png,
+scored_pool.parquet).
+
+The comparisons are the evaluation report's (``core.report``: ``likelihood_comparisons``), which the report stage
+computed over the study's variants with its resamples and seed (the ``evaluation_report`` config the study
+preset gives): the study adds to each its sentence and the spread between two random seeds, never a second
+bootstrap.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import platform
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import pandas as pd
+
+from nuggets_pipeline.core.paths import nuggets_home
+from nuggets_pipeline.runs.presets import Preset
+from nuggets_pipeline.study.render import difference_plot
+from nuggets_pipeline.study.scored_pool import scored_pool_frame, warehouse
+from nuggets_pipeline.study.sizing import estimate_seconds, settings_record
+
+
+def machine() -> dict[str, Any]:
+    import torch
+
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cpu": model,
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "platform": platform.platform(),
+    }
+
+
+def variant_figures(instance: dg.DagsterInstance, variants: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """Training figures per variant from its latest finetuned_model materialisation."""
+    out: dict[str, dict[str, Any]] = {}
+    for variant in variants:
+        records = instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=dg.AssetKey("finetuned_model"), asset_partitions=[variant]), limit=1
+        ).records
+        if not records:
+            continue
+        metadata = records[0].asset_materialization.metadata  # type: ignore[union-attr]
+        out[variant] = {
+            k: metadata[k].value
+            for k in (
+                "examples",
+                "subset_hash",
+                "steps",
+                "examples_seen",
+                "train_tokens",
+                "final_loss",
+                "wall_s",
+                "tokens_per_s",
+            )
+            if k in metadata
+        }
+    return out
+
+
+def length_check(pool: pd.DataFrame, quarter: int) -> dict[str, Any]:
+    """How golden score goes with response length over the scored pool: a reference-likelihood gain could come from
+    training on longer answers rather than better ones, so the report shows the length of what each quarter holds."""
+    texts = warehouse().read("candidates").set_index("id")["output"]
+    chars = pool["candidate_id"].map(texts.str.len()).astype(float)
+    ranked = pool.assign(chars=chars).sort_values(["golden_score", "mean_delta"], ascending=False)
+    return {
+        "spearman_golden_score_vs_response_chars": float(ranked["golden_score"].corr(ranked["chars"], "spearman")),
+        "response_chars_mean": {
+            "pool": float(ranked["chars"].mean()),
+            "golden quarter": float(ranked["chars"].head(quarter).mean()),
+            "bottom quarter": float(ranked["chars"].tail(quarter).mean()),
+        },
+    }
+
+
+def headline(comparisons: Sequence[dict[str, Any]], model: str) -> str:
+    """One sentence: golden against the (pooled) random controls on the AlpacaEval reference likelihood."""
+    candidates = [c for c in comparisons if c["source"] == "alpaca_eval" and c["first"] == "golden"]
+    pooled = [c for c in candidates if str(c["second"]).startswith("random (pooled")]
+    single = [c for c in candidates if c["second"] == "random"]
+    chosen = (pooled or single or [None])[0]
+    if chosen is None:
+        return "No golden-vs-random comparison was measured."
+    words = {
+        "ahead": "scores GPT-4's AlpacaEval reference answers higher than",
+        "behind": "scores GPT-4's AlpacaEval reference answers lower than",
+        "within noise": "cannot be told apart from",
+    }[chosen["verdict"]]
+    spread = chosen.get("seed_spread")
+    caveat = ""
+    if spread is not None and chosen["verdict"] != "within noise":
+        caveat = (
+            f"; larger than the {spread:.4f} between two random seeds"
+            if chosen["beyond_seed_spread"]
+            else f", but no larger than the {spread:.4f} between two random seeds, so not clearly the selection's doing"
+        )
+    return (
+        f"Fine-tuned on the golden quarter, {model} {words} the same model fine-tuned on {chosen['second']}: "
+        f"{chosen['difference']:+.4f} nats/token, 95% interval [{chosen['ci_low']:+.4f}, {chosen['ci_high']:+.4f}] "
+        f"over {chosen['n']} reference answers{caveat}."
+    )
+
+
+def _difference(row: dict[str, Any]) -> Any:
+    """A comparison row of the report as the ``core.statistics.PairedDifference`` it was made from."""
+    from nuggets_pipeline.core.statistics import PairedDifference
+
+    values = {f.name: row[f.name] for f in dataclasses.fields(PairedDifference)}
+    values["first_variants"], values["second_variants"] = tuple(row["first_variants"]), tuple(row["second_variants"])
+    return PairedDifference(**values)
+
+
+def study_comparisons(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """The report's comparisons (evaluation_report.json), each with its sentence and the seed spread beside it."""
+    rows = [{**row, "sentence": _difference(row).sentence()} for row in report["comparisons"]]
+    # The bootstrap covers the choice of answers, not the choice of training examples: the gap between two random
+    # seeds is that second noise, so a difference smaller than it is not read as an effect of the selection.
+    for row in rows:
+        floor = [
+            r["difference"]
+            for r in rows
+            if r["source"] == row["source"] and r["first"] == "random" and str(r["second"]).startswith("random-")
+        ]
+        row["seed_spread"] = abs(floor[0]) if floor else None
+        row["beyond_seed_spread"] = None if not floor else abs(row["difference"]) > abs(floor[0])
+    return rows
+
+
+def collect_results(
+    preset: Preset,
+    instance: dg.DagsterInstance,
+    timings: dict[str, dict[str, Any]],
+    out: Path,
+    command: str,
+    scored_pool: Path | None,
+) -> dict[str, Any]:
+    """results.json, comparisons.csv, differences.png and scored_pool.parquet under ``out``."""
+    report = json.loads((nuggets_home() / "exports" / "evaluation_report.json").read_text())
+    comparisons = study_comparisons(report)
+    out.mkdir(parents=True, exist_ok=True)
+    frame = pd.DataFrame(comparisons)
+    frame.to_csv(out / "comparisons.csv", index=False, float_format="%.6f")
+    difference_plot(frame, out / "differences.png")
+    pool = scored_pool_frame()
+    if scored_pool is None:
+        pool.to_parquet(out / "scored_pool.parquet", index=False)
+    golden = pool.sort_values("golden_score", ascending=False)
+    quarter = int(len(pool) * (preset.selection.top_fraction or 0.0))
+    results = {
+        "question": "Does fine-tuning on the golden subset (top quarter by NUGGETS golden score) train a better "
+        "model than a same-size random sample, the bottom quarter, or the whole pool?",
+        "command": command,
+        "settings": settings_record(preset),
+        "estimated_stage_s": {k: round(v) for k, v in estimate_seconds(preset).items()},
+        "machine": machine(),
+        "stage_wall_s": timings,
+        "scored_pool": {
+            "file": "scored_pool.parquet" if scored_pool is None else str(scored_pool),
+            "candidates": len(pool),
+            "golden_size": quarter,
+            "golden_score_mean": float(pool["golden_score"].mean()),
+            "golden_min_score": float(golden["golden_score"].iloc[quarter - 1]) if quarter else None,
+            "bottom_max_score": float(golden["golden_score"].iloc[-quarter]) if quarter else None,
+            **(length_check(pool, quarter) if quarter else {}),
+        },
+        "variants": {
+            v: {**variant_figures(instance, [v]).get(v, {}), **likelihood_means(report, v)} for v in preset.variants
+        },
+        "judge": report["judge"],
+        "comparisons": comparisons,
+        "headline": headline(comparisons, str(preset.model)),
+    }
+    (out / "results.json").write_text(json.dumps(results, indent=1, default=str) + "\n")
+    return results
+
+
+def likelihood_means(report: dict[str, Any], variant: str) -> dict[str, Any]:
+    out = {}
+    for row in report["metrics"]:
+        label = str(row["metric"])
+        if row["kind"] == "judge-free" and variant in row:
+            out[f"likelihood {label}"] = row[variant]
+        elif row["headline"] and row["kind"] == "judge" and variant in row:
+            out[label] = row[variant]
+    return out
+
+
+__all__ = [
+    "collect_results",
+    "headline",
+    "length_check",
+    "likelihood_means",
+    "machine",
+    "study_comparisons",
+    "variant_figures",
+]
