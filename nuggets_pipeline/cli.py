@@ -148,7 +148,11 @@ def main(argv: list[str] | None = None) -> int:
     resources = default_resources()
     if args.command == "demo":
         return runner.run_and_summarise(runner.preset_plan(demo_preset(args), resources), "demo", args.until)
-    config = flags.run_config(args, resources)
+    try:
+        config = flags.run_config(args, resources)
+    except flags.RunConfigError as error:
+        print(f"nuggets run: {error}", file=sys.stderr)
+        return 2
     run_plan = runner.RunPlan(launched_by="run", run_config=config, variants=flags.run_preset(args).variants)
     if args.print_config:
         try:

@@ -169,9 +169,10 @@ def random_controls(variants: Sequence[str]) -> tuple[str, ...]:
 
 
 def standard_comparisons(variants: Sequence[str]) -> list[ComparisonSpec]:
-    """The study's comparisons among the variants present: golden against each random seed, the pooled random
-    controls, full and bottom; random (pooled) against bottom; and the random seeds against each other (the noise
-    floor every other difference must clear)."""
+    """The study's comparisons among the variants present: golden against each random seed (and their pool), the
+    cheap baselines users would pick instead (longest responses, a length-matched sample, IFD), full and bottom;
+    the baselines against random; every variant against the untouched base model; and the random seeds against
+    each other (the noise floor every other difference must clear)."""
     present = set(variants)
     randoms = random_controls(variants)
     pooled = randoms if randoms else ()
@@ -180,18 +181,39 @@ def standard_comparisons(variants: Sequence[str]) -> list[ComparisonSpec]:
         specs += [ComparisonSpec(("golden",), (r,), "selection vs a random sample of the same size") for r in randoms]
         if len(randoms) > 1:
             specs.append(ComparisonSpec(("golden",), pooled, "selection vs the average random control"))
+        for baseline, purpose in BASELINES.items():
+            if baseline in present:
+                specs.append(ComparisonSpec(("golden",), (baseline,), purpose))
         if "full" in present:
             specs.append(ComparisonSpec(("golden",), ("full",), "a quarter of the pool vs all of it"))
         if "bottom" in present:
             specs.append(ComparisonSpec(("golden",), ("bottom",), "top quarter vs bottom quarter by golden score"))
-    if pooled and "bottom" in present:
-        specs.append(ComparisonSpec(pooled, ("bottom",), "does the bottom quarter hurt against chance?"))
+    if pooled:
+        for baseline in ("ifd", "longest"):
+            if baseline in present:
+                specs.append(ComparisonSpec((baseline,), pooled, f"does the {baseline} baseline beat chance?"))
+        if "bottom" in present:
+            specs.append(ComparisonSpec(pooled, ("bottom",), "does the bottom quarter hurt against chance?"))
+    if "base" in present:
+        specs += [
+            ComparisonSpec((v,), ("base",), "did this fine-tune move the model at all?")
+            for v in variants
+            if v != "base"
+        ]
     if len(randoms) > 1:
         specs += [
             ComparisonSpec((randoms[0],), (other,), "noise floor: two random seeds, no selection")
             for other in randoms[1:]
         ]
     return specs
+
+
+# The cheap selectors golden is set against, each the golden subset's size (core.selection, core.ifd).
+BASELINES = {
+    "longest": "selection vs the longest responses (length alone)",
+    "length-matched": "selection vs a random sample with golden's response lengths (what the score adds beyond length)",
+    "ifd": "selection vs IFD, the two-pass selector users pick instead",
+}
 
 
 def compare_variants(
@@ -218,6 +240,7 @@ def compare_variants(
 
 
 __all__ = [
+    "BASELINES",
     "CONFIDENCE",
     "RESAMPLES",
     "ComparisonSpec",

@@ -13,7 +13,7 @@ import dagster as dg
 
 from nuggets_pipeline.core.settings import Settings, env_name, get_settings
 from nuggets_pipeline.defs import automation, checks, execution, jobs, pools, sensors
-from nuggets_pipeline.defs.assets import anchors, evaluation, exports, incoming, ingestion, scoring, training
+from nuggets_pipeline.defs.assets import anchors, evaluation, exports, ifd, incoming, ingestion, scoring, training
 from nuggets_pipeline.defs.resources import (
     JudgeResource,
     ModelResource,
@@ -22,7 +22,7 @@ from nuggets_pipeline.defs.resources import (
     WarehouseResource,
 )
 
-ASSET_MODULES = [ingestion, anchors, incoming, scoring, training, evaluation, exports]
+ASSET_MODULES = [ingestion, anchors, incoming, scoring, ifd, training, evaluation, exports]
 
 
 def _shown(settings: Settings, field: str, value: str | None = None) -> str | dg.EnvVar:

@@ -1,11 +1,12 @@
 """The stages `nuggets demo`, `nuggets run` and `nuggets study` run, one asset job each, listed in the UI.
 
-A stage is a fixed group of assets materialised together, in this order: `ingest` ... `report`. Each is an asset
-job of the code location (``stage_ingest``, ``stage_anchors``, ...), so a stage can be launched from the UI's
-launchpad with the same run config the commands print (`nuggets run --print-config`), and the commands run
-exactly these jobs (``nuggets_pipeline.runs.runner``). A job selects its assets with their asset checks, so the
-checks of a stage's assets run with it. Partitioned stages take their partitions from their assets: `one-shot`
-candidate shards, `train` and `evaluate` training variants.
+A stage is a fixed group of assets materialised together, in this order: `ingest` ... `report`; `ifd` runs only
+for a plan that trains the `ifd` variant. Each is an asset job of the code location (``stage_ingest``,
+``stage_anchors``, ...), so a stage can be launched from the UI's launchpad with the same run config the commands
+print (`nuggets run --print-config`), and the commands run exactly these jobs (``nuggets_pipeline.runs.runner``).
+A job selects its assets with their asset checks, so the checks of a stage's assets run with it. Partitioned
+stages take their partitions from their assets: `one-shot` candidate shards, `train` and `evaluate` training
+variants.
 """
 
 from __future__ import annotations
@@ -24,6 +25,11 @@ class StageSpec:
     name: str
     assets: tuple[str, ...]
     description: str
+    # A stage only some variants need: the commands run it only when the plan trains one of these (empty: always).
+    only_for: tuple[str, ...] = ()
+
+    def needed(self, variants: tuple[str, ...]) -> bool:
+        return not self.only_for or bool(set(self.only_for) & set(variants))
 
     @property
     def job_name(self) -> str:
@@ -45,6 +51,12 @@ STAGES: tuple[StageSpec, ...] = (
         "select",
         ("golden_subset", "scored_pool_exports"),
         "Select the golden subset by golden score; export the scored pool.",
+    ),
+    StageSpec(
+        "ifd",
+        ("ifd_scores", "ifd_subset"),
+        "Score every candidate's IFD and select by it (the cheap selector beside NUGGETS).",
+        only_for=("ifd",),
     ),
     StageSpec("train", ("finetuned_model",), "Fine-tune one training variant (partition) from the base model."),
     StageSpec(

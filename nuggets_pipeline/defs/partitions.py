@@ -13,8 +13,13 @@ INCOMING_FILES = "incoming_files"
 incoming_files = dg.DynamicPartitionsDefinition(name=INCOMING_FILES)
 
 # golden: the selected subset; bottom: the same number of the lowest-scored candidates; random / random-1: seeded
-# same-size controls (the seed offset is the key's suffix: their spread is the noise floor); full: the pool.
-TRAINING_VARIANTS = ("golden", "random", "full", "bottom", "random-1")
+# same-size controls (the seed offset is the key's suffix: their spread is the noise floor); full: the pool;
+# longest / length-matched / ifd: the cheap baselines at golden's size (the longest responses, a random sample
+# with golden's response lengths, the top by IFD); base: the untouched training model, evaluated like the others.
+TRAINING_VARIANTS = ("golden", "random", "full", "bottom", "random-1", "longest", "length-matched", "ifd", "base")
+# Variants sized by the golden subset (every one but full and base).
+SIZED_BY_GOLDEN = ("golden", "bottom", "longest", "length-matched", "ifd")
+UNTRAINED = "base"
 training_variants = dg.StaticPartitionsDefinition(list(TRAINING_VARIANTS))
 
 

@@ -119,6 +119,31 @@ class GoldenSubsetSchema(pa.DataFrameModel):
     anchor_set_hash: Series[str] = pa.Field(description="anchor set those scores were computed against")
 
 
+class IFDScoresSchema(pa.DataFrameModel):
+    """Instruction-following difficulty of every candidate (core.ifd): the cheap selector beside NUGGETS."""
+
+    candidate_id: Series[str] = pa.Field(str_matches=ID_PATTERN, unique=True)
+    conditioned_nll: Series[float] = pa.Field(ge=0, description="mean NLL per response token given the prompt")
+    direct_nll: Series[float] = pa.Field(ge=0, description="mean NLL per response token, BOS alone before it")
+    ifd: Series[float] = pa.Field(ge=0, description="conditioned / direct; >= 1: the prompt does not help")
+    response_tokens: Series[int] = pa.Field(ge=1)
+    prompt_tokens: Series[int] = pa.Field(ge=1)
+    truncated: Series[bool]
+    model_fingerprint: Series[str] = pa.Field(description="scoring fingerprint the IFD was computed with")
+
+
+class IFDSubsetSchema(pa.DataFrameModel):
+    """The IFD selection: the highest-IFD candidates below the cap, ranked."""
+
+    id: Series[str] = pa.Field(str_matches=ID_PATTERN, unique=True)
+    instruction: Series[str] = pa.Field(str_length={"min_value": 1})
+    input: Series[str]
+    output: Series[str] = pa.Field(str_length={"min_value": 1})
+    ifd: Series[float] = pa.Field(ge=0)
+    ifd_rank: Series[int] = pa.Field(ge=1)
+    model_fingerprint: Series[str]
+
+
 # What the warehouse checks a stored table against when it is read back (core.storage.Warehouse.read_file).
 TABLE_SCHEMAS: dict[str, type[pa.DataFrameModel]] = {
     "instructions": InstructionsSchema,
@@ -130,6 +155,8 @@ TABLE_SCHEMAS: dict[str, type[pa.DataFrameModel]] = {
     "zero_shot_losses": ZeroShotSchema,
     "one_shot_scores": OneShotScoresSchema,
     "golden_subset": GoldenSubsetSchema,
+    "ifd_scores": IFDScoresSchema,
+    "ifd_subset": IFDSubsetSchema,
 }
 
 # dagster-pandera marks the converter beta; the types it builds are what the UI shows as columns and checks.
@@ -139,3 +166,5 @@ QuarantineType = pandera_schema_to_dagster_type(QuarantineSchema)
 AnchorSetType = pandera_schema_to_dagster_type(AnchorSetSchema)
 CandidatesType = pandera_schema_to_dagster_type(CandidatesSchema)
 GoldenSubsetType = pandera_schema_to_dagster_type(GoldenSubsetSchema)
+IFDScoresType = pandera_schema_to_dagster_type(IFDScoresSchema)
+IFDSubsetType = pandera_schema_to_dagster_type(IFDSubsetSchema)

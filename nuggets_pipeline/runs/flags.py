@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from nuggets_pipeline.defs.partitions import TRAINING_VARIANTS
 from nuggets_pipeline.runs import presets
 from nuggets_pipeline.runs.presets import Anchors, Preset, Selection, Training, in_stage_order
 
@@ -121,6 +122,21 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     criterion.add_argument("--top-k", type=int, default=None, help="keep the K best")
     criterion.add_argument("--top-fraction", type=float, default=None, help="keep this fraction of the best")
     select.add_argument(
+        "--selector",
+        choices=SELECTORS,
+        action="append",
+        default=None,
+        help="selectors to train and compare: nuggets (the golden subset, always) and ifd (instruction-following "
+        "difficulty, its own stage and the `ifd` variant at the golden subset's size); repeat to add",
+    )
+    select.add_argument(
+        "--variants",
+        default=None,
+        metavar="V,V",
+        help=f"training variants, comma-separated, of {', '.join(TRAINING_VARIANTS)} (default "
+        f"{','.join(RUN.variants)}); --selector ifd adds ifd",
+    )
+    select.add_argument(
         "--export-thresholds",
         type=float,
         nargs="*",
@@ -165,6 +181,21 @@ def _set(target: dict[str, Any], **values: Any) -> dict[str, Any]:
     return target
 
 
+SELECTORS = ("nuggets", "ifd")
+
+
+def run_variants(args: argparse.Namespace, default: tuple[str, ...]) -> tuple[str, ...]:
+    """The variants to train: ``--variants`` (or the preset's), plus `ifd` for ``--selector ifd``; unknown names
+    are refused before anything runs."""
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()] if args.variants else list(default)
+    if "ifd" in (args.selector or []) and "ifd" not in variants:
+        variants.append("ifd")
+    unknown = sorted(set(variants) - set(TRAINING_VARIANTS))
+    if unknown or not variants:
+        raise RunConfigError(f"--variants: unknown {unknown or 'none given'}; use some of {list(TRAINING_VARIANTS)}")
+    return tuple(dict.fromkeys(variants))
+
+
 def run_preset(args: argparse.Namespace, base: Preset = RUN) -> Preset:
     """The preset the flags make of ``base``: what they set replaces the table's value."""
     # anchor_set honours n for a file too: unless asked, a file gives all its rows (the paper's 100), not 8.
@@ -183,6 +214,7 @@ def run_preset(args: argparse.Namespace, base: Preset = RUN) -> Preset:
     overrides = dict(base.training.overrides) | _set({}, max_steps=args.train_steps)
     return dataclasses.replace(
         base,
+        variants=run_variants(args, base.variants),
         pool=args.candidates or None,
         shards=args.shards,
         anchors=Anchors(

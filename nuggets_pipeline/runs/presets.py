@@ -51,6 +51,15 @@ class Selection:
             return {"threshold": None, "top_k": self.top_k}
         return {"threshold": None, "top_fraction": self.top_fraction}
 
+    def size_config(self) -> dict[str, Any]:
+        """The same size for another selector (asset `ifd_subset`): top_k or top_fraction; a threshold on golden
+        scores sets no size, so the other selector keeps its own default."""
+        if self.top_k is not None and self.threshold is None:
+            return {"top_k": self.top_k, "top_fraction": None}
+        if self.threshold is None and self.top_fraction is not None:
+            return {"top_fraction": self.top_fraction}
+        return {}
+
 
 @dataclass(frozen=True)
 class Training:
@@ -111,6 +120,8 @@ def ops_config(preset: Preset) -> dict[str, Any]:
         | _set(n=a.n, seed=a.seed, file=a.file, kmeans_pool_size=a.kmeans_pool, embed_max_tokens=a.embed_max_tokens),
         "candidates": {"shards": preset.shards, "limit": preset.pool},
         "golden_subset": preset.selection.config(),
+        # The IFD selector keeps as many as golden does (by count or fraction; a threshold has no IFD meaning).
+        "ifd_subset": preset.selection.size_config() if "ifd" in preset.variants else {},
         "finetuned_model": preset.training.config(),
         "mt_bench_results": _set(profile=e.profile, questions=e.mt_bench_questions, max_new_tokens=e.max_new_tokens),
         "alpaca_eval_results": _set(

@@ -132,9 +132,9 @@ def for_stage(config: Mapping[str, Any], ops: set[str]) -> dict[str, Any]:
 
 
 def stages(plan: RunPlan, defs: dg.Definitions | None = None) -> list[Stage]:
-    """Every stage of the plan, in order, with its part of the run config."""
+    """Every stage the plan needs, in order, with its part of the run config."""
     defs = defs or _definitions()
-    return [Stage(spec, for_stage(plan.run_config, _ops(defs, spec))) for spec in STAGES]
+    return [Stage(spec, for_stage(plan.run_config, _ops(defs, spec))) for spec in STAGES if spec.needed(plan.variants)]
 
 
 def _definitions() -> dg.Definitions:

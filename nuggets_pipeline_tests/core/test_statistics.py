@@ -109,6 +109,27 @@ def test_the_study_comparisons_cover_every_pair_the_issue_asks_for() -> None:
     assert [s.label for s in standard_comparisons(["golden", "random"])] == ["golden vs random"]
 
 
+def test_the_second_study_sets_golden_against_length_ifd_and_the_base_model() -> None:
+    variants = ["golden", "random", "random-1", "full", "longest", "length-matched", "ifd", "base"]
+    labels = [s.label for s in standard_comparisons(variants)]
+    pooled = "random (pooled random+random-1)"
+    assert labels == [
+        "golden vs random",
+        "golden vs random-1",
+        f"golden vs {pooled}",
+        "golden vs longest",
+        "golden vs length-matched",
+        "golden vs ifd",
+        "golden vs full",
+        f"ifd vs {pooled}",
+        f"longest vs {pooled}",
+        *[f"{v} vs base" for v in variants if v != "base"],
+        "random vs random-1",
+    ]
+    # Without the random controls or the base model, only what can be compared is.
+    assert [s.label for s in standard_comparisons(["golden", "ifd"])] == ["golden vs ifd"]
+
+
 def test_compare_variants_skips_comparisons_a_source_cannot_make() -> None:
     per_item = {
         "alpaca_eval": {"golden": scores([1.0, 2.0]), "random": scores([0.5, 1.5]), "full": scores([1.0, 2.0])},

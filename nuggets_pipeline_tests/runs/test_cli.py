@@ -15,7 +15,7 @@ def demo_stages(argv: list[str]) -> list[runner.Stage]:
 
 
 def test_every_stage_is_a_job_of_the_definitions_with_its_assets_and_their_checks() -> None:
-    assert STAGE_NAMES == ("ingest", "anchors", "zero-shot", "one-shot", "select", "train", "evaluate", "report")
+    assert STAGE_NAMES == ("ingest", "anchors", "zero-shot", "one-shot", "select", "ifd", "train", "evaluate", "report")
     checked = {key.asset_key.to_user_string() for key in defs.resolve_asset_graph().asset_check_keys}
     for spec in STAGES:
         job = defs.resolve_job_def(spec.job_name)  # registered: the UI lists it
@@ -30,7 +30,7 @@ def test_every_stage_is_a_job_of_the_definitions_with_its_assets_and_their_check
 @pytest.mark.parametrize("argv", [["demo"], ["demo", "--threshold", "0.8", "--candidates", "12", "--anchors", "3"]])
 def test_every_demo_stage_config_validates(argv: list[str]) -> None:
     stages = demo_stages(argv)
-    assert [s.name for s in stages] == list(STAGE_NAMES)
+    assert [s.name for s in stages] == [n for n in STAGE_NAMES if n != "ifd"]  # no ifd variant: no ifd stage
     for stage in stages:
         result = dg.validate_run_config(defs.resolve_job_def(stage.spec.job_name), stage.run_config)
         assert result["ops"].keys() >= stage.run_config["ops"].keys()
@@ -151,7 +151,7 @@ def test_every_run_stage_config_validates() -> None:
 
     config = run_config(build_parser().parse_args(RUN_ARGV), default_resources())
     stages = runner.stages(runner.RunPlan(launched_by="run", run_config=config, variants=("golden", "random")))
-    assert [s.name for s in stages] == list(STAGE_NAMES)
+    assert [s.name for s in stages] == [n for n in STAGE_NAMES if n != "ifd"]  # no ifd variant: no ifd stage
     for stage in stages:
         dg.validate_run_config(defs.resolve_job_def(stage.spec.job_name), stage.run_config)
         assert stage.run_config["resources"] == config["resources"]
@@ -283,3 +283,21 @@ def test_decision_mode_without_a_threshold_is_refused_before_any_stage_runs(
     monkeypatch.setattr("nuggets_pipeline.runs.runner.run_unit", lambda *a, **k: pytest.fail("a stage ran"))
     assert main(["run", "--scoring-mode", "decision"]) == 2
     assert "scoring.mode decision needs scoring.decision_threshold" in capsys.readouterr().err
+
+
+def test_the_ifd_selector_adds_its_stage_and_variant_at_golden_s_size() -> None:
+    from nuggets_pipeline.runs.flags import RunConfigError, run_config, run_preset
+
+    args = build_parser().parse_args([*RUN_ARGV, "--selector", "ifd", "--variants", "golden,random,base"])
+    assert run_preset(args).variants == ("golden", "random", "base", "ifd")
+    config = run_config(args, default_resources())
+    stages = runner.stages(runner.RunPlan(launched_by="run", run_config=config, variants=run_preset(args).variants))
+    assert [s.name for s in stages] == list(STAGE_NAMES)  # the ifd stage too
+    ifd = next(s for s in stages if s.name == "ifd")
+    dg.validate_run_config(defs.resolve_job_def(ifd.spec.job_name), ifd.run_config)
+    golden, by_ifd = config["ops"]["golden_subset"]["config"], config["ops"]["ifd_subset"]["config"]
+    assert [golden.get(k) for k in ("top_k", "top_fraction")] == [by_ifd.get(k) for k in ("top_k", "top_fraction")]
+    report = config["ops"]["evaluation_report"]["config"]["variants"]
+    assert report == ["golden", "random", "base", "ifd"]
+    with pytest.raises(RunConfigError, match="unknown \\['bogus'\\]"):
+        run_preset(build_parser().parse_args([*RUN_ARGV, "--variants", "golden,bogus"]))

@@ -1,1 +1,1 @@
-"""Assets grouped by stage: ingestion, anchors, scoring, training, evaluation."""
+"""Assets grouped by stage: ingestion, anchors, scoring (and the IFD selector beside it), training, evaluation."""

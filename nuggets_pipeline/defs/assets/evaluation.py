@@ -20,22 +20,24 @@ from nuggets_pipeline.core.report import JudgeInfo, VariantResults, build_report
 from nuggets_pipeline.core.settings import hide_userinfo
 from nuggets_pipeline.core.storage import Warehouse, write_text_atomic
 from nuggets_pipeline.defs import metadata as md
-from nuggets_pipeline.defs.partitions import training_variants
+from nuggets_pipeline.defs.partitions import UNTRAINED, training_variants
 from nuggets_pipeline.defs.resources import JudgeResource, ModelResource, WarehouseResource
 
 ALL_PARTITIONS = {"allow_missing_partitions": True}
 FINETUNED_MODEL = dg.AssetKey("finetuned_model")  # by key: an asset module never imports another
 
 
-def variant_model(warehouse: Warehouse, variant: str, device: str) -> LoadedModel:
+def variant_model(warehouse: Warehouse, variant: str, device: str, base_model: str) -> LoadedModel:
     """The fine-tuned variant on ``device``: the training model's device (NUGGETS_DEVICE), claimed for this step
-    where the node has several GPUs (ModelResource.torch_device)."""
+    where the node has several GPUs (ModelResource.torch_device). Variant `base` is ``base_model`` untouched."""
+    # On a GPU the variants generate in bfloat16; on CPUs in float32, so answers are the same on every CPU.
+    dtype = "auto" if torch.device(device).type == "cuda" else "float32"
+    if variant == UNTRAINED:
+        return load_model(base_model, dtype=dtype, device=device)
     path = warehouse.finetuned_model_dir(variant)
     if not (path / "config.json").exists():
         raise dg.Failure(f"no fine-tuned checkpoint for variant {variant!r} at {path}: materialise finetuned_model")
-    # On a GPU the variants generate in bfloat16; on CPUs in float32, so answers are the same on every CPU.
-    on_gpu = torch.device(device).type == "cuda"
-    return load_model(str(path), dtype="auto" if on_gpu else "float32", device=device)
+    return load_model(str(path), dtype=dtype, device=device)
 
 
 def judgment_cache(warehouse: WarehouseResource) -> JudgmentCache:
@@ -164,7 +166,7 @@ def judged_benchmark(
     row with the variant, model and decoding. Returns the rows, the summary and the variant."""
     variant = context.partition_key
     device = training_model.torch_device()
-    loaded = variant_model(warehouse.warehouse(), variant, device)
+    loaded = variant_model(warehouse.warehouse(), variant, device, training_model.model)
     rows, summary = evaluate(
         loaded,
         judge.build(device),
@@ -400,7 +402,7 @@ def reference_likelihood(
     warehouse: WarehouseResource,
 ) -> dg.Output[pd.DataFrame]:
     variant = context.partition_key
-    loaded = variant_model(warehouse.warehouse(), variant, training_model.torch_device())
+    loaded = variant_model(warehouse.warehouse(), variant, training_model.torch_device(), training_model.model)
     frames, lines = [], {}
     for source, limit in config.items().items():
         started = time.perf_counter()

@@ -1,5 +1,6 @@
-"""Stage 4: fine-tune the training model on each variant: the golden subset, same-size bottom and random controls,
-or the whole pool."""
+"""Stage 4: fine-tune the training model on each variant: the golden subset; same-size bottom and random controls
+and the cheap baselines (longest responses, a length-matched sample, the top by IFD); the whole pool; and `base`,
+the untouched model, recorded without training so that it is evaluated like the others."""
 
 import sys
 from pathlib import Path
@@ -14,8 +15,9 @@ from pydantic import Field, field_validator
 from nuggets_pipeline.core.devices import DeviceUnavailableError, available_devices
 from nuggets_pipeline.core.devices import claim as claim_devices
 from nuggets_pipeline.core.ids import ids_hash
+from nuggets_pipeline.core.ifd import select_by_ifd
 from nuggets_pipeline.core.paths import REPO_ROOT
-from nuggets_pipeline.core.selection import select_bottom
+from nuggets_pipeline.core.selection import select_bottom, select_length_matched, select_longest
 from nuggets_pipeline.core.sft_data import random_subset
 from nuggets_pipeline.core.storage import Warehouse, write_parquet_atomic
 from nuggets_pipeline.core.training import (
@@ -27,16 +29,26 @@ from nuggets_pipeline.core.training import (
     profile_settings,
     train_sft,
 )
-from nuggets_pipeline.core.versions import StaleVersionError, current_pool, current_scores, current_version
+from nuggets_pipeline.core.versions import (
+    ScoringVersion,
+    StaleVersionError,
+    current_pool,
+    current_scores,
+    current_version,
+)
 from nuggets_pipeline.defs import metadata as md
-from nuggets_pipeline.defs.partitions import random_seed_offset, training_variants
+from nuggets_pipeline.defs.partitions import UNTRAINED, random_seed_offset, training_variants
 from nuggets_pipeline.defs.resources import ModelResource, WarehouseResource
-from nuggets_pipeline.defs.schemas import CandidatesSchema, OneShotScoresSchema
+from nuggets_pipeline.defs.schemas import CandidatesSchema, IFDScoresSchema, OneShotScoresSchema
+
+IFD_SCORES_TABLE = "ifd_scores"  # by key: an asset module never imports another
+# Added to random_seed for the length-matched sample: a seed stream no random-N control uses.
+LENGTH_MATCHED_SEED = 1_000
 
 # The fields of TrainingAssetConfig that are not training settings; every other one overrides the profile's field
 # of the same name (core.training.TrainingConfig: TRL's SFTConfig names).
 NOT_TRAINING_SETTINGS = frozenset(
-    {"profile", "random_seed", "full_limit", "launcher", "num_processes", "accelerate_config"}
+    {"profile", "random_seed", "full_limit", "max_ifd", "launcher", "num_processes", "accelerate_config"}
 )
 
 
@@ -58,6 +70,11 @@ class TrainingAssetConfig(dg.Config):
     )
     save_steps: int | None = Field(default=None, gt=0, description="optimizer steps between resumable checkpoints")
     random_seed: int = Field(default=0, description="seed of `random`; `random-N` draws with seed + N")
+    max_ifd: float = Field(
+        default=1.0,
+        gt=0,
+        description="ifd variant: drop IFD at or above this (1: the prompt does not help; Cherry LLM)",
+    )
     full_limit: int | None = Field(default=None, gt=0, description="cap the `full` variant (None: whole pool)")
     launcher: str | None = Field(
         default=None,
@@ -114,15 +131,17 @@ def variant_examples(
     pool: pd.DataFrame,
     config: TrainingAssetConfig,
     scored: pd.DataFrame | None = None,
+    ifd: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
-    """The examples of one variant. golden, bottom and every random control have the golden subset's size;
-    ``pool`` is the pool golden was selected from (``core.versions.current_pool``: the base candidates and every
-    incoming batch), so every control is drawn from it too; ``scored`` (its current scores) is for `bottom` only."""
+    """The examples of one variant. Every variant but full has the golden subset's size; ``pool`` is the pool
+    golden was selected from (``core.versions.current_pool``: the base candidates and every incoming batch), so
+    every control and baseline is drawn from it too; ``scored`` (its current scores) is for `bottom` only, ``ifd``
+    (the pool's current IFD scores) for `ifd` only."""
     columns = ["id", "instruction", "input", "output"]
     if variant == "golden":
         return golden[columns]
     seed_offset = random_seed_offset(variant)
-    if golden.empty and (variant == "bottom" or seed_offset is not None):
+    if golden.empty and variant != "full":
         raise dg.Failure(
             f"the golden subset is empty, so there is no size for the {variant!r} control to match: "
             "lower the selection threshold or score more candidates"
@@ -131,6 +150,13 @@ def variant_examples(
         return random_subset(pool[columns], len(golden), config.random_seed + seed_offset)
     if variant == "bottom":
         return bottom_examples(len(golden), pool[columns], scored)
+    if variant == "longest":
+        return select_longest(pool[columns], len(golden))
+    if variant == "length-matched":
+        # Its own seed stream, so it never coincides with a random control drawn with the same seed.
+        return select_length_matched(pool[columns], golden[columns], seed=config.random_seed + LENGTH_MATCHED_SEED)
+    if variant == "ifd":
+        return ifd_examples(len(golden), pool[columns], ifd, config.max_ifd)
     full = pool[columns].sort_values("id")
     return full.head(config.full_limit) if config.full_limit else full
 
@@ -153,6 +179,37 @@ def bottom_examples(size: int, pool: pd.DataFrame, scored: pd.DataFrame | None) 
     return pool.set_index("id").loc[chosen["candidate_id"]].reset_index()
 
 
+def ifd_examples(size: int, pool: pd.DataFrame, ifd: pd.DataFrame | None, max_ifd: float) -> pd.DataFrame:
+    """The ``size`` highest-IFD candidates of the pool below ``max_ifd`` (``core.ifd.select_by_ifd``)."""
+    if ifd is None or ifd.empty:
+        raise dg.Failure("the ifd variant needs ifd_scores: materialise ifd_scores (stage `ifd`) first")
+    missing = set(pool["id"]) - set(ifd["candidate_id"])
+    if missing:
+        raise dg.Failure(
+            f"ifd_scores lacks {len(missing)} candidates of the pool (e.g. {sorted(missing)[:3]}): new data arrived "
+            "after it was computed; materialise ifd_scores again"
+        )
+    chosen = select_by_ifd(ifd[ifd["candidate_id"].isin(pool["id"])], top_k=size, max_ifd=max_ifd)
+    if len(chosen) < size:
+        raise dg.Failure(
+            f"only {len(chosen)} candidates have an IFD below {max_ifd}, fewer than the golden subset's {size}: the "
+            "ifd variant would not be the same size as the others (raise max_ifd to rank them all)"
+        )
+    return pool.set_index("id").loc[chosen["candidate_id"]].reset_index()
+
+
+def current_ifd(store: Warehouse, version: ScoringVersion) -> pd.DataFrame:
+    """The stored IFD scores, refused when they were computed with another scoring model, template or cap."""
+    ifd = store.read(IFD_SCORES_TABLE, schema=IFDScoresSchema, allow_missing=True)
+    stale = sorted(set(ifd["model_fingerprint"]) - {version.fingerprint})
+    if stale:
+        raise dg.Failure(
+            f"ifd_scores was computed with scoring fingerprint {stale}, the current one is {version.fingerprint}: "
+            "materialise ifd_scores again"
+        )
+    return ifd
+
+
 def training_examples(
     variant: str,
     golden_subset: pd.DataFrame,
@@ -172,12 +229,16 @@ def training_examples(
             version.check_subset(golden_subset)
         if variant == "bottom":  # the lowest-scored candidates, read only from current scores of current shards
             scored = current_scores(store, pool, version, OneShotScoresSchema)
+        if variant == "ifd":
+            return variant_examples(variant, golden_subset, pool, config, ifd=current_ifd(store, version))
     return variant_examples(variant, golden_subset, pool, config, scored)
 
 
 @dg.asset(
     group_name="training",
     partitions_def=training_variants,
+    # Read from the warehouse by the `ifd` variant only (the IFD stage runs only when a plan trains it).
+    deps=[dg.AssetDep(IFD_SCORES_TABLE)],
     pool="model",
     code_version="sft-trl-v1",
     description="A Hugging Face checkpoint fine-tuned (Alpaca template, loss on the response) on one variant.",
@@ -194,6 +255,8 @@ def finetuned_model(
     pipes_subprocess_client: dg.PipesSubprocessClient,
 ) -> dg.MaterializeResult:
     variant = context.partition_key
+    if variant == UNTRAINED:
+        return untrained(context, training_model)
     store = warehouse.warehouse()
     examples = training_examples(variant, golden_subset, candidates, anchor_set, zero_shot_losses, store, config)
     if examples.empty:
@@ -247,6 +310,16 @@ def finetuned_model(
             "losses": md.table(losses),
         },
         data_version=dg.DataVersion(digest),
+    )
+
+
+def untrained(context: dg.AssetExecutionContext, training_model: ModelResource) -> dg.MaterializeResult:
+    """Variant `base`: no training; the evaluation assets load the training model itself. Recorded like a
+    fine-tune so the graph, the resume rule and the report treat it as any other variant."""
+    context.log.info(f"variant base: {training_model.model} untouched, nothing to train")
+    return dg.MaterializeResult(
+        metadata={"base_model": training_model.model, "variant": UNTRAINED, "trained": False, "examples": 0},
+        data_version=dg.DataVersion(f"untrained-{training_model.model}"),
     )
 
 

@@ -132,3 +132,47 @@ def test_a_control_refuses_a_subset_selected_at_another_version(tmp_path: Path) 
             training_examples(variant, stale, base, anchors, zero_shot, store, TrainingAssetConfig())
     # `full` is the whole pool: not sized by the subset, so a stale subset does not stop it.
     assert len(training_examples("full", stale, base, anchors, zero_shot, store, TrainingAssetConfig())) == 20
+
+
+# Response lengths 10, 20, ..., 200 characters: the longest are the last ids.
+LENGTHS = POOL.assign(output=["x" * (10 * (i + 1)) for i in range(20)])
+IFD = pd.DataFrame(
+    {
+        "candidate_id": POOL["id"],
+        # Highest IFD first among those below 1: ids 9, 8, ..., the ones at or above 1 (10..19) never count.
+        "ifd": [0.5 + i / 20 for i in range(20)],
+        "model_fingerprint": "m",
+    }
+)
+
+
+def test_the_baselines_have_golden_s_size_and_pick_what_they_say() -> None:
+    config = TrainingAssetConfig()
+    golden = LENGTHS.iloc[[0, 1, 2, 18, 19]]  # two long responses, three short
+    longest = variant_examples("longest", golden, LENGTHS, config)
+    assert list(longest["id"]) == list(LENGTHS["id"].iloc[::-1].head(5))
+    matched = variant_examples("length-matched", golden, LENGTHS, config)
+    assert len(matched) == 5 and set(matched["id"]) <= set(LENGTHS["id"])
+    # Ten length strata of two: golden holds two of the shortest stratum, one of the second, two of the longest.
+    strata = sorted(LENGTHS.set_index("id").loc[matched["id"], "output"].str.len() // 21)
+    assert strata == sorted(LENGTHS.set_index("id").loc[golden["id"], "output"].str.len() // 21)
+    assert list(matched["id"]) != list(variant_examples("random", golden, LENGTHS, config)["id"])
+    ifd = variant_examples("ifd", golden, LENGTHS, config, ifd=IFD)
+    assert list(ifd["id"]) == [f"{i:016x}" for i in (9, 8, 7, 6, 5)]
+
+
+def test_the_ifd_variant_refuses_missing_or_too_few_scores() -> None:
+    config = TrainingAssetConfig()
+    with pytest.raises(dg.Failure, match="needs ifd_scores"):
+        variant_examples("ifd", GOLDEN, POOL, config)
+    with pytest.raises(dg.Failure, match="lacks 1 candidates"):
+        variant_examples("ifd", GOLDEN, POOL, config, ifd=IFD.head(19))
+    with pytest.raises(dg.Failure, match=r"only 2 candidates have an IFD below 1\.0"):
+        variant_examples("ifd", GOLDEN, POOL, config, ifd=IFD.assign(ifd=[0.9, 0.8] + [1.5] * 18))
+    with pytest.raises(dg.Failure, match="golden subset is empty"):
+        variant_examples("longest", GOLDEN.head(0), POOL, config)
+
+
+def test_the_new_variants_are_partitions_and_base_trains_nothing() -> None:
+    assert {"longest", "length-matched", "ifd", "base"} <= set(TRAINING_VARIANTS)
+    assert TRAINING_VARIANTS[:5] == ("golden", "random", "full", "bottom", "random-1")  # stored keys keep
