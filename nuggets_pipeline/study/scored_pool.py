@@ -15,24 +15,17 @@ from typing import TYPE_CHECKING
 import pandas as pd
 
 from nuggets_pipeline.core.paths import nuggets_home
+from nuggets_pipeline.core.scoring import SCORE_COLUMNS
 
 if TYPE_CHECKING:
     from nuggets_pipeline.core.storage import Warehouse
 
+# A one_shot_scores row as the scoring engine writes it, with the shard it was scored in and the version stamp
+# that tells an import whether it was scored with this home's model, template and anchor set.
 SCORED_POOL_COLUMNS = [
     "candidate_id",
     "shard",
-    "golden_score",
-    "wins",
-    "anchors_scored",
-    "n_anchors",
-    "verdict",
-    "mean_delta",
-    "median_delta",
-    "prefix_tokens",
-    "truncated_pairs",
-    "prefix_tokens_cut",
-    "anchor_tokens_scored",
+    *(column for column in SCORE_COLUMNS if column != "candidate_id"),
     "model_fingerprint",
     "anchor_set_hash",
 ]
