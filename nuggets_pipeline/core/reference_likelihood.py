@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
+import numpy as np
 import pandas as pd
 
 from nuggets_pipeline.core.alpaca_eval import load_instructions
@@ -46,10 +47,21 @@ class LikelihoodSummary:
         return {k: v for k, v in asdict(self).items() if k != "per_item"}
 
 
-def reference_frame(source: str, limit: int | None = None) -> pd.DataFrame:
-    """The reference answers of ``source`` as scoring input (id, instruction, input, output), first ``limit``."""
+def reference_frame(source: str, limit: int | None = None, sample_seed: int | None = None) -> pd.DataFrame:
+    """The reference answers of ``source`` as scoring input (id, instruction, input, output): the first
+    ``limit``, or with ``sample_seed`` a seeded random ``limit`` of them in set order. AlpacaEval's set is ordered
+    by its source datasets (helpful_base, koala, oasst, selfinstruct, vicuna), so its first N are one or two of
+    them; a seeded sample draws from all five."""
     if source == "alpaca_eval":
-        instructions = load_instructions("alpaca_eval_2", limit=limit)
+        instructions = load_instructions("alpaca_eval_2")
+        if limit is not None:
+            if limit < 1:
+                raise ValueError(f"limit must be a positive number of answers, got {limit}")
+            if sample_seed is None:
+                instructions = instructions.head(limit)
+            else:
+                picks = np.random.default_rng(sample_seed).permutation(len(instructions))[:limit]
+                instructions = instructions.iloc[np.sort(picks)].reset_index(drop=True)
         return pd.DataFrame(
             {
                 "id": [f"alpaca_eval:{i}" for i in instructions["index"]],
@@ -78,12 +90,13 @@ def score_references(
     source: str,
     *,
     limit: int | None = None,
+    sample_seed: int | None = None,
     max_length: int | None = None,
     batch_tokens: int | None = None,
 ) -> tuple[pd.DataFrame, LikelihoodSummary]:
     """Per-answer zero-shot scores (the scoring engine's columns, ``anchor_id`` = our id) and their summary;
     ``batch_tokens`` None batches as the scoring engine does on the model's device."""
-    frame = reference_frame(source, limit)
+    frame = reference_frame(source, limit, sample_seed)
     # The Alpaca template: the variants were fine-tuned on Alpaca-formatted prompts.
     config = ScoringConfig(template="alpaca", max_length=max_length, batch_tokens=batch_tokens)
     scores = score_zero_shot(loaded, frame, config)

@@ -27,6 +27,17 @@ def test_reference_frames() -> None:
         reference_frame("vicuna")
 
 
+def test_a_seeded_alpaca_eval_sample_draws_from_every_source_dataset_in_set_order() -> None:
+    first = reference_frame("alpaca_eval", limit=200)
+    sample = reference_frame("alpaca_eval", limit=200, sample_seed=0)
+    assert len(sample) == 200 and sample["id"].is_unique
+    assert list(sample["id"]) == list(reference_frame("alpaca_eval", limit=200, sample_seed=0)["id"])  # fixed
+    assert list(sample["id"]) != list(reference_frame("alpaca_eval", limit=200, sample_seed=1)["id"])
+    positions = sample["id"].str.removeprefix("alpaca_eval:").astype(int)
+    assert positions.is_monotonic_increasing and positions.max() > 700  # reaches the last datasets
+    assert first["id"].str.removeprefix("alpaca_eval:").astype(int).max() == 199  # first N: the first datasets only
+
+
 def _independent_mean_logprob(loaded: LoadedModel, instruction: str, output: str) -> float:
     prompt = [loaded.bos_token_id, *encode(loaded.tokenizer, ALPACA.prompt(instruction))]
     response = encode(loaded.tokenizer, output)
