@@ -23,6 +23,7 @@ from __future__ import annotations
 import functools
 import os
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -82,6 +83,14 @@ def refuse_url_credentials(url: str) -> str:
             "'Authorization: Bearer'), or send another header through the judge's header_envs"
         )
     return url
+
+
+def require_one_of(field: str, value: str, allowed: Sequence[str]) -> str:
+    """``value`` when ``allowed`` holds it, else the ValueError a pydantic field validator reports for ``field``,
+    naming the choices in the order given."""
+    if value not in allowed:
+        raise ValueError(f"{field} must be one of {list(allowed)}, got {value!r}")
+    return value
 
 
 class SettingsError(ValueError):

@@ -9,7 +9,7 @@ from typing import Any, Literal
 import dagster as dg
 import pandas as pd
 import torch
-from pydantic import Field, PrivateAttr, field_validator, model_validator
+from pydantic import Field, PrivateAttr, ValidationInfo, field_validator, model_validator
 from upath import UPath
 
 from nuggets_pipeline.core.adaptive import AdaptiveConfig
@@ -18,7 +18,12 @@ from nuggets_pipeline.core.paths import nuggets_home
 from nuggets_pipeline.core.reliability import SelectionRule
 from nuggets_pipeline.core.scoring import ScoringConfig
 from nuggets_pipeline.core.selection import PAPER_GOLDEN_SHARE
-from nuggets_pipeline.core.settings import JUDGE_MAX_FAILED_FRACTION, JUDGE_MAX_RETRIES, JUDGE_TIMEOUT_S
+from nuggets_pipeline.core.settings import (
+    JUDGE_MAX_FAILED_FRACTION,
+    JUDGE_MAX_RETRIES,
+    JUDGE_TIMEOUT_S,
+    require_one_of,
+)
 from nuggets_pipeline.core.storage import Warehouse, write_parquet_atomic
 from nuggets_pipeline.core.templates import TEMPLATES
 from nuggets_pipeline.core.versions import scoring_fingerprint
@@ -40,19 +45,11 @@ class ModelResource(dg.ConfigurableResource):
         "machine fewer threads than cores can be several times faster.",
     )
 
-    @field_validator("dtype")
+    @field_validator("dtype", "template")
     @classmethod
-    def _known_dtype(cls, value: str) -> str:
-        if value not in (*DTYPES, "auto"):
-            raise ValueError(f"dtype must be one of {[*DTYPES, 'auto']}, got {value!r}")
-        return value
-
-    @field_validator("template")
-    @classmethod
-    def _known_template(cls, value: str) -> str:
-        if value not in TEMPLATES:
-            raise ValueError(f"template must be one of {sorted(TEMPLATES)}, got {value!r}")
-        return value
+    def _known_choice(cls, value: str, info: ValidationInfo) -> str:
+        choices = {"dtype": [*DTYPES, "auto"], "template": sorted(TEMPLATES)}
+        return require_one_of(str(info.field_name), value, choices[str(info.field_name)])
 
     # A distinct GPU per model step (core/devices.py, docs/gpus.md): claimed on first use, held until the step's
     # resources are torn down or its process dies.

@@ -151,31 +151,62 @@ def judge_calibration(
 BenchmarkEvaluate = Callable[..., tuple[pd.DataFrame, Any]]
 
 
-def judged_benchmark(
-    context: dg.AssetExecutionContext,
-    judge: JudgeResource,
-    training_model: ModelResource,
-    warehouse: WarehouseResource,
-    what: str,
-    decoding: dict[str, Any],
-    evaluate: BenchmarkEvaluate,
-    **options: Any,
-) -> tuple[pd.DataFrame, Any, str]:
-    """The shape MT-Bench and AlpacaEval share: load the partition's variant on the training model's device, run
-    the benchmark (``evaluate`` with ``options``) with the judge there (judgments cached in the home), stamp every
-    row with the variant, model and decoding. Returns the rows, the summary and the variant."""
-    variant = context.partition_key
-    device = training_model.torch_device()
-    loaded = variant_model(warehouse.warehouse(), variant, device, training_model.model)
-    rows, summary = evaluate(
-        loaded,
-        judge.build(device),
-        cache=judgment_cache(warehouse),
-        progress=md.progress_logger(context.log.info, what + ": {done}/{total}", parts=5),
-        **options,
-    )
-    rows = rows.assign(variant=variant, model_fingerprint=loaded.fingerprint, decoding=json.dumps(decoding))
-    return rows, summary, variant
+@dataclass(frozen=True)
+class JudgedBenchmark:
+    """The shape MT-Bench and AlpacaEval share, for the partition's variant: ``evaluate`` runs the benchmark,
+    ``results`` checks its judgments, exports it and yields the asset's output and check."""
+
+    context: dg.AssetExecutionContext
+    judge: JudgeResource
+    training_model: ModelResource
+    warehouse: WarehouseResource
+
+    def evaluate(
+        self, what: str, decoding: dict[str, Any], evaluate: BenchmarkEvaluate, **options: Any
+    ) -> tuple[pd.DataFrame, Any]:
+        """Load the variant on the training model's device, run ``evaluate`` with ``options`` and the judge there
+        (judgments cached in the home), stamp every row with the variant, model and decoding."""
+        variant = self.context.partition_key
+        device = self.training_model.torch_device()
+        loaded = variant_model(self.warehouse.warehouse(), variant, device, self.training_model.model)
+        rows, summary = evaluate(
+            loaded,
+            self.judge.build(device),
+            cache=judgment_cache(self.warehouse),
+            progress=md.progress_logger(self.context.log.info, what + ": {done}/{total}", parts=5),
+            **options,
+        )
+        rows = rows.assign(variant=variant, model_fingerprint=loaded.fingerprint, decoding=json.dumps(decoding))
+        return rows, summary
+
+    def results(
+        self,
+        rows: pd.DataFrame,
+        judged: pd.Series,
+        export: Callable[[Path], dict[str, Path]],
+        **figures: Any,
+    ) -> Iterator[dg.Output[pd.DataFrame] | dg.AssetCheckResult]:
+        """The judgments check of ``rows`` (``judged``: the rows a judge was asked about) first: a benchmark whose
+        judge failed raises before ``export`` writes anything a reader could take for a result. Then the rows, with
+        the exported files, the device and ``figures`` as metadata, and the check."""
+        asset = self.context.asset_key.to_user_string()
+        check = judgment_failures(asset, rows, judged, self.judge.max_failed_fraction)
+        written = export(exports_dir(self.warehouse))
+        yield dg.Output(
+            rows, metadata={**md.paths_metadata(written), "device": self.training_model.device_used(), **figures}
+        )
+        yield check
+
+
+def judgment_figures(summary: mt_bench.MTBenchSummary | alpaca_eval.AlpacaEvalSummary) -> dict[str, Any]:
+    """What every judged benchmark reports of its judge: its name, the score's standard error, and the judgments
+    left out of the score (unreadable, or failed)."""
+    return {
+        "judge": summary.judge,
+        "standard_error": summary.standard_error,
+        "unparseable_judgments": summary.n_unparseable,
+        "failed_judgments": summary.n_failed,
+    }
 
 
 JUDGMENTS_CHECK = "judgments_answered"
@@ -229,10 +260,6 @@ def judgment_failures(
     )
 
 
-def benchmark_metadata(written: dict[str, Path], training_model: ModelResource, **figures: Any) -> dict[str, Any]:
-    return {**md.paths_metadata(written), "device": training_model.device_used(), **figures}
-
-
 class MTBenchConfig(dg.Config):
     profile: EvaluationProfileName = profile_field()
     questions: int | None = Field(default=None, gt=0, description="first N of the 80 questions (80: all)")
@@ -259,42 +286,29 @@ def mt_bench_results(
     warehouse: WarehouseResource,
 ) -> Iterator[dg.Output[pd.DataFrame] | dg.AssetCheckResult]:
     questions, max_new_tokens = config.settings()
-    decoding = {"max_new_tokens": max_new_tokens, "temperatures": "fastchat"}
-    rows, summary, variant = judged_benchmark(
-        context,
-        judge,
-        training_model,
-        warehouse,
+    benchmark = JudgedBenchmark(context, judge, training_model, warehouse)
+    rows, summary = benchmark.evaluate(
         "MT-Bench answers",
-        decoding,
+        {"max_new_tokens": max_new_tokens, "temperatures": "fastchat"},
         mt_bench.evaluate,
         limit=questions,
         max_new_tokens=max_new_tokens,
         batch_size=config.batch_size,
         seed=config.seed,
     )
-    # Before any export: a benchmark whose judge failed writes nothing a reader could take for a result.
-    check = judgment_failures("mt_bench_results", rows, pd.Series(True, index=rows.index), judge.max_failed_fraction)
     categories = pd.DataFrame(sorted(summary.per_category.items()), columns=["category", "mean_rating"])
-    # FastChat's files: show_result reads the grades, gen_judgment can re-grade the answers with GPT-4.
-    written = exports.export_mt_bench(rows, variant, exports_dir(warehouse))
-    yield dg.Output(
+    yield from benchmark.results(
         rows,
-        metadata=benchmark_metadata(
-            written,
-            training_model,
-            judge=summary.judge,
-            score=summary.score,
-            turn_1=summary.turn_1,
-            turn_2=summary.turn_2,
-            standard_error=summary.standard_error,
-            questions=summary.n_questions,
-            unparseable_judgments=summary.n_unparseable,
-            failed_judgments=summary.n_failed,
-            per_category=md.table(categories),
-        ),
+        pd.Series(True, index=rows.index),
+        # FastChat's files: show_result reads the grades, gen_judgment can re-grade the answers with GPT-4.
+        lambda folder: exports.export_mt_bench(rows, context.partition_key, folder),
+        **judgment_figures(summary),
+        score=summary.score,
+        turn_1=summary.turn_1,
+        turn_2=summary.turn_2,
+        questions=summary.n_questions,
+        per_category=md.table(categories),
     )
-    yield check
 
 
 class AlpacaEvalConfig(dg.Config):
@@ -332,14 +346,10 @@ def alpaca_eval_results(
     warehouse: WarehouseResource,
 ) -> Iterator[dg.Output[pd.DataFrame] | dg.AssetCheckResult]:
     instructions, max_new_tokens = config.settings()
-    decoding = {"max_new_tokens": max_new_tokens, "temperature": 0}
-    annotations, summary, _ = judged_benchmark(
-        context,
-        judge,
-        training_model,
-        warehouse,
+    benchmark = JudgedBenchmark(context, judge, training_model, warehouse)
+    annotations, summary = benchmark.evaluate(
         "AlpacaEval outputs",
-        decoding,
+        {"max_new_tokens": max_new_tokens, "temperature": 0},
         alpaca_eval.evaluate,
         version=config.version,
         limit=instructions,
@@ -349,30 +359,21 @@ def alpaca_eval_results(
         batch_size=config.batch_size,
         seed=config.seed,
     )
-    # An output identical to the reference is a tie without asking the judge (no prompt hash): not counted.
-    judged = annotations["prompt_hash"].notna()
-    check = judgment_failures("alpaca_eval_results", annotations, judged, judge.max_failed_fraction)
     datasets = pd.DataFrame(sorted(summary.per_dataset.items()), columns=["dataset", "win_rate"])
-    written = exports.export_alpaca_eval(annotations, exports_dir(warehouse))
-    yield dg.Output(
+    yield from benchmark.results(
         annotations,
-        metadata=benchmark_metadata(
-            written,
-            training_model,
-            lc_glm=summary.lc_glm,
-            judge=summary.judge,
-            reference=summary.reference,
-            win_rate=summary.win_rate,
-            standard_error=summary.standard_error,
-            length_controlled_win_rate=summary.length_controlled_win_rate,
-            avg_output_length=summary.avg_length,
-            instructions=summary.n_instructions,
-            unparseable_judgments=summary.n_unparseable,
-            failed_judgments=summary.n_failed,
-            per_dataset=md.table(datasets),
-        ),
+        # An output identical to the reference is a tie without asking the judge (no prompt hash): not counted.
+        annotations["prompt_hash"].notna(),
+        lambda folder: exports.export_alpaca_eval(annotations, folder),
+        **judgment_figures(summary),
+        lc_glm=summary.lc_glm,
+        reference=summary.reference,
+        win_rate=summary.win_rate,
+        length_controlled_win_rate=summary.length_controlled_win_rate,
+        avg_output_length=summary.avg_length,
+        instructions=summary.n_instructions,
+        per_dataset=md.table(datasets),
     )
-    yield check
 
 
 class LikelihoodConfig(dg.Config):

@@ -8,6 +8,7 @@ the sensor then asks to score. Existing candidates, shards and scores are never 
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 import pandas as pd
@@ -157,31 +158,33 @@ def ingest_increment_file(
     if candidates.empty:
         context.log.warning(f"{path.name}: no new candidate; every row was quarantined {increment.reasons}")
     reasons = pd.DataFrame(sorted(increment.reasons.items()), columns=["reason", "rows"])
-    yield dg.Output(
+    yield batch_output(
         candidates,
-        output_name=INCREMENTS_TABLE,
-        metadata={
-            "dagster/row_count": len(candidates),
-            "source_file": str(path),
-            "sha256": digest,
-            "rows_read": rows + increment.already_stored,
-            "rows_already_stored": increment.already_stored,
-            "quarantined": len(quarantined),
-            # The sensor reads this list to request scoring runs for exactly these shards.
-            "new_shards": json.dumps(shards),
-            "shards": md.table(candidates.groupby("shard").size().rename("candidates").reset_index()),
-            "rows_per_s": rows / seconds if seconds else 0.0,
-            "wall_s": seconds,
-            "preview": md.preview(candidates, ["id", "shard", "instruction"]),
-        },
+        INCREMENTS_TABLE,
+        path,
+        sha256=digest,
+        rows_read=rows + increment.already_stored,
+        rows_already_stored=increment.already_stored,
+        quarantined=len(quarantined),
+        # The sensor reads this list to request scoring runs for exactly these shards.
+        new_shards=json.dumps(shards),
+        shards=md.table(candidates.groupby("shard").size().rename("candidates").reset_index()),
+        rows_per_s=rows / seconds if seconds else 0.0,
+        wall_s=seconds,
+        preview=md.preview(candidates, ["id", "shard", "instruction"]),
     )
-    yield dg.Output(
+    yield batch_output(
         quarantined,
-        output_name=QUARANTINED_INCREMENTS_TABLE,
-        metadata={
-            "dagster/row_count": len(quarantined),
-            "source_file": str(path),
-            "by_reason": md.table(reasons),
-            "preview": md.preview(quarantined, ["row_number", "reason", "raw"]),
-        },
+        QUARANTINED_INCREMENTS_TABLE,
+        path,
+        by_reason=md.table(reasons),
+        preview=md.preview(quarantined, ["row_number", "reason", "raw"]),
+    )
+
+
+def batch_output(frame: pd.DataFrame, table: str, path: Path, **metadata: Any) -> dg.Output[pd.DataFrame]:
+    """One of a batch's two tables (its new candidates, its quarantined rows), with what both record: the row
+    count and the file the batch was read from."""
+    return dg.Output(
+        frame, output_name=table, metadata={"dagster/row_count": len(frame), "source_file": str(path), **metadata}
     )

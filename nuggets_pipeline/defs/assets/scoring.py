@@ -2,6 +2,7 @@
 
 import json
 import time
+from typing import Any
 
 import dagster as dg
 import pandas as pd
@@ -22,6 +23,7 @@ from nuggets_pipeline.core.score_tables import current_pair_deltas, threshold_ta
 from nuggets_pipeline.core.scoring import score_zero_shot
 from nuggets_pipeline.core.selection import PAPER_GOLDEN_SHARE, select_golden
 from nuggets_pipeline.core.shard_scoring import StaleZeroShotError, score_shard_resumable
+from nuggets_pipeline.core.storage import Warehouse
 from nuggets_pipeline.core.versions import (
     StaleVersionError,
     anchor_set_hash,
@@ -103,6 +105,48 @@ def shard_or_fail(candidates: pd.DataFrame, shard: str, store) -> pd.DataFrame: 
     return in_shard
 
 
+def shard_keywords(context: dg.AssetExecutionContext, shard: str, fingerprint: str, store: Warehouse) -> dict[str, Any]:
+    """The keywords every core shard scorer takes (screen_shard, refine_shard, score_shard_resumable): the shard,
+    the scoring fingerprint its rows are stamped with, the warehouse its checkpoints go to, and the step's log."""
+    return {
+        "shard": shard,
+        "fingerprint": fingerprint,
+        "warehouse": store,
+        "log": context.log.info,
+        "warn": context.log.warning,
+    }
+
+
+def shard_row(
+    shard: str,
+    scores: pd.DataFrame,
+    wall: float,
+    anchor_passes: int,
+    passes_saved: float,
+    tokens_per_s: float,
+    **mode_figures: Any,
+) -> dict[str, Any]:
+    """One shard's row of the `shards` table in one_shot_scores' metadata; ``mode_figures`` are what only one
+    scoring mode knows (adaptive: its rounds and the candidates settled early)."""
+    return {
+        "shard": shard,
+        "candidates": len(scores),
+        "anchor_passes": anchor_passes,
+        "passes_saved": passes_saved,
+        **mode_figures,
+        "tokens_per_s": tokens_per_s,
+        "candidates_per_s": len(scores) / wall if wall else 0.0,
+        "wall_s": wall,
+    }
+
+
+def shard_outputs(outputs: dict[str, pd.DataFrame], metadata: dict[str, Any]) -> dg.Output:
+    """A run of one partition outputs its frame; a range run (several shards in one step) the frames by shard."""
+    if len(outputs) == 1:
+        return dg.Output(next(iter(outputs.values())), metadata=metadata)
+    return dg.Output(outputs, metadata=metadata)
+
+
 @dg.asset(
     group_name="scoring",
     partitions_def=candidate_shards,
@@ -134,19 +178,16 @@ def one_shot_screening(
         fingerprint = scoring.fingerprint(loaded.fingerprint, scoring_model.template)
         config, adaptive = scoring.core_config(scoring_model.template), scoring.adaptive_config()
         for shard in context.partition_keys:
+            in_shard = shard_or_fail(candidates, shard, store)
             try:
                 outputs[shard] = screen_shard(
                     loaded,
                     anchor_set,
                     zero_shot_losses,
-                    shard_or_fail(candidates, shard, store),
+                    in_shard,
                     config,
                     adaptive,
-                    shard=shard,
-                    fingerprint=fingerprint,
-                    warehouse=store,
-                    log=context.log.info,
-                    warn=context.log.warning,
+                    **shard_keywords(context, shard, fingerprint, store),
                 )
             except StaleZeroShotError as error:
                 raise dg.Failure(str(error)) from None
@@ -157,9 +198,7 @@ def one_shot_screening(
         "first_anchors": scoring.adaptive_first_anchors,
         "anchor_passes": int(frames["anchors_scored"].sum()) if len(frames) else 0,
     }
-    if len(outputs) == 1:
-        return dg.Output(next(iter(outputs.values())), metadata=metadata)
-    return dg.Output(outputs, metadata=metadata)
+    return shard_outputs(outputs, metadata)
 
 
 def pool_screening(store, pool: pd.DataFrame) -> pd.DataFrame:  # type: ignore[no-untyped-def]
@@ -209,7 +248,9 @@ def one_shot_scores(
         in_shard = shard_or_fail(candidates, shard, store)
         started = time.perf_counter()
         loaded = scoring_model.load()  # once per process (shared); the first shard's wall time includes it
-        fingerprint = scoring.fingerprint(loaded.fingerprint, scoring_model.template)
+        keywords = shard_keywords(
+            context, shard, scoring.fingerprint(loaded.fingerprint, scoring_model.template), store
+        )
         if adaptive:
             try:
                 refined = refine_shard(
@@ -221,64 +262,40 @@ def one_shot_scores(
                     scoring.adaptive_config(),
                     scoring.adaptive_rule(),
                     screening,
-                    shard=shard,
-                    fingerprint=fingerprint,
-                    warehouse=store,
-                    log=context.log.info,
-                    warn=context.log.warning,
+                    **keywords,
                 )
             except (StaleZeroShotError, ScreeningIncompleteError) as error:
                 raise dg.Failure(str(error)) from None
-            OneShotScoresSchema.validate(refined.scores)
-            outputs[shard] = refined.scores
             wall = time.perf_counter() - started
-            rows.append(
-                {
-                    "shard": shard,
-                    "candidates": len(refined.scores),
-                    "anchor_passes": refined.anchor_passes,
-                    "passes_saved": 1 - refined.passes_fraction,
-                    "rounds": refined.rounds,
-                    "settled_early": int(refined.scores["settled_early"].sum()),
-                    "tokens_per_s": refined.tokens_per_s,
-                    "candidates_per_s": len(refined.scores) / wall if wall else 0.0,
-                    "wall_s": wall,
-                }
+            scores = refined.scores
+            row = shard_row(
+                shard,
+                scores,
+                wall,
+                refined.anchor_passes,
+                1 - refined.passes_fraction,
+                refined.tokens_per_s,
+                rounds=refined.rounds,
+                settled_early=int(scores["settled_early"].sum()),
             )
-            continue
-        try:
-            # Checkpoints, resume, deduplication and the pair-delta write: the core's crash-safe shard scoring.
-            result = score_shard_resumable(
-                loaded,
-                anchor_set,
-                zero_shot_losses,
-                in_shard,
-                config,
-                shard=shard,
-                fingerprint=fingerprint,
-                warehouse=store,
-                log=context.log.info,
-                warn=context.log.warning,
-            )
-        except StaleZeroShotError as error:
-            raise dg.Failure(
-                str(error),
-                metadata={"expected_fingerprint": error.fingerprint, "expected_anchor_set_hash": error.anchors_hash},
-            ) from None
-        wall = time.perf_counter() - started
-        OneShotScoresSchema.validate(result.scores)
-        outputs[shard] = result.scores
-        rows.append(
-            {
-                "shard": shard,
-                "candidates": len(result.scores),
-                "anchor_passes": result.anchor_passes,
-                "passes_saved": result.passes_saved,
-                "tokens_per_s": result.tokens_per_s,
-                "candidates_per_s": len(result.scores) / wall if wall else 0.0,
-                "wall_s": wall,
-            }
-        )
+        else:
+            try:
+                # Checkpoints, resume, deduplication and the pair-delta write: the core's crash-safe shard scoring.
+                result = score_shard_resumable(loaded, anchor_set, zero_shot_losses, in_shard, config, **keywords)
+            except StaleZeroShotError as error:
+                raise dg.Failure(
+                    str(error),
+                    metadata={
+                        "expected_fingerprint": error.fingerprint,
+                        "expected_anchor_set_hash": error.anchors_hash,
+                    },
+                ) from None
+            wall = time.perf_counter() - started
+            scores = result.scores
+            row = shard_row(shard, scores, wall, result.anchor_passes, result.passes_saved, result.tokens_per_s)
+        OneShotScoresSchema.validate(scores)
+        outputs[shard] = scores
+        rows.append(row)
     summary = pd.DataFrame(rows)
     all_scores = pd.concat(outputs.values(), ignore_index=True)
     metadata = {
@@ -299,9 +316,7 @@ def one_shot_scores(
         "anchor_set_hash": all_scores["anchor_set_hash"].iloc[0],
         "passes_fraction": float(all_scores["anchors_scored"].sum() / all_scores["n_anchors"].sum()),
     }
-    if len(outputs) == 1:
-        return dg.Output(next(iter(outputs.values())), metadata=metadata)
-    return dg.Output(outputs, metadata=metadata)
+    return shard_outputs(outputs, metadata)
 
 
 class GoldenSelectionConfig(dg.Config):

@@ -10,7 +10,7 @@ import dagster as dg
 import pandas as pd
 import torch
 from dagster._core.errors import DagsterPipesExecutionError  # not exported at the top level in 1.13
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationInfo, field_validator
 
 from nuggets_pipeline.core.devices import DeviceUnavailableError, available_devices
 from nuggets_pipeline.core.devices import claim as claim_devices
@@ -18,6 +18,7 @@ from nuggets_pipeline.core.ids import ids_hash
 from nuggets_pipeline.core.ifd import select_by_ifd
 from nuggets_pipeline.core.paths import REPO_ROOT
 from nuggets_pipeline.core.selection import select_bottom, select_length_matched, select_longest
+from nuggets_pipeline.core.settings import require_one_of
 from nuggets_pipeline.core.sft_data import random_subset
 from nuggets_pipeline.core.storage import Warehouse, write_parquet_atomic
 from nuggets_pipeline.core.training import (
@@ -88,19 +89,12 @@ class TrainingAssetConfig(dg.Config):
         default="deploy/accelerate/fsdp_8gpu.yaml", description="accelerate launcher: config file (repository-relative)"
     )
 
-    @field_validator("launcher")
+    @field_validator("launcher", "profile")
     @classmethod
-    def _known_launcher(cls, value: str | None) -> str | None:
-        if value is not None and value not in LAUNCHERS:
-            raise ValueError(f"launcher must be one of {list(LAUNCHERS)}, got {value!r}")
-        return value
-
-    @field_validator("profile")
-    @classmethod
-    def _known_profile(cls, value: str) -> str:
-        if value not in PROFILES:
-            raise ValueError(f"profile must be one of {sorted(PROFILES)}, got {value!r}")
-        return value
+    def _known_choice(cls, value: str | None, info: ValidationInfo) -> str | None:
+        choices = {"launcher": LAUNCHERS, "profile": sorted(PROFILES)}
+        # launcher None: chosen from the profile (resolved_launcher).
+        return None if value is None else require_one_of(str(info.field_name), value, choices[str(info.field_name)])
 
     def overrides(self) -> dict[str, Any]:
         """The training settings this config sets, by TrainingConfig (SFTConfig) name."""
