@@ -3,10 +3,13 @@
     .venv/bin/python benchmarks/scoring.py --model smollm2-135m-instruct --candidates 2 --anchors 16
 
 Candidates are a seeded sample of the shipped Alpaca pool, anchors the first N of the paper's KMeans-100 file.
-Every figure counts the same numerator: anchor tokens (prompt + response) once per candidate. Each timing is the
-best of ``--repeats`` runs, the engine's alternating with the plain forward's so both see the same load on a
-shared machine. ``peak_rss_mb`` is the high-water mark before the reference port runs (its full-vocabulary
-logits need gigabytes). The last line printed is one JSON object.
+Every figure counts the same numerator: anchor tokens (prompt + response) once per candidate. The engine and the
+plain forwards run ``--repeats`` times, alternating, so both see the same load on a shared machine; their
+figures are medians over those repeats, and ``engine_vs_raw_per_repeat`` gives each repeat's ratio (its spread is
+the noise). ``raw_forward`` is random ids in unpadded rows of the anchors' mean length under the engine's budget;
+``same_rows`` is the engine's own anchor rows in its own batches, without the demonstration. ``peak_rss_mb`` is
+the high-water mark before the reference port runs (its full-vocabulary logits need gigabytes). The last line
+printed is one JSON object.
 
 The reference is a straightforward port of the paper's one-shot scorer (pldlgb/nuggets instruction_main.py,
 do_infer_probs): float32; the candidate's prefix cache expanded over a batch of anchor rows; each row is
@@ -48,7 +51,7 @@ from nuggets_pipeline.core.paths import ALPACA_CLEANED, KMEANS_100_ANCHORS, ship
 from nuggets_pipeline.core.scoring import (
     DEFAULT_DTYPE,
     ScoringConfig,
-    _batch_rows,
+    _plan_batches,
     _prepare_anchors,
     demonstration_ids,
     score_one_shot,
@@ -103,11 +106,8 @@ def same_rows_forward(
     what the prefix (its forward, its keys in every layer) and the float32 log-normaliser cost."""
     prepared = _prepare_anchors(loaded, anchors, config)
     rows = np.repeat(np.argsort(prepared.lengths, kind="stable"), n_candidates)
-    batches = []
-    while rows.size:
-        n = _batch_rows(prepared.lengths[rows], config.budget(loaded.device))
-        batches.append(torch.as_tensor(rows[:n], device=loaded.device))
-        rows = rows[n:]
+    ends = _plan_batches(prepared.lengths[rows], config.budget(loaded.device))
+    batches = [torch.as_tensor(batch, device=loaded.device) for batch in np.split(rows, ends[:-1])]
 
     @torch.inference_mode()
     def run() -> None:
@@ -126,21 +126,26 @@ def run_engine(
     repeats: int,
     with_raw: bool = True,
 ) -> dict[str, Any]:
-    """Engine throughput, and the plain forward's over the same tokens, timed alternately so both see the
-    same load on a shared machine; each keeps its best run."""
+    """Engine throughput, and the plain forwards' over as many tokens, timed alternately so both see the same
+    load on a shared machine; each figure is the median of its repeats."""
     budget = config.budget(loaded.device)
     zero_seconds, zero = best_of(1, lambda: score_zero_shot(loaded, anchors, config))
     anchor_lengths = zero["prompt_tokens"] + zero["response_tokens"]
     tokens = int(anchor_lengths.sum()) * len(candidates)
     raw, raw_tokens = raw_forward(loaded, tokens, round(anchor_lengths.mean()), budget)
     same_rows = same_rows_forward(loaded, anchors, config, len(candidates))
-    seconds = raw_seconds = same_rows_seconds = float("inf")
+    engine_runs, raw_runs, same_rows_runs = [], [], []
     for _ in range(repeats):
         engine_seconds, chunks = best_of(1, lambda: list(score_one_shot(loaded, anchors, zero, candidates, config)))
-        seconds = min(seconds, engine_seconds)
+        engine_runs.append(engine_seconds)
         if with_raw:
-            raw_seconds = min(raw_seconds, best_of(1, raw)[0])
-            same_rows_seconds = min(same_rows_seconds, best_of(1, same_rows)[0])
+            raw_runs.append(best_of(1, raw)[0])
+            same_rows_runs.append(best_of(1, same_rows)[0])
+    # Medians: one slow repeat (another process on the machine) moves neither side's figure.
+    seconds = float(np.median(engine_runs))
+    raw_seconds = float(np.median(raw_runs)) if raw_runs else float("inf")
+    same_rows_seconds = float(np.median(same_rows_runs)) if same_rows_runs else float("inf")
+    engine_tokens = sum(c.anchor_tokens for c in chunks)
     return {
         "zero": zero,
         "scores": pd.concat([c.scores for c in chunks], ignore_index=True),
@@ -149,7 +154,10 @@ def run_engine(
         "mean_anchor_tokens": round(anchor_lengths.mean()),
         "passes": sum(c.anchor_passes for c in chunks),
         "passes_total": sum(c.anchor_passes_total for c in chunks),
-        "tokens_per_s": sum(c.anchor_tokens for c in chunks) / seconds,
+        "tokens_per_s": engine_tokens / seconds,
+        "engine_vs_raw_per_repeat": [
+            round((engine_tokens / e) / (raw_tokens / r), 3) for e, r in zip(engine_runs, raw_runs, strict=True)
+        ],
         "raw_tokens_per_s": raw_tokens / raw_seconds,
         "same_rows_tokens_per_s": tokens / same_rows_seconds,
         "zero_shot_tokens_per_s": int(anchor_lengths.sum()) / zero_seconds,
@@ -273,7 +281,7 @@ def main() -> None:
     parser.add_argument("--threshold", type=float, default=0.8, help="decision-mode threshold")
     parser.add_argument("--reference-batch", type=int, default=8, help="anchor rows per forward in the paper port")
     parser.add_argument("--concat-pairs", type=int, default=32, help="one-shot pairs rechecked without a cache")
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved engine / plain-forward repeats")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     if args.threads:
@@ -290,6 +298,7 @@ def main() -> None:
         "engine_tokens_per_s_fp32": exact["tokens_per_s"],
         "raw_forward_tokens_per_s_fp32": exact["raw_tokens_per_s"],
         "engine_vs_raw_fp32": exact["tokens_per_s"] / exact["raw_tokens_per_s"],
+        "engine_vs_raw_per_repeat_fp32": exact["engine_vs_raw_per_repeat"],
         "engine_vs_same_rows_fp32": exact["tokens_per_s"] / exact["same_rows_tokens_per_s"],
         "max_abs_logprob_diff_vs_concat": max_diff_vs_concat(fp32, anchors, candidates, exact, args.concat_pairs),
     }
@@ -340,6 +349,7 @@ def main() -> None:
         "engine_tokens_per_s": engine["tokens_per_s"],
         "raw_forward_tokens_per_s": engine["raw_tokens_per_s"],
         "engine_vs_raw": engine["tokens_per_s"] / engine["raw_tokens_per_s"],
+        "engine_vs_raw_per_repeat": engine["engine_vs_raw_per_repeat"],
         # A plain forward of the engine's own padded rows, without the prefix (same_rows_forward).
         "same_rows_forward_tokens_per_s": engine["same_rows_tokens_per_s"],
         "engine_vs_same_rows": engine["tokens_per_s"] / engine["same_rows_tokens_per_s"],

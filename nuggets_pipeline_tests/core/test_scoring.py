@@ -355,3 +355,22 @@ def test_eager_attention_scores_as_sdpa_does(tiny_model: LoadedModel) -> None:
     assert eager_pairs["one_shot_logprob"].to_numpy() == pytest.approx(
         sdpa_pairs["one_shot_logprob"].to_numpy(), abs=1e-4
     )
+
+
+def test_batch_plan_keeps_the_budget_and_pads_less_than_taking_the_most_rows_that_fit() -> None:
+    # 16 of the paper's KMeans anchors' lengths (SmolLM2 tokens), each once per candidate for 2 candidates.
+    lengths = np.sort(np.repeat([39, 39, 42, 47, 52, 68, 91, 109, 146, 215, 221, 228, 263, 300, 343, 481], 2))
+    greedy, rest = [], lengths
+    while rest.size:
+        n = scoring._batch_rows(rest, 512)
+        greedy.append(rest[:n])
+        rest = rest[n:]
+    ends = scoring._plan_batches(lengths, 512)
+    planned = np.split(lengths, ends[:-1])
+    assert ends[-1] == len(lengths) and all(len(batch) for batch in planned)
+    assert all(len(batch) * batch.max() <= 512 for batch in planned)
+    padded = sum(len(batch) * batch.max() for batch in planned)
+    assert len(planned) <= len(greedy)
+    assert padded < sum(len(batch) * batch.max() for batch in greedy)
+    # A row longer than the budget still goes, alone.
+    assert scoring._plan_batches(np.array([10, 10, 900]), 64).tolist() == [2, 3]
