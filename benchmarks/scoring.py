@@ -156,8 +156,8 @@ def run_engine(
         "passes_total": sum(c.anchor_passes_total for c in chunks),
         "tokens_per_s": engine_tokens / seconds,
         "engine_vs_raw_per_repeat": [
-            round((engine_tokens / e) / (raw_tokens / r), 3) for e, r in zip(engine_runs, raw_runs, strict=True)
-        ],
+            round((engine_tokens / e) / (raw_tokens / r), 3) for e, r in zip(engine_runs, raw_runs, strict=False)
+        ],  # empty without the plain forwards (with_raw=False)
         "raw_tokens_per_s": raw_tokens / raw_seconds,
         "same_rows_tokens_per_s": tokens / same_rows_seconds,
         "zero_shot_tokens_per_s": int(anchor_lengths.sum()) / zero_seconds,
