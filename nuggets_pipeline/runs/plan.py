@@ -356,7 +356,9 @@ def format_plan(plan: Plan) -> str:
 
 
 def add_parser(subparsers: Any) -> None:
-    parser = subparsers.add_parser("plan", help="tokens, hours, shards and GPU-hours of scoring a pool, measured here")
+    parser = subparsers.add_parser(
+        "plan", help="tokens, hours and shards of scoring a pool, measured here; GPU-hours at a GPU throughput you give"
+    )
     parser.add_argument(
         "--pool", action="append", help=f"pool file(s), repeatable (default: the shipped {ALPACA_CLEANED})"
     )
@@ -380,8 +382,9 @@ def add_parser(subparsers: Any) -> None:
         "--gpu-tokens-per-s",
         type=float,
         default=None,
-        help="anchor tokens/s of one target GPU, measured (`make gpu-check`, or a first shard's tokens_per_s): the "
-        "project has no measured GPU figure yet",
+        help="anchor tokens/s of one target GPU, measured (`make gpu-check`, or a first shard's tokens_per_s). The "
+        "GPU-hours are only as good as this figure: the project has measured none yet, so any figure it states (the "
+        "README's 26,000 tokens/s on an H100 and the GPU-hours from it) is assumed, not measured",
     )
     parser.add_argument("--gpus", type=int, default=1, help="GPUs to spread the job over (wall-clock estimate)")
     parser.add_argument(
