@@ -27,6 +27,9 @@ class StageSpec:
     description: str
     # A stage only some variants need: the commands run it only when the plan trains one of these (empty: always).
     only_for: tuple[str, ...] = ()
+    # Assets that must be materialised for every partition before the next group starts for any (empty: the
+    # stage's assets together). One-shot: adaptive refinement reads the screening of every shard.
+    phases: tuple[tuple[str, ...], ...] = ()
 
     def needed(self, variants: tuple[str, ...]) -> bool:
         return not self.only_for or bool(set(self.only_for) & set(variants))
@@ -46,6 +49,7 @@ STAGES: tuple[StageSpec, ...] = (
         # no-op.
         ("one_shot_screening", "one_shot_scores"),
         "Score candidate shards (one partition per shard; a single-run range scores several on one model load).",
+        phases=(("one_shot_screening",), ("one_shot_scores",)),
     ),
     StageSpec(
         "select",

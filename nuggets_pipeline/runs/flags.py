@@ -316,15 +316,23 @@ def resource_overrides(changes: dict[str, dict[str, Any]], bound: dict[str, Any]
     return out
 
 
-def pinned_model_resources(model: str, device: str, bound: dict[str, Any]) -> dict[str, Any]:
+def pinned_model_resources(
+    model: str,
+    device: str,
+    bound: dict[str, Any],
+    scoring_dtype: str = "float32",
+    scoring: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """The `resources` section that pins one model for scoring, training and judging (a preset's ``model``): in
-    float32, with the in-process judge, so the same seeds give the same figures whatever the environment set."""
+    float32 (scoring in ``scoring_dtype``), with the in-process judge, so the same seeds give the same figures
+    whatever the environment set; ``scoring`` sets fields of the `scoring` resource (e.g. the adaptive mode)."""
     pinned = {"model": model, "dtype": "float32", "device": device}
     return resource_overrides(
         {
-            "scoring_model": pinned,
+            "scoring_model": {**pinned, "dtype": scoring_dtype},
             "training_model": pinned,
             "judge": {"model": model, "backend": "local", "device": device},
+            "scoring": dict(scoring or {}),
         },
         bound,
     )

@@ -106,12 +106,16 @@ def preset_plan(
     if preset.model is not None:
         # float32 on the CPU unless NUGGETS_DEVICE says otherwise, so the same seeds give the same figures.
         device = get_settings().device or "cpu"
-        config["resources"] = flags.pinned_model_resources(preset.model, device, dict(bound))
+        config["resources"] = flags.pinned_model_resources(
+            preset.model, device, dict(bound), preset.scoring_dtype, dict(preset.scoring)
+        )
     return RunPlan(
         launched_by=launched_by or preset.name,
         run_config=config,
         variants=preset.variants,
-        resume_from={"model": preset.model, "dtype": "float32"} if preset.resume else None,
+        resume_from={"model": preset.model, "dtype": "float32", "scoring_dtype": preset.scoring_dtype}
+        if preset.resume
+        else None,
         identities=identities or {},
         before=before or {},
         ledger=ledger,
@@ -215,15 +219,43 @@ def is_done(instance: dg.DagsterInstance, stage: Stage, unit: Unit) -> bool:
     return all(latest_settings_key(instance, asset, unit.partition) == unit.key for asset in stage.spec.assets)
 
 
-def run_unit(stage: Stage, unit: Unit, instance: dg.DagsterInstance, defs: dg.Definitions | None = None) -> None:
-    """Execute the stage's job for one unit, in this process, on ``instance``."""
-    job = (defs or _definitions()).resolve_job_def(stage.spec.job_name)
+def run_unit(
+    stage: Stage,
+    unit: Unit,
+    instance: dg.DagsterInstance,
+    defs: dg.Definitions | None = None,
+    assets: tuple[str, ...] | None = None,
+) -> None:
+    """Execute the stage's job for one unit, in this process, on ``instance``; ``assets``: only those of the
+    stage's assets (one phase), with their checks."""
+    defs = defs or _definitions()
+    job = defs.resolve_job_def(stage.spec.job_name)
+    selection = None if assets is None else [dg.AssetKey(asset) for asset in assets]
     job.execute_in_process(
-        run_config={**stage.run_config, "loggers": LOGGING},
+        run_config={**stage.run_config, "loggers": LOGGING} if assets is None else phase_config(stage, assets, defs),
         instance=instance,
         partition_key=unit.partition,
         tags=unit.tags,
+        asset_selection=selection,
     )
+
+
+def phase_config(stage: Stage, assets: tuple[str, ...], defs: dg.Definitions) -> dict[str, Any]:
+    """The stage's run config cut to one phase's ops (Dagster refuses config for ops not in the run)."""
+    return {**for_stage(stage.run_config, _ops(defs, StageSpec(stage.name, assets, ""))), "loggers": LOGGING}
+
+
+def run_units(stage: Stage, todo: list[Unit], instance: dg.DagsterInstance, defs: dg.Definitions) -> None:
+    """Run the units of a stage: together, or phase by phase across every unit where the stage has phases and
+    runs one partition per unit (a single range run already materialises each phase for all its partitions
+    before the next)."""
+    if not stage.spec.phases or len(todo) < 2:
+        for unit in todo:
+            run_unit(stage, unit, instance, defs)
+        return
+    for phase in stage.spec.phases:
+        for unit in todo:
+            run_unit(stage, unit, instance, defs, assets=phase)
 
 
 def check(plan: RunPlan, until: str | None, defs: dg.Definitions | None = None) -> None:
@@ -253,9 +285,14 @@ def run(
     chain = _hash(dict(plan.resume_from or {}))
     for stage in stages(plan, defs):
         identity = dict(plan.identities.get(stage.name, {}))
-        chain = _hash([chain, stage.name, list(stage.spec.assets), stage.run_config["ops"], identity])
+        key = _hash([chain, stage.name, list(stage.spec.assets), stage.run_config["ops"], identity])
+        if not stage.spec.only_for:
+            # A stage only some variants need stays out of the chain: dropping those variants must not re-run the
+            # stages after it. (The `ifd` stage's settings are the scoring model, already in the chain's root, and
+            # ifd_subset's size, which no training variant reads.)
+            chain = key
         started = time.perf_counter()
-        found = units(stage, plan, instance, chain, defs)
+        found = units(stage, plan, instance, key, defs)
         todo = [unit for unit in found if not (resume and is_done(instance, stage, unit))]
         done = len(found) - len(todo)
         print(
@@ -265,18 +302,17 @@ def run(
         )
         if todo and stage.name in plan.before:
             plan.before[stage.name]()
-        for unit in todo:
-            run_unit(stage, unit, instance, defs)
+        run_units(stage, todo, instance, defs)
         wall = time.perf_counter() - started
         previous = ledger.get(stage.name, {})
         if todo:
             # A resumed stage adds to the time it had already spent; a fresh one starts from zero.
-            resumed = resume and previous.get("key") == chain
+            resumed = resume and previous.get("key") == key
             spent = (previous.get("wall_s") or 0.0) if resumed else 0.0
-            ledger[stage.name] = {"wall_s": spent + wall, "key": chain, "units": len(found), "ran_units": len(todo)}
+            ledger[stage.name] = {"wall_s": spent + wall, "key": key, "units": len(found), "ran_units": len(todo)}
         else:
             print(SKIPPED, flush=True)
-            ledger.setdefault(stage.name, {"wall_s": None, "key": chain, "units": len(found), "ran_units": 0})
+            ledger.setdefault(stage.name, {"wall_s": None, "key": key, "units": len(found), "ran_units": 0})
         ledger[stage.name]["skipped_last_run"] = not todo
         if plan.ledger is not None:
             plan.ledger.parent.mkdir(parents=True, exist_ok=True)

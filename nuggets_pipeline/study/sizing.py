@@ -17,6 +17,12 @@ from nuggets_pipeline.runs.presets import Preset
 # benchmarks/RESULTS.md (re-measure there first, then update these):
 THROUGHPUT = {
     "scoring_anchor_tokens_per_s": 300.0,  # one-shot engine: near the demo's best, below the quiet benchmark
+    # One-shot engine in bfloat16 on a CPU that computes it natively (Xeon with AMX): the selection matrix's
+    # longest sitting (benchmarks/selection/manifest.json, 488 candidates x 100 anchors, 880; a later one 1,349).
+    "scoring_anchor_tokens_per_s_bfloat16": 880.0,
+    # Anchor passes of the adaptive mode over exact scoring's, top quarter (benchmarks/RESULTS.md, the replay on
+    # the selection matrix at the default confidence); an estimate until the live run measures it.
+    "adaptive_passes_fraction": 0.35,
     "training_tokens_per_s": 72.0,  # cpu-demo training: the demo's range
     "reference_tokens_per_s": 440.0,  # zero-shot engine on long answers: between the engine and the raw forward
     "embed_s_per_text_128": 0.147,  # KMeans embedding, texts of <= 128 tokens (demo)
@@ -28,7 +34,11 @@ TOKENS = {
     "mt_bench_references": 8_699,  # the 30 GPT-4 reference answers (first turn)
     "pool_example": 110.0,  # mean tokens of a pool example in the Alpaca template (first 1,000 by id)
     "anchor": 70.0,  # mean anchor tokens (nuggets template); the demo's KMeans anchors measured 56, the pool 84
+    # The paper's 100 KMeans anchors, every one after a candidate's prefix: the selection matrix's 9,117,304 anchor
+    # tokens over 488 candidates.
+    "paper_anchors_per_candidate": 18_683.0,
 }
+ALPACA_EVAL_SIZE = 805
 
 # The training fields results.json records, in its order (each a finetuned_model config field the study sets).
 TRAINING_FIELDS = (
@@ -44,15 +54,28 @@ TRAINING_FIELDS = (
 
 def settings_record(preset: Preset) -> dict[str, Any]:
     """Every setting of a study size, fixed before anything runs (printed, and written to results.json)."""
-    if preset.model is None or preset.pool is None or preset.anchors.n is None:
+    if preset.model is None or preset.pool is None or (preset.anchors.n is None and preset.anchors.method != "file"):
         raise ValueError(f"preset {preset.name!r} is no study size: it pins no model, pool or anchor count")
     training, evaluation = preset.training.overrides, preset.evaluation
+    second_edition = {
+        # Recorded where they differ from the first study's fixed choices (KMeans anchors, exact float32 scoring).
+        "anchor_method": preset.anchors.method,
+        "scoring_dtype": preset.scoring_dtype,
+        "scoring": dict(preset.scoring),
+        "likelihood_sample_seed": evaluation.likelihood_sample_seed,
+    }
+    first_edition = {
+        "anchor_method": "kmeans",
+        "scoring_dtype": "float32",
+        "scoring": {},
+        "likelihood_sample_seed": None,
+    }
     return {
         "size": preset.name,
         "model": preset.model,  # scoring, training and judge model (one base for every variant)
         "pool": preset.pool,  # candidates: a stable slice of the shipped Alpaca set, anchors removed
         "shards": preset.shards,
-        "anchors": preset.anchors.n,  # KMeans k
+        "anchors": preset.anchors.n,  # KMeans k; None: every anchor of the file
         "kmeans_pool": preset.anchors.kmeans_pool,
         "embed_max_tokens": preset.anchors.embed_max_tokens,
         "anchor_seed": preset.anchors.seed,
@@ -69,6 +92,7 @@ def settings_record(preset: Preset) -> dict[str, Any]:
         "calibration_pairs": evaluation.calibration_pairs,
         "bootstrap_resamples": preset.bootstrap_resamples,
         "bootstrap_seed": preset.bootstrap_seed,
+        **{k: v for k, v in second_edition.items() if v != first_edition[k]},
     }
 
 
@@ -77,22 +101,38 @@ def estimate_seconds(preset: Preset) -> dict[str, float]:
     t, k = THROUGHPUT, TOKENS
     s = settings_record(preset)
     quarter = int(s["pool"] * s["top_fraction"])
-    trained = sum(s["pool"] if v == "full" else quarter for v in s["variants"])
-    references = (k["alpaca_eval_references"] if s["likelihood_alpaca_eval_items"] is None else 0) + (
+    trained = sum({"full": s["pool"], "base": 0}.get(v, quarter) for v in s["variants"])
+    alpaca_eval = s["likelihood_alpaca_eval_items"]
+    references = k["alpaca_eval_references"] * (1.0 if alpaca_eval is None else alpaca_eval / ALPACA_EVAL_SIZE) + (
         k["mt_bench_references"] if s["likelihood_mt_bench_items"] is None else 0
     )
-    scored = anchor_tokens_to_score(s["pool"], s["anchors"] * k["anchor"])
-    return {
+    from_file = preset.anchors.method == "file"
+    per_candidate = k["paper_anchors_per_candidate"] if from_file else s["anchors"] * k["anchor"]
+    if preset.scoring.get("mode") == "adaptive":
+        per_candidate *= t["adaptive_passes_fraction"]
+    rate = t[
+        "scoring_anchor_tokens_per_s" if preset.scoring_dtype == "float32" else "scoring_anchor_tokens_per_s_bfloat16"
+    ]
+    stages = {
         "ingest": 3.0,
-        "anchors": 25.0 + s["kmeans_pool"] * t["embed_s_per_text_128"] * s["embed_max_tokens"] / 128,
+        "anchors": 25.0
+        if from_file
+        else 25.0 + s["kmeans_pool"] * t["embed_s_per_text_128"] * s["embed_max_tokens"] / 128,
         "zero-shot": 2.0,
-        "one-shot": seconds_at(scored, t["scoring_anchor_tokens_per_s"]),
+        "one-shot": seconds_at(anchor_tokens_to_score(s["pool"], per_candidate), rate),
         "select": 2.0,
         "train": seconds_at(trained * s["num_train_epochs"] * k["pool_example"], t["training_tokens_per_s"]),
         "evaluate": len(s["variants"])
         * (seconds_at(references, t["reference_tokens_per_s"]) + t["judge_s_per_variant"]),
         "report": 20.0,
     }
+    if "ifd" in s["variants"]:  # two passes over every pool example, at the reference engine's rate
+        stages = {
+            **dict(list(stages.items())[:5]),
+            "ifd": seconds_at(2 * s["pool"] * k["pool_example"], t["reference_tokens_per_s"]),
+            **dict(list(stages.items())[5:]),
+        }
+    return stages
 
 
 __all__ = ["THROUGHPUT", "TOKENS", "estimate_seconds", "settings_record"]

@@ -380,6 +380,11 @@ class LikelihoodConfig(dg.Config):
     profile: EvaluationProfileName = profile_field()
     alpaca_eval_items: int | None = Field(default=None, gt=0, description="gpt-4-1106 reference answers (805: all)")
     mt_bench_items: int | None = Field(default=None, gt=0, description="GPT-4 MT-Bench references (30: all)")
+    alpaca_eval_sample_seed: int | None = Field(
+        default=None,
+        description="with alpaca_eval_items: a seeded random sample of that many from all five source datasets "
+        "(None: the first N, which are one or two of them)",
+    )
 
     def items(self) -> dict[str, int | None]:
         """Answers scored per source (None: all): set fields win over the profile's."""
@@ -407,7 +412,8 @@ def reference_likelihood(
     frames, lines = [], {}
     for source, limit in config.items().items():
         started = time.perf_counter()
-        scores, summary = score_references(loaded, source, limit=limit)
+        seed = config.alpaca_eval_sample_seed if source == "alpaca_eval" else None
+        scores, summary = score_references(loaded, source, limit=limit, sample_seed=seed)
         context.log.info(
             f"reference log-likelihood, {source}: {summary.n_items} answers, {summary.n_tokens} answer tokens, "
             f"mean {summary.mean_logprob:.4f} nats/token in {time.perf_counter() - started:.1f} s"
