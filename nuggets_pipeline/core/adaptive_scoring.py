@@ -1,20 +1,25 @@
 """Adaptive one-shot scoring of a shard, crash-safe: screening, then refinement rounds (the adaptive mode).
 
 - **Screening** (``screen_shard``): every candidate of the shard gets the first ``first_anchors`` anchors of the
-  seeded order (``core.adaptive.anchor_order``). The pool's screening counts, every shard's, are what refinement
-  estimates the cut from, so every shard is screened before any is refined.
-- **Refinement** (``refine_shard``): rounds of ``round_anchors`` more anchors for the candidates whose interval
-  still straddles the cut (``core.adaptive.next_counts``). The cut is computed over the whole pool: this shard's
-  current counts and every other shard's *screening* counts. That snapshot is fixed, so a shard's result never
-  depends on which shards were refined before it (a backfill may run them in any order, or at once), and the
-  replay (``replay_sharded``) reproduces it from a full matrix.
+  seeded order (``core.adaptive.anchor_order``), and the shard's calibration sample
+  (``core.adaptive.calibration_members``) every anchor; the calibration rows carry their wins anchor by anchor. The
+  pool's screening rows, every shard's, are what the pool model (``core.adaptive.fit_pool_model``: anchor
+  easiness, the prior of ability, the refinement order) and the cut are computed from, so every shard is screened
+  before any is refined.
+- **Refinement** (``refine_shard``): rounds of ``round_anchors`` more anchors of the model's order for the
+  candidates whose interval still straddles the cut (``core.adaptive.next_counts``). The cut is computed over the
+  whole pool: this shard's current counts and every other shard's *screening* counts. That snapshot is fixed, so a
+  shard's result never depends on which shards were refined before it (a backfill may run them in any order, or at
+  once), and the replay (``core.adaptive.replay`` with the shards) reproduces it from a full matrix.
 
 Crash safety: every pair scored goes to the shard's pair store (one Parquet file per chunk, atomic, read back by
 ``checkpoints.read_chunk_checkpoints``, so a corrupt file is set aside and its pairs re-scored). Before a round
-scores anything its plan (each candidate's target anchor count) is written; a killed round is finished from its
-plan on resume, so a resumed refinement takes exactly the rounds an uninterrupted one would. The store is keyed
-by the scoring version (fingerprint and anchor-set hash) and holds plain pair deltas, so screening, refinement,
-another confidence or another rule all reuse the pairs already scored.
+scores anything its plan (each candidate's target anchor count) is written, in a folder named by everything the
+rounds depend on (the rule, the settings and the pool's screening snapshot); a killed round is finished from its
+plan on resume, and each candidate's state is its scored prefix capped at the current plan, so a resumed refinement
+takes exactly the rounds an uninterrupted one would. The store is keyed by the scoring version (fingerprint and
+anchor-set hash) and holds plain pair deltas, so screening, refinement, another confidence or another rule all
+reuse the pairs already scored.
 
 Plain Python over ``scoring.score_one_shot`` and ``storage.Warehouse``: no Dagster.
 """
@@ -26,11 +31,20 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NotRequired, TypedDict, Unpack
 
 import numpy as np
 import pandas as pd
 
-from nuggets_pipeline.core.adaptive import AdaptiveConfig, anchor_order, estimate, interval, next_counts
+from nuggets_pipeline.core.adaptive import (
+    AdaptiveConfig,
+    AnchorModel,
+    PoolCounts,
+    anchor_order,
+    calibration_members,
+    fit_pool_model,
+    next_counts,
+)
 from nuggets_pipeline.core.checkpoints import read_chunk_checkpoints
 from nuggets_pipeline.core.ids import ids_hash
 from nuggets_pipeline.core.modeling import LoadedModel
@@ -53,9 +67,22 @@ SCREENING_COLUMNS = [
     "anchor_set_hash",
     "order_seed",
     "first_anchors",
+    "calibration",  # scored on every anchor at screening: the sample the anchors' easiness is fitted on
+    "calibration_share",
+    "anchor_wins",  # calibration rows: "0"/"1" per anchor of the screening order; "" for the others
 ]
 ADAPTIVE_COLUMNS = ["estimate_low", "estimate_high", "settled_early", "adaptive_rule", "adaptive_confidence"]
 Log = Callable[[str], None]
+
+
+class ShardRun(TypedDict):
+    """Where a shard's adaptive scoring runs and reports: the keyword arguments screening and refinement share."""
+
+    shard: str
+    fingerprint: str
+    warehouse: Warehouse
+    log: Log
+    warn: NotRequired[Log | None]
 
 
 class ScreeningIncompleteError(ValueError):
@@ -69,7 +96,7 @@ class AdaptiveResult:
     scores: pd.DataFrame
     pair_deltas: pd.DataFrame
     rounds: int  # refinement rounds taken (a resumed run counts those before the kill too)
-    anchor_passes: int  # (candidate, anchor) pairs the shard holds now
+    anchor_passes: int  # (candidate, anchor) pairs the scores count
     anchor_passes_exact: int
     passes_this_run: int
     anchor_tokens: int
@@ -88,12 +115,6 @@ def pair_store(warehouse: Warehouse, shard: str, fingerprint: str, anchors_hash:
     return warehouse.checkpoint_dir(PAIR_STORE, shard, f"{fingerprint}-{anchors_hash}")
 
 
-def _check_zero_shot(zero_shot: pd.DataFrame, fingerprint: str, anchors_hash: str) -> None:
-    stale = zero_shot[(zero_shot["model_fingerprint"] != fingerprint) | (zero_shot["anchor_set_hash"] != anchors_hash)]
-    if len(stale):
-        raise StaleZeroShotError(fingerprint, anchors_hash)
-
-
 class _PairStore:
     """The shard's scored pairs on disk: read once, then appended to chunk by chunk."""
 
@@ -110,24 +131,57 @@ class _PairStore:
         frames = [self.pairs, frame] if len(self.pairs) else [frame]
         self.pairs = pd.concat(frames, ignore_index=True).drop_duplicates(["candidate_id", "anchor_id"], keep="last")
 
-    def plans(self) -> list[Path]:
-        return sorted(self.folder.glob("plan-*.parquet")) if self.folder.is_dir() else []
+
+@dataclass
+class _Shard:
+    """What screening and refinement both open first: the checked scoring version, the order, the pair store."""
+
+    anchors_hash: str
+    order: list[str]  # the screening order (anchor_order)
+    store: _PairStore
 
 
-def prefix_counts(pairs: pd.DataFrame, candidate_ids: Sequence[str], order: Sequence[str]) -> pd.DataFrame:
-    """Per candidate: how long a prefix of ``order`` is scored, its wins and mean delta over that prefix.
+def _open_shard(anchor_set: pd.DataFrame, zero_shot: pd.DataFrame, adaptive: AdaptiveConfig, run: ShardRun) -> _Shard:
+    anchors_hash = ids_hash(anchor_set["id"])
+    stale = zero_shot[
+        (zero_shot["model_fingerprint"] != run["fingerprint"]) | (zero_shot["anchor_set_hash"] != anchors_hash)
+    ]
+    if len(stale):
+        raise StaleZeroShotError(run["fingerprint"], anchors_hash)
+    folder = pair_store(run["warehouse"], run["shard"], run["fingerprint"], anchors_hash)
+    store = _PairStore(folder, run.get("warn") or run["log"])
+    return _Shard(anchors_hash, anchor_order(anchor_set["id"], adaptive.seed), store)
 
-    Only the unbroken prefix counts: a pair scored out of order (a round cut short) waits for the ones before it.
-    """
-    ids = [str(c) for c in candidate_ids]
+
+def _delta_table(pairs: pd.DataFrame, ids: Sequence[str], order: Sequence[str]) -> np.ndarray:
+    """(candidates x anchors of ``order``) deltas, NaN where a pair is not scored."""
     table = np.full((len(ids), len(order)), np.nan)
     if len(pairs):
         rows = pd.Index(ids).get_indexer(pairs["candidate_id"].astype(str))
         columns = pd.Index([str(a) for a in order]).get_indexer(pairs["anchor_id"].astype(str))
         keep = (rows >= 0) & (columns >= 0)
         table[rows[keep], columns[keep]] = pairs["delta"].to_numpy(dtype=float)[keep]
+    return table
+
+
+def prefix_counts(
+    pairs: pd.DataFrame,
+    candidate_ids: Sequence[str],
+    order: Sequence[str],
+    limit: np.ndarray | Sequence[int] | None = None,
+) -> pd.DataFrame:
+    """Per candidate: how long a prefix of ``order`` is scored (at most ``limit``, when given, per candidate), its
+    wins and mean delta over that prefix.
+
+    Only the unbroken prefix counts: a pair scored out of order (a round cut short) waits for the ones before it,
+    and so does one past the limit (scored for another rule or setting): the state is what the rounds planned.
+    """
+    ids = [str(c) for c in candidate_ids]
+    table = _delta_table(pairs, ids, order)
     present = ~np.isnan(table)
     scored = np.where(present.all(axis=1), len(order), np.argmin(present, axis=1))
+    if limit is not None:
+        scored = np.minimum(scored, np.asarray(limit, dtype=np.int64))
     in_prefix = np.arange(len(order))[None, :] < scored[:, None]
     deltas = np.where(in_prefix, table, 0.0)
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -179,50 +233,89 @@ def screen_shard(
     candidates: pd.DataFrame,
     config: ScoringConfig,
     adaptive: AdaptiveConfig,
-    *,
-    shard: str,
-    fingerprint: str,
-    warehouse: Warehouse,
-    log: Log,
-    warn: Log | None = None,
+    **run: Unpack[ShardRun],
 ) -> pd.DataFrame:
-    """Score the first ``first_anchors`` anchors of the order for every candidate; return the screening counts."""
-    anchors_hash = ids_hash(anchor_set["id"])
-    _check_zero_shot(zero_shot, fingerprint, anchors_hash)
-    order = anchor_order(anchor_set["id"], adaptive.seed)
-    store = _PairStore(pair_store(warehouse, shard, fingerprint, anchors_hash), warn or log)
-    first = min(adaptive.first_anchors, len(order))
-    targets = pd.Series(first, index=candidates["id"].astype(str))
-    pairs, tokens, seconds = _score_to_targets(loaded, anchor_set, zero_shot, candidates, targets, order, config, store)
-    rate = f", {tokens / seconds:.0f} anchor tokens/s" if seconds else ""
-    log(f"{shard}: screened {len(candidates)} candidates on {first} anchors ({pairs} pairs scored now{rate})")
-    counts = prefix_counts(store.pairs, candidates["id"], order[:first])
+    """Score the first ``first_anchors`` anchors of the order for every candidate, and every anchor for the
+    shard's calibration sample; return the screening rows."""
+    opened = _open_shard(anchor_set, zero_shot, adaptive, run)
+    order, n = opened.order, len(opened.order)
+    ids = candidates["id"].astype(str).tolist()
+    calibration = calibration_members(ids, adaptive.calibration_share, adaptive.seed)
+    first = min(adaptive.first_anchors, n)
+    targets = pd.Series(np.where(calibration, n, first), index=ids)
+    done = _score_to_targets(loaded, anchor_set, zero_shot, candidates, targets, order, config, opened.store)
+    rate = f", {done[1] / done[2]:.0f} anchor tokens/s" if done[2] else ""
+    run["log"](
+        f"{run['shard']}: screened {len(ids)} candidates on {first} anchors, {int(calibration.sum())} of them on all "
+        f"{n} (calibration; {done[0]} pairs scored now{rate})"
+    )
+    counts = prefix_counts(opened.store.pairs, ids, order, limit=targets.to_numpy())
+    wins = _delta_table(opened.store.pairs, ids, order) > 0
+    bits = [
+        "".join("1" if won else "0" for won in row) if member else ""
+        for row, member in zip(wins, calibration, strict=True)
+    ]
     return counts.assign(
-        shard=shard,
-        n_anchors=len(order),
-        model_fingerprint=fingerprint,
-        anchor_set_hash=anchors_hash,
+        shard=run["shard"],
+        n_anchors=n,
+        model_fingerprint=run["fingerprint"],
+        anchor_set_hash=opened.anchors_hash,
         order_seed=adaptive.seed,
         first_anchors=first,
+        calibration=calibration,
+        calibration_share=adaptive.calibration_share,
+        anchor_wins=bits,
     )[SCREENING_COLUMNS]
 
 
 def _pool_state(screening: pd.DataFrame, adaptive: AdaptiveConfig, fingerprint: str, anchors_hash: str) -> pd.DataFrame:
-    """The pool's screening snapshot, refused unless every row is of this scoring version, order and size."""
-    wrong = screening[
-        (screening["model_fingerprint"] != fingerprint)
-        | (screening["anchor_set_hash"] != anchors_hash)
-        | (screening["order_seed"] != adaptive.seed)
-        | (screening["first_anchors"] < adaptive.first_anchors)
-        | (screening["anchors_scored"] < screening["first_anchors"])
-    ]
+    """The pool's screening snapshot (by candidate id, sorted), refused unless every row is of this scoring version,
+    order, size and calibration sample."""
+    present = {"calibration", "calibration_share", "anchor_wins"} <= set(screening.columns)
+    wrong = (
+        screening[
+            (screening["model_fingerprint"] != fingerprint)
+            | (screening["anchor_set_hash"] != anchors_hash)
+            | (screening["order_seed"] != adaptive.seed)
+            | (screening["first_anchors"] != np.minimum(adaptive.first_anchors, screening["n_anchors"]))
+            | (screening["anchors_scored"] < screening["first_anchors"])
+            | (screening["calibration_share"] != adaptive.calibration_share)
+            | (screening["calibration"] & (screening["anchors_scored"] < screening["n_anchors"]))
+        ]
+        if present
+        else screening
+    )
     if len(wrong):
         shards = sorted(wrong["shard"].astype(str).unique())
         raise ScreeningIncompleteError(
             f"one_shot_screening of shard(s) {', '.join(shards)} was taken with another scoring version, anchor "
-            f"order or first_anchors: materialise one_shot_screening for them again"
+            f"order, first_anchors or calibration sample: materialise one_shot_screening for them again"
         )
-    return screening.drop_duplicates("candidate_id", keep="last").set_index("candidate_id")
+    state = screening.drop_duplicates("candidate_id", keep="last")
+    return state.assign(candidate_id=state["candidate_id"].astype(str)).set_index("candidate_id").sort_index()
+
+
+def pool_model(
+    screening: pd.DataFrame, order: Sequence[str], rule: SelectionRule, adaptive: AdaptiveConfig
+) -> AnchorModel:
+    """The pool model from a checked screening snapshot (``_pool_state``): the same ``fit_pool_model`` call as the
+    replay's, on the same rows (calibration rows by candidate id)."""
+    calibration = screening[screening["calibration"].astype(bool)]
+    wins = np.array([[bit == "1" for bit in row] for row in calibration["anchor_wins"]], dtype=bool)
+    wins = wins.reshape(len(calibration), len(order))
+    return fit_pool_model(order, wins, screening["wins"], screening["anchors_scored"], rule, adaptive)
+
+
+def _refinement_key(screening: pd.DataFrame, rule: SelectionRule, adaptive: AdaptiveConfig) -> str:
+    """Names everything the rounds depend on, so a plan is resumed only by the refinement that wrote it."""
+    snapshot = ids_hash(
+        f"{c}:{w}:{m}:{b}"
+        for c, w, m, b in zip(
+            screening.index, screening["wins"], screening["anchors_scored"], screening["anchor_wins"], strict=True
+        )
+    )
+    settings = json.dumps([vars(rule), vars(adaptive), snapshot], sort_keys=True)
+    return ids_hash([settings])
 
 
 def _scores_frame(
@@ -231,26 +324,24 @@ def _scores_frame(
     zero_shot: pd.DataFrame,
     pairs: pd.DataFrame,
     counts: pd.DataFrame,
-    order: Sequence[str],
+    model: AnchorModel,
     config: ScoringConfig,
     adaptive: AdaptiveConfig,
     rule: SelectionRule,
 ) -> pd.DataFrame:
-    """The shard's rows in one_shot_scores' layout: the estimate as golden score (exactly wins / n once every anchor
-    is scored), its interval, and the pair bookkeeping exact scoring reports."""
-    n = len(order)
+    """The shard's rows in one_shot_scores' layout: the predicted final score as golden score (exactly wins / n once
+    every anchor is scored), its interval, and the pair bookkeeping exact scoring reports (``pairs``: the counted
+    prefixes' pairs)."""
+    n = model.n
     w, m = counts["wins"].to_numpy(), counts["anchors_scored"].to_numpy()
-    low, high = interval(w, m, n, adaptive.confidence)
+    predicted = PoolCounts(w, m, model)
+    low, high = predicted.interval(adaptive.confidence)
     demos = demonstration_ids(loaded, candidates, get_template(config.template), config.separator)
     demo_len = pd.Series([len(d) for d in demos], index=candidates["id"].astype(str))
     zero = zero_shot.set_index("anchor_id")
     anchor_len = (zero["prompt_tokens"] + zero["response_tokens"]).astype(np.int64)
-    # Only each candidate's scored prefix of the order counts (pairs past it, from a run with other settings, wait).
-    rank = pd.Series(np.arange(n), index=[str(a) for a in order])
-    prefix = counts.set_index("candidate_id")["anchors_scored"]
-    scored = pairs.assign(candidate_id=pairs["candidate_id"].astype(str), anchor_id=pairs["anchor_id"].astype(str))
-    scored = scored[scored["anchor_id"].map(rank) < scored["candidate_id"].map(prefix)].copy()
-    scored["demo"] = scored["candidate_id"].astype(str).map(demo_len)
+    scored = pairs.copy()
+    scored["demo"] = scored["candidate_id"].map(demo_len)
     scored["anchor_tokens"] = scored["anchor_id"].map(anchor_len)
     scored["cut"] = (
         0
@@ -266,7 +357,7 @@ def _scores_frame(
     )
     frame = counts.set_index("candidate_id").join(per)
     frame = frame.assign(
-        golden_score=estimate(w, m, n, adaptive.confidence),  # what the cut and select_golden compare
+        golden_score=predicted.predicted_mean,  # what the cut and select_golden compare
         n_anchors=n,
         verdict=np.where(m == n, "exact", "adaptive"),
         prefix_tokens=1 + demo_len.reindex(frame.index).to_numpy(),
@@ -281,6 +372,14 @@ def _scores_frame(
     return frame[[*SCORE_COLUMNS, *ADAPTIVE_COLUMNS]]
 
 
+def _counted_pairs(pairs: pd.DataFrame, counts: pd.DataFrame, order: Sequence[str]) -> pd.DataFrame:
+    """The pairs inside each candidate's counted prefix of ``order``: what its score is made of."""
+    rank = pd.Series(np.arange(len(order)), index=[str(a) for a in order])
+    prefix = counts.set_index("candidate_id")["anchors_scored"]
+    named = pairs.assign(candidate_id=pairs["candidate_id"].astype(str), anchor_id=pairs["anchor_id"].astype(str))
+    return named[named["anchor_id"].map(rank) < named["candidate_id"].map(prefix)].reset_index(drop=True)
+
+
 def refine_shard(
     loaded: LoadedModel,
     anchor_set: pd.DataFrame,
@@ -290,100 +389,63 @@ def refine_shard(
     adaptive: AdaptiveConfig,
     rule: SelectionRule,
     screening: pd.DataFrame,
-    *,
-    shard: str,
-    fingerprint: str,
-    warehouse: Warehouse,
-    log: Log,
-    warn: Log | None = None,
+    **run: Unpack[ShardRun],
 ) -> AdaptiveResult:
-    """Refine ``shard`` round by round against the pool's ``screening`` snapshot (every shard's screening rows);
+    """Refine the shard round by round against the pool's ``screening`` snapshot (every shard's screening rows);
     resumes a killed run from its pair store and round plans. Writes the shard's pairs to PAIR_DELTAS_TABLE."""
-    anchors_hash = ids_hash(anchor_set["id"])
-    _check_zero_shot(zero_shot, fingerprint, anchors_hash)
-    order = anchor_order(anchor_set["id"], adaptive.seed)
-    n = len(order)
-    ids = candidates["id"].astype(str)
-    state = _pool_state(screening, adaptive, fingerprint, anchors_hash)
+    opened = _open_shard(anchor_set, zero_shot, adaptive, run)
+    shard, ids = run["shard"], candidates["id"].astype(str).tolist()
+    state = _pool_state(screening, adaptive, run["fingerprint"], opened.anchors_hash)
     missing = sorted(set(ids) - set(state.index))
     if missing:
         raise ScreeningIncompleteError(
             f"{len(missing)} candidates of shard {shard} have no screening row (e.g. {missing[:3]}): materialise "
             "one_shot_screening for every shard of the pool before one_shot_scores"
         )
-    store = _PairStore(pair_store(warehouse, shard, fingerprint, anchors_hash), warn or log)
-    plans = store.plans()
+    model = pool_model(state, opened.order, rule, adaptive)
+    order, store = list(model.order), opened.store
+    plan_folder = store.folder / f"refine-{_refinement_key(state, rule, adaptive)}"
+    plans = sorted(plan_folder.glob("plan-*.parquet")) if plan_folder.is_dir() else []
     rounds, passes, tokens, seconds = len(plans), 0, 0, 0.0
     started = time.perf_counter()
-    plan = pd.read_parquet(plans[-1]).set_index("candidate_id")["target"] if plans else None
+    # The current targets: the killed round's plan on resume, else the screening's counts.
+    plan = pd.read_parquet(plans[-1]).set_index("candidate_id")["target"] if plans else state["anchors_scored"].loc[ids]
     while True:
-        if plan is not None:  # finish the current round first (a resumed run's killed round included)
-            done = _score_to_targets(loaded, anchor_set, zero_shot, candidates, plan, order, config, store)
-            passes, tokens, seconds = passes + done[0], tokens + done[1], seconds + done[2]
-        counts = prefix_counts(store.pairs, ids, order).set_index("candidate_id")
+        done = _score_to_targets(loaded, anchor_set, zero_shot, candidates, plan, order, config, store)
+        passes, tokens, seconds = passes + done[0], tokens + done[1], seconds + done[2]
+        counts = prefix_counts(store.pairs, ids, order, limit=plan.loc[ids].to_numpy())
         pool = state[["wins", "anchors_scored"]].copy()
-        pool.loc[counts.index, ["wins", "anchors_scored"]] = counts[["wins", "anchors_scored"]].to_numpy()
-        target = next_counts(pool["wins"], pool["anchors_scored"], n, rule, adaptive)
-        own = pd.Series(target, index=pool.index).loc[counts.index]
+        pool.loc[ids, ["wins", "anchors_scored"]] = counts[["wins", "anchors_scored"]].to_numpy()
+        target = next_counts(
+            PoolCounts(pool["wins"].to_numpy(), pool["anchors_scored"].to_numpy(), model), rule, adaptive
+        )
+        own = pd.Series(target, index=pool.index).loc[ids]
         if (own.to_numpy() <= counts["anchors_scored"].to_numpy()).all():
             break
-        plan = own.rename("target")
-        write_parquet_atomic(plan.reset_index(), store.folder / f"plan-{rounds:05d}.parquet")
+        plan = own.rename("target").rename_axis("candidate_id")
+        write_parquet_atomic(plan.reset_index(), plan_folder / f"plan-{rounds:05d}.parquet")
         rounds += 1
-        log(f"{shard}: round {rounds}: {int((own > counts['anchors_scored']).sum())} candidates get more anchors")
-    counts = prefix_counts(store.pairs, ids, order)
-    in_shard = store.pairs[store.pairs["candidate_id"].astype(str).isin(set(ids))]
-    scores = _scores_frame(loaded, candidates, zero_shot, in_shard, counts, order, config, adaptive, rule)
+        more = int((own.to_numpy() > counts["anchors_scored"].to_numpy()).sum())
+        run["log"](f"{shard}: round {rounds}: {more} candidates get more anchors")
+    pairs = _counted_pairs(store.pairs[store.pairs["candidate_id"].astype(str).isin(set(ids))], counts, order)
+    scores = _scores_frame(loaded, candidates, zero_shot, pairs, counts, model, config, adaptive, rule)
     scores.insert(1, "shard", shard)
-    scores["model_fingerprint"] = fingerprint
-    scores["anchor_set_hash"] = anchors_hash
+    scores["model_fingerprint"] = run["fingerprint"]
+    scores["anchor_set_hash"] = opened.anchors_hash
     scores["decision_threshold"] = float("nan")
-    pairs = in_shard.assign(shard=shard)
+    pairs = pairs.assign(shard=shard)
     if len(pairs):
-        warehouse.write(PAIR_DELTAS_TABLE, pairs, shard)
+        run["warehouse"].write(PAIR_DELTAS_TABLE, pairs, shard)
     return AdaptiveResult(
         scores=scores,
         pair_deltas=pairs,
         rounds=rounds,
         anchor_passes=int(counts["anchors_scored"].sum()),
-        anchor_passes_exact=len(ids) * n,
+        anchor_passes_exact=len(ids) * model.n,
         passes_this_run=passes,
         anchor_tokens=tokens,
         seconds=seconds or time.perf_counter() - started,
     )
-
-
-def replay_sharded(
-    wins_matrix: np.ndarray,
-    shards: Sequence[str],
-    rule: SelectionRule,
-    adaptive: AdaptiveConfig,
-    anchor_ids: Sequence[str],
-) -> np.ndarray:
-    """The anchors each candidate gets when ``refine_shard`` runs shard by shard on a full boolean matrix (rows:
-    candidates, columns: ``anchor_ids``): what the live engine does, for the benchmark to replay."""
-    matrix = np.asarray(wins_matrix, dtype=bool)
-    n = matrix.shape[1]
-    position = {str(a): i for i, a in enumerate(anchor_ids)}
-    columns = [position[a] for a in anchor_order(anchor_ids, adaptive.seed)]
-    cumulative = np.concatenate([np.zeros((len(matrix), 1)), np.cumsum(matrix[:, columns], axis=1)], axis=1)
-    cumulative = cumulative.astype(np.int64)
-    rows = np.arange(len(matrix))
-    first = min(adaptive.first_anchors, n)
-    screened = np.full(len(matrix), first)
-    final = screened.copy()
-    shard_of = np.asarray([str(s) for s in shards])
-    for shard in np.unique(shard_of):
-        own = shard_of == shard
-        scored = screened.copy()
-        while True:
-            target = next_counts(cumulative[rows, scored], scored, n, rule, adaptive)
-            step = np.where(own, np.maximum(target, scored), scored)
-            if (step == scored).all():
-                break
-            scored = step
-        final[own] = scored[own]
-    return final
 
 
 __all__ = [
@@ -393,9 +455,10 @@ __all__ = [
     "SCREENING_TABLE",
     "AdaptiveResult",
     "ScreeningIncompleteError",
+    "ShardRun",
     "pair_store",
+    "pool_model",
     "prefix_counts",
     "refine_shard",
-    "replay_sharded",
     "screen_shard",
 ]

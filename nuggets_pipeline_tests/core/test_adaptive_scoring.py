@@ -12,18 +12,14 @@ import pytest
 import torch
 
 import nuggets_pipeline.core.adaptive_scoring as adaptive_scoring
-from nuggets_pipeline.core.adaptive import AdaptiveConfig
-from nuggets_pipeline.core.adaptive_scoring import (
-    ScreeningIncompleteError,
-    refine_shard,
-    replay_sharded,
-    screen_shard,
-)
+from nuggets_pipeline.core.adaptive import AdaptiveConfig, calibration_members, replay
+from nuggets_pipeline.core.adaptive_scoring import ScreeningIncompleteError, refine_shard, screen_shard
 from nuggets_pipeline.core.data import example_id
 from nuggets_pipeline.core.ids import ids_hash
 from nuggets_pipeline.core.modeling import LoadedModel
 from nuggets_pipeline.core.reliability import SelectionRule
 from nuggets_pipeline.core.scoring import ScoringConfig, score_one_shot, score_zero_shot
+from nuggets_pipeline.core.selection import select_golden
 from nuggets_pipeline.core.shard_scoring import StaleZeroShotError
 from nuggets_pipeline.core.storage import Warehouse
 
@@ -82,12 +78,28 @@ def test_refinement_gives_the_anchors_the_replay_gives_on_the_exact_matrix(
 ) -> None:
     scores = run_all(tiny_model, setting, Warehouse(tmp_path / "home" / "warehouse")).set_index("candidate_id")
     candidates, anchors, exact = setting["candidates"], setting["anchors"], setting["exact"]
-    wins = exact.pivot(index="candidate_id", columns="anchor_id", values="delta") > 0
-    wins = wins.loc[candidates["id"], anchors["id"]].to_numpy()
-    expected = replay_sharded(wins, candidates["shard"].tolist(), RULE, ADAPTIVE, anchors["id"].tolist())
+    deltas = exact.pivot(index="candidate_id", columns="anchor_id", values="delta")
+    deltas = deltas.loc[candidates["id"], anchors["id"]].to_numpy()
+    replayed = replay(
+        deltas > 0,
+        RULE,
+        ADAPTIVE,
+        deltas=deltas,
+        candidate_ids=candidates["id"],
+        anchor_ids=anchors["id"],
+        shards=candidates["shard"],
+    )
     got = scores.loc[candidates["id"], "anchors_scored"].to_numpy()
-    assert got.tolist() == expected.tolist()
-    assert (got >= ADAPTIVE.first_anchors).all() and got.sum() < wins.size  # something was saved
+    assert got.tolist() == replayed.anchors_scored.tolist()
+    assert (got >= ADAPTIVE.first_anchors).all() and got.sum() < deltas.size  # something was saved
+    assert replayed.rounds > 1  # screening and at least one refinement round: the rounds were compared too
+    # select_golden on the stored scores picks what the replay picks: the same predicted scores and tie rule.
+    chosen = select_golden(scores.reset_index(), top_fraction=RULE.top_fraction)["candidate_id"]
+    assert sorted(chosen) == sorted(replayed.selected_ids)
+    # Each shard's calibration sample (one of five here) is scored on every anchor and reported exactly.
+    members = candidates.groupby("shard")["id"].transform(lambda ids: calibration_members(ids.tolist(), 0.05, 0))
+    calibrated = scores.loc[candidates["id"][members.astype(bool)]]
+    assert len(calibrated) == 2 and (calibrated["anchors_scored"] == len(anchors)).all()
     full = scores["anchors_scored"] == len(anchors)
     assert (scores.loc[full, "verdict"] == "exact").all() and (scores.loc[~full, "verdict"] == "adaptive").all()
     assert np.allclose(scores.loc[full, "golden_score"], scores.loc[full, "wins"] / len(anchors))
