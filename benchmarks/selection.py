@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/selection.py score            # resumable: re-run to continue
     .venv/bin/python benchmarks/selection.py --pairs FILE     # readout + adaptive replay on any pair table
+    .venv/bin/python benchmarks/selection.py --synthetic      # the replay on generated pools (defaults chosen here)
 
 ``score`` scores the study's pool (the first ``--pool`` candidates by content id of the shipped Alpaca set, the
 same slice ``candidates(limit=...)`` takes) against the paper's 100 KMeans anchors (data/nuggets) with the real
@@ -10,6 +11,10 @@ order, ``--chunk`` at a time, each chunk one Parquet file under ``--out`` (atomi
 most one chunk, a fresh clone with the committed chunks resumes where they stop, and a matrix cut short is still
 a random sample of the pool. ``manifest.json`` beside the chunks records the model, dtype, fingerprint, anchor set
 hash, CPU and torch threads of every sitting; a sitting whose model, dtype or anchors differ is refused.
+
+``--synthetic`` replays the same comparison on pools generated here (``synthetic_pairs``: abilities, anchor easiness
+with a share of nearly-always-won-or-lost anchors, a second latent dimension and pair noise the adaptive rule's
+Rasch model does not know). The adaptive defaults were chosen on these, never on a scored matrix.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import torch
@@ -166,6 +172,58 @@ def score(args: argparse.Namespace) -> int:
 
 
 PAIR_COLUMNS = ["candidate_id", "anchor_id", "delta"]
+# Generated pools for choosing the adaptive defaults: a base pool, a tightly clustered one, and one far from the
+# Rasch model (strong second dimension and pair noise).
+SYNTHETIC_POOLS = {
+    "base": {},
+    "clustered": {"ability_sd": 0.35},
+    "off_model": {"interaction_sd": 1.4, "second_sd": 0.7},
+}
+
+
+def synthetic_pairs(
+    seed: int,
+    candidates: int = 600,
+    anchors: int = 100,
+    ability_sd: float = 0.6,
+    extreme_share: float = 0.4,
+    interaction_sd: float = 0.8,
+    second_sd: float = 0.4,
+) -> pd.DataFrame:
+    """A pair table drawn from a model richer than the adaptive rule's: delta = ability + easiness + a second
+    latent dimension (candidate x anchor loadings) + pair noise + logistic noise; ``extreme_share`` of the anchors
+    are nearly always won or lost (|easiness| about 3.2), as on the real matrices."""
+    rng = np.random.default_rng(seed)
+    ability = rng.normal(0, ability_sd, candidates)
+    extreme = rng.random(anchors) < extreme_share
+    easiness = np.where(
+        extreme, rng.choice([-1, 1], anchors) * rng.normal(3.2, 0.6, anchors), rng.normal(0, 1.0, anchors)
+    )
+    second = np.outer(rng.normal(0, second_sd, candidates), rng.normal(0, 1, anchors))
+    deltas = ability[:, None] + easiness[None, :] + second + rng.normal(0, interaction_sd, (candidates, anchors))
+    deltas += rng.logistic(size=(candidates, anchors))
+    return pd.DataFrame(
+        {
+            "candidate_id": np.repeat([f"c{i:04d}" for i in range(candidates)], anchors),
+            "anchor_id": np.tile([f"a{j:03d}" for j in range(anchors)], candidates),
+            "delta": deltas.reshape(-1),
+        }
+    )
+
+
+def replay_synthetic(args: argparse.Namespace) -> int:
+    """The adaptive comparison on each generated pool (one JSON line each), for the settings given."""
+    rule = SelectionRule(top_fraction=args.top_fraction)
+    config = AdaptiveConfig(
+        first_anchors=args.first_anchors, round_anchors=args.round_anchors, calibration_share=args.calibration_share
+    )
+    for index, (name, shape) in enumerate(SYNTHETIC_POOLS.items()):
+        matrix = pair_matrix(synthetic_pairs(100 + index, **shape))
+        figures = compare_with_exact(matrix, rule, args.confidences, config, seeds=args.seeds)
+        print(json.dumps({"pool": name, **vars(config), "seeds": list(args.seeds), **figures}, allow_nan=False))
+    return 0
+
+
 CONFIDENCES = (0.5, 0.8, 0.9, 0.95, 0.99, 1.0)
 
 
@@ -199,13 +257,15 @@ def replay_pairs(args: argparse.Namespace) -> int:
     if candidates < 2 * len(args.seeds) or not rule.k(candidates):
         print(f"error: {candidates} complete candidates are too few to replay a selection", file=sys.stderr)
         return 2
-    config = AdaptiveConfig(first_anchors=args.first_anchors, round_anchors=args.round_anchors)
+    config = AdaptiveConfig(
+        first_anchors=args.first_anchors, round_anchors=args.round_anchors, calibration_share=args.calibration_share
+    )
     started = time.perf_counter()
     figures = compare_with_exact(matrix, rule, args.confidences, config, seeds=args.seeds)
     print(
         f"replay of the {rule.describe()} on {candidates} candidates x {anchors} anchors, first {config.first_anchors} "
-        f"anchors then rounds of {config.round_anchors}, means over anchor orders {list(args.seeds)} "
-        f"({time.perf_counter() - started:.0f} s):"
+        f"anchors ({config.calibration_share:.0%} calibration sample on all) then rounds of {config.round_anchors}, "
+        f"means over anchor orders {list(args.seeds)} ({time.perf_counter() - started:.0f} s):"
     )
     print(
         "  confidence  passes  agreement  quality  rounds  |  random subset: anchors  agreement  quality  |  "
@@ -236,10 +296,11 @@ def replay_pairs(args: argparse.Namespace) -> int:
         "verdict": figures_readout["verdict"],
         "first_anchors": config.first_anchors,
         "round_anchors": config.round_anchors,
+        "calibration_share": config.calibration_share,
         "seeds": list(args.seeds),
         "adaptive_top_quarter" if args.top_fraction == 0.25 else "adaptive": figures["adaptive"],
         "fixed_subsample": figures["fixed_subsample"],
-        # The issue's calibration baseline (normal interval with FPC, settled for good), on the same matrix.
+        # The issue's calibration baseline (rounds of 10, normal interval with FPC, settled for good), same matrix.
         "plain_rule": figures["plain_rule"],
     }
     print(json.dumps(summary, allow_nan=False))
@@ -251,10 +312,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--pairs", type=Path, default=None, help="replay mode: a pair table (file or folder of Parquet files)"
     )
+    parser.add_argument(
+        "--synthetic", action="store_true", help="replay mode on generated pools (synthetic_pairs) instead of a table"
+    )
     parser.add_argument("--top-fraction", type=float, default=0.25, help="replay mode: the selection replayed")
     parser.add_argument("--confidences", type=float, nargs="+", default=list(CONFIDENCES))
     parser.add_argument("--first-anchors", type=int, default=AdaptiveConfig.first_anchors)
     parser.add_argument("--round-anchors", type=int, default=AdaptiveConfig.round_anchors)
+    parser.add_argument("--calibration-share", type=float, default=AdaptiveConfig.calibration_share)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4], help="anchor orders averaged over")
     sub = parser.add_subparsers(dest="command")
     scoring = sub.add_parser("score", help="score the study pool exactly against the 100 KMeans anchors")
@@ -273,8 +338,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.pairs is not None:
         return replay_pairs(args)
+    if args.synthetic:
+        return replay_synthetic(args)
     if args.command == "score":
         return score(args)
+
     build_parser().print_help()
     return 2
 
