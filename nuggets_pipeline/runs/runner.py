@@ -122,9 +122,9 @@ def preset_plan(
     )
 
 
-def _ops(defs: dg.Definitions, spec: StageSpec) -> set[str]:
-    """The ops of a stage's assets: the names its run config is keyed by."""
-    return {defs.resolve_assets_def(asset).op.name for asset in spec.assets}
+def _ops(defs: dg.Definitions, assets: tuple[str, ...]) -> set[str]:
+    """The ops of a stage's (or a phase's) assets: the names its run config is keyed by."""
+    return {defs.resolve_assets_def(asset).op.name for asset in assets}
 
 
 def for_stage(config: Mapping[str, Any], ops: set[str]) -> dict[str, Any]:
@@ -138,7 +138,11 @@ def for_stage(config: Mapping[str, Any], ops: set[str]) -> dict[str, Any]:
 def stages(plan: RunPlan, defs: dg.Definitions | None = None) -> list[Stage]:
     """Every stage the plan needs, in order, with its part of the run config."""
     defs = defs or _definitions()
-    return [Stage(spec, for_stage(plan.run_config, _ops(defs, spec))) for spec in STAGES if spec.needed(plan.variants)]
+    return [
+        Stage(spec, for_stage(plan.run_config, _ops(defs, spec.assets)))
+        for spec in STAGES
+        if spec.needed(plan.variants)
+    ]
 
 
 def _definitions() -> dg.Definitions:
@@ -230,19 +234,15 @@ def run_unit(
     stage's assets (one phase), with their checks."""
     defs = defs or _definitions()
     job = defs.resolve_job_def(stage.spec.job_name)
-    selection = None if assets is None else [dg.AssetKey(asset) for asset in assets]
+    # A phase takes its own ops' config only: Dagster refuses config for ops not in the run.
+    config = stage.run_config if assets is None else for_stage(stage.run_config, _ops(defs, assets))
     job.execute_in_process(
-        run_config={**stage.run_config, "loggers": LOGGING} if assets is None else phase_config(stage, assets, defs),
+        run_config={**config, "loggers": LOGGING},
         instance=instance,
         partition_key=unit.partition,
         tags=unit.tags,
-        asset_selection=selection,
+        asset_selection=None if assets is None else [dg.AssetKey(asset) for asset in assets],
     )
-
-
-def phase_config(stage: Stage, assets: tuple[str, ...], defs: dg.Definitions) -> dict[str, Any]:
-    """The stage's run config cut to one phase's ops (Dagster refuses config for ops not in the run)."""
-    return {**for_stage(stage.run_config, _ops(defs, StageSpec(stage.name, assets, ""))), "loggers": LOGGING}
 
 
 def run_units(stage: Stage, todo: list[Unit], instance: dg.DagsterInstance, defs: dg.Definitions) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from nuggets_pipeline.defs.jobs import STAGES
 from nuggets_pipeline.runs.plan import anchor_tokens_to_score, seconds_at
 from nuggets_pipeline.runs.presets import Preset
 
@@ -113,7 +114,7 @@ def estimate_seconds(preset: Preset) -> dict[str, float]:
     rate = t[
         "scoring_anchor_tokens_per_s" if preset.scoring_dtype == "float32" else "scoring_anchor_tokens_per_s_bfloat16"
     ]
-    stages = {
+    seconds = {
         "ingest": 3.0,
         "anchors": 25.0
         if from_file
@@ -121,18 +122,15 @@ def estimate_seconds(preset: Preset) -> dict[str, float]:
         "zero-shot": 2.0,
         "one-shot": seconds_at(anchor_tokens_to_score(s["pool"], per_candidate), rate),
         "select": 2.0,
+        # Two passes over every pool example (conditioned and direct), at the reference engine's rate.
+        "ifd": seconds_at(2 * s["pool"] * k["pool_example"], t["reference_tokens_per_s"]),
         "train": seconds_at(trained * s["num_train_epochs"] * k["pool_example"], t["training_tokens_per_s"]),
         "evaluate": len(s["variants"])
         * (seconds_at(references, t["reference_tokens_per_s"]) + t["judge_s_per_variant"]),
         "report": 20.0,
     }
-    if "ifd" in s["variants"]:  # two passes over every pool example, at the reference engine's rate
-        stages = {
-            **dict(list(stages.items())[:5]),
-            "ifd": seconds_at(2 * s["pool"] * k["pool_example"], t["reference_tokens_per_s"]),
-            **dict(list(stages.items())[5:]),
-        }
-    return stages
+    # The stages the runner runs for these variants, in its order (the `ifd` stage only where `ifd` is trained).
+    return {spec.name: seconds[spec.name] for spec in STAGES if spec.needed(preset.variants)}
 
 
 __all__ = ["THROUGHPUT", "TOKENS", "estimate_seconds", "settings_record"]

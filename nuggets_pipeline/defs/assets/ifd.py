@@ -3,7 +3,6 @@ selects. It stands beside NUGGETS: two forward passes per candidate and no ancho
 `candidates` (and any incoming batch), not the anchor set or the one-shot scores. The `ifd` training variant
 trains on its top examples at the golden subset's size; `nuggets run --selector ifd` adds it to a run."""
 
-
 import time
 
 import dagster as dg
@@ -50,8 +49,8 @@ def ifd_scores(
     seconds = time.perf_counter() - started
     frame["model_fingerprint"] = scoring.fingerprint(loaded.fingerprint, scoring_model.template)
     IFDScoresSchema.validate(frame)
-    lengths = response_lengths(pool.set_index("id").loc[frame["candidate_id"]].reset_index())
-    rho = spearmanr(frame["ifd"], lengths.to_numpy()).statistic if len(frame) > 2 else float("nan")
+    # score_ifd keeps the pool's row order, so the pool's response lengths line up with the frame's rows.
+    rho = spearmanr(frame["ifd"], response_lengths(pool).to_numpy()).statistic if len(frame) > 2 else float("nan")
     tokens = int(2 * frame["response_tokens"].sum() + frame["prompt_tokens"].sum())
     context.log.info(f"IFD of {len(frame)} candidates in {seconds:.1f}s")
     return dg.Output(
