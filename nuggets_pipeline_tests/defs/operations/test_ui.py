@@ -154,7 +154,13 @@ def show_every_asset(page, url: str) -> list[str]:  # type: ignore[no-untyped-de
     page.get_by_role("menuitem", name="Expand all groups").click()
     page.keyboard.press("Escape")
     names = sorted(key.to_user_string() for key in defs.resolve_asset_graph().get_all_asset_keys())
-    page.get_by_text(names[0], exact=True).first.wait_for(timeout=60_000)
+    # Any node drawn says the graph has rendered; which ones fit on screen depends on the layout.
+    any_node = re.compile("^(" + "|".join(map(re.escape, names)) + ")$")
+    try:
+        page.get_by_text(any_node).first.wait_for(timeout=60_000)
+    except Exception:
+        page.screenshot(path=str(ARTIFACTS / "ui-asset-graph-failed.png"))  # what the page showed instead
+        raise
     off_screen = [name for name in names if page.get_by_text(name, exact=True).count() == 0]
     # The expanded graph outgrows the viewport (the UI draws only what is on screen): look those up with the
     # lineage sidebar's "Jump to" search, as a person would.
