@@ -18,6 +18,25 @@ if TYPE_CHECKING:
 # everything else a test writes goes to a fresh temporary home.
 os.environ.setdefault("NUGGETS_MODEL_CACHE", str(REPO_ROOT / ".nuggets_home" / "models"))
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `make test` runs two workers on two cores: a second torch thread in each would only spin against the other
+    # worker (and the subprocesses the tests start inherit the limit).
+    os.environ["OMP_NUM_THREADS"] = "1"
+    import torch
+
+    torch.set_num_threads(1)
+
+# The end-to-end tests that take a minute or more go first, so the two workers run them side by side and the
+# short tests fill in around them instead of one long test finishing alone at the end.
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    def rank(item: pytest.Item) -> int:
+        if item.get_closest_marker("browser"):
+            return 0
+        return 1 if "/study/" in str(item.path) else 2
+
+    items.sort(key=rank)  # stable: collection order within each rank
 
 
 @pytest.fixture(autouse=True)
