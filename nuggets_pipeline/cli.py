@@ -120,6 +120,12 @@ def add_study_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[t
     )
     study.add_argument("--until", default=None, help="stop after this stage")
     study.add_argument("--estimate", action="store_true", help="print the settings and estimated times, then stop")
+    study.add_argument(
+        "--save-progress",
+        action="store_true",
+        help="write the pairs scored so far and the stage times to <out>/progress (for a commit), then stop; "
+        "safe while a study runs",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -139,7 +145,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "study":
         from nuggets_pipeline.study import conduct
 
-        return conduct.run(args.size, args.out, args.scored_pool, args.render, args.until, args.estimate)
+        return conduct.run(
+            args.size, args.out, args.scored_pool, args.render, args.until, args.estimate, args.save_progress
+        )
 
     from nuggets_pipeline.defs.definitions import default_resources
     from nuggets_pipeline.runs import runner

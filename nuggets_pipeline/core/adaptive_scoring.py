@@ -115,6 +115,26 @@ def pair_store(warehouse: Warehouse, shard: str, fingerprint: str, anchors_hash:
     return warehouse.checkpoint_dir(PAIR_STORE, shard, f"{fingerprint}-{anchors_hash}")
 
 
+def stored_pairs(warehouse: Warehouse, shard: str, fingerprint: str, anchors_hash: str) -> pd.DataFrame:
+    """Every pair the shard's store holds for this scoring version (``PAIR_COLUMNS``), in no particular order."""
+    return _PairStore(pair_store(warehouse, shard, fingerprint, anchors_hash), lambda _: None).pairs[PAIR_COLUMNS]
+
+
+def seed_pair_store(
+    warehouse: Warehouse, shard: str, fingerprint: str, anchors_hash: str, pairs: pd.DataFrame, log: Log
+) -> int:
+    """Add ``pairs`` scored elsewhere with the same scoring version to the shard's store, as one more chunk, so
+    screening and refinement score only what neither holds; returns how many pairs were new here. The caller
+    vouches for the version (a pair's delta is then the same computation, whoever ran it)."""
+    store = _PairStore(pair_store(warehouse, shard, fingerprint, anchors_hash), log)
+    have = set(zip(store.pairs["candidate_id"].astype(str), store.pairs["anchor_id"].astype(str), strict=True))
+    keys = zip(pairs["candidate_id"].astype(str), pairs["anchor_id"].astype(str), strict=True)
+    new = pairs[[key not in have for key in keys]].drop_duplicates(["candidate_id", "anchor_id"])
+    if len(new):
+        store.append(new[PAIR_COLUMNS].reset_index(drop=True))
+    return len(new)
+
+
 class _PairStore:
     """The shard's scored pairs on disk: read once, then appended to chunk by chunk."""
 
@@ -461,4 +481,6 @@ __all__ = [
     "prefix_counts",
     "refine_shard",
     "screen_shard",
+    "seed_pair_store",
+    "stored_pairs",
 ]

@@ -19,6 +19,7 @@ changed setting re-runs that stage and every stage after it, never the ones befo
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -245,17 +246,25 @@ def run_unit(
     )
 
 
-def run_units(stage: Stage, todo: list[Unit], instance: dg.DagsterInstance, defs: dg.Definitions) -> None:
+def run_units(
+    stage: Stage,
+    todo: list[Unit],
+    instance: dg.DagsterInstance,
+    defs: dg.Definitions,
+    after_each: Callable[[], None] = lambda: None,
+) -> None:
     """Run the units of a stage: together, or phase by phase across every unit where the stage has phases and
     runs one partition per unit (a single range run already materialises each phase for all its partitions
-    before the next)."""
+    before the next); ``after_each`` is called after every run (the ledger keeps the time spent so far)."""
     if not stage.spec.phases or len(todo) < 2:
         for unit in todo:
             run_unit(stage, unit, instance, defs)
+            after_each()
         return
     for phase in stage.spec.phases:
         for unit in todo:
             run_unit(stage, unit, instance, defs, assets=phase)
+            after_each()
 
 
 def check(plan: RunPlan, until: str | None, defs: dg.Definitions | None = None) -> None:
@@ -269,6 +278,31 @@ def check(plan: RunPlan, until: str | None, defs: dg.Definitions | None = None) 
     names = [spec.name for spec in STAGES]
     if until is not None and until not in names:
         raise RunRefused(f"--until {until!r} is no stage; use one of {names}")
+
+
+def _keep_time(
+    plan: RunPlan,
+    ledger: dict[str, dict[str, Any]],
+    stage: str,
+    key: str,
+    units: int,
+    ran_units: int,
+    started: float,
+    spent: float,
+    finished: bool,
+) -> None:
+    """The ledger after every run of a stage (``finished`` once it ends), so a sitting stopped mid-stage keeps the
+    time it spent: a resumed stage adds to it."""
+    if ran_units:
+        wall: float | None = spent + time.perf_counter() - started
+        ledger[stage] = {"wall_s": wall, "key": key, "units": units, "ran_units": ran_units}
+    else:
+        ledger.setdefault(stage, {"wall_s": None, "key": key, "units": units, "ran_units": 0})
+    ledger[stage]["skipped_last_run"] = not ran_units
+    ledger[stage]["finished"] = finished
+    if plan.ledger is not None:
+        plan.ledger.parent.mkdir(parents=True, exist_ok=True)
+        plan.ledger.write_text(json.dumps(ledger, indent=1))
 
 
 def run(
@@ -302,21 +336,15 @@ def run(
         )
         if todo and stage.name in plan.before:
             plan.before[stage.name]()
-        run_units(stage, todo, instance, defs)
-        wall = time.perf_counter() - started
         previous = ledger.get(stage.name, {})
-        if todo:
-            # A resumed stage adds to the time it had already spent; a fresh one starts from zero.
-            resumed = resume and previous.get("key") == key
-            spent = (previous.get("wall_s") or 0.0) if resumed else 0.0
-            ledger[stage.name] = {"wall_s": spent + wall, "key": key, "units": len(found), "ran_units": len(todo)}
-        else:
+        # A resumed stage adds to the time it had already spent; a fresh one starts from zero.
+        spent = (previous.get("wall_s") or 0.0) if resume and previous.get("key") == key else 0.0
+
+        kept = functools.partial(_keep_time, plan, ledger, stage.name, key, len(found), len(todo), started, spent)
+        run_units(stage, todo, instance, defs, after_each=functools.partial(kept, finished=False))
+        if not todo:
             print(SKIPPED, flush=True)
-            ledger.setdefault(stage.name, {"wall_s": None, "key": key, "units": len(found), "ran_units": 0})
-        ledger[stage.name]["skipped_last_run"] = not todo
-        if plan.ledger is not None:
-            plan.ledger.parent.mkdir(parents=True, exist_ok=True)
-            plan.ledger.write_text(json.dumps(ledger, indent=1))
+        kept(finished=True)
         if stage.name == until:
             break
     return ledger

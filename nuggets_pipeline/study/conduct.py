@@ -12,6 +12,10 @@ Resumable by the runner's rule: a stage (or one partition of it) already materia
 is skipped, and a changed setting re-runs that stage and the ones after it, never the ones before; nothing is
 tuned on the evaluation set, because no setting reads it.
 
+Across sittings and machines (``study.progress``): the pairs scored so far and the stage times are written to
+``<out>/progress`` whenever the study stops (and by ``--save-progress``), and a later run on a fresh home adds
+those pairs to its pair stores before scoring, so a committed sitting is never scored again.
+
 Outputs (``--out``, docs/study for the real study): results.json (settings, machine, stage wall times,
 per-variant figures, every comparison with its interval and verdict), comparisons.csv, differences.png and the
 scored pool (scored_pool.parquet), which ``--scored-pool FILE`` trains and evaluates from without re-scoring.
@@ -28,6 +32,7 @@ import dagster as dg
 
 from nuggets_pipeline.core.paths import REPO_ROOT, nuggets_home
 from nuggets_pipeline.runs import presets, runner
+from nuggets_pipeline.study.progress import restore_ledger, save_progress, seed_pairs
 from nuggets_pipeline.study.render import render_study_doc
 from nuggets_pipeline.study.results import collect_results
 from nuggets_pipeline.study.scored_pool import import_scored_pool
@@ -41,10 +46,16 @@ def run(
     render: list[Path] | None = None,
     until: str | None = None,
     estimate: bool = False,
+    save_only: bool = False,
 ) -> int:
-    """The study of ``size``: print its settings and estimate, run its stages, write and render the results."""
+    """The study of ``size``: print its settings and estimate, run its stages, write and render the results;
+    ``save_only``: write the progress files from the home (``study.progress``) and stop."""
     preset = presets.preset(size)
     out = out or (REPO_ROOT / "docs" / "study" if size == "study" else nuggets_home() / "study" / size)
+    progress, ledger = out / "progress", nuggets_home() / "study" / size / "timings.json"
+    if save_only:
+        print(f"=== progress: {save_progress(progress, ledger)}")
+        return 0
     if render is None:
         render = [REPO_ROOT / "docs" / "study.md", REPO_ROOT / "README.md"] if size == "study" else []
     expected = estimate_seconds(preset)
@@ -72,19 +83,27 @@ def run(
         pool_file = scored_pool
         identities["one-shot"] = {"scored_pool": file_digest(pool_file)[:16]}
         before["one-shot"] = lambda: import_scored_pool(pool_file)
+    else:
+        # The pairs earlier sittings committed: scored once, never again (a fresh machine resumes from them).
+        before["one-shot"] = lambda: print(f"=== committed progress: {seed_pairs(progress)}", flush=True)
+    if restore_ledger(progress, ledger):
+        print(f"=== stage times so far: {progress / 'timings.json'}", flush=True)
     plan = runner.preset_plan(
         preset,
         default_resources(),
         launched_by=f"study-{size}",
         identities=identities,
         before=before,
-        ledger=nuggets_home() / "study" / size / "timings.json",
+        ledger=ledger,
     )
     try:
         timings = runner.run(plan, instance, until=until)
     except runner.RunRefused as error:
         print(f"nuggets study: {error}", file=sys.stderr)
         return 2
+    finally:
+        # Finished, stopped or failed: what it has done so far, in files a sitting commits.
+        print(f"=== progress: {save_progress(progress, ledger)}", flush=True)
     if until is not None:
         return 0
     command = f"python -m nuggets_pipeline.cli study --size {size}" + (
