@@ -112,12 +112,28 @@ class ScoringResource(dg.ConfigurableResource):
         "adaptive_first_anchors anchors of every candidate, then one_shot_scores gives more, adaptive_round_anchors "
         "at a time, only to candidates whose interval still straddles the cut of the adaptive_* criterion",
     )
+    # The defaults are the core's (core.adaptive.AdaptiveConfig, chosen on synthetic pools): one source of truth.
     adaptive_confidence: float = Field(
-        default=0.95, gt=0, le=1, description="adaptive: confidence of each interval (1: exact, decision-mode bounds)"
+        default=AdaptiveConfig.confidence,
+        gt=0,
+        le=1,
+        description="adaptive: confidence of each interval (1: exact, decision-mode bounds)",
     )
-    adaptive_first_anchors: int = Field(default=10, ge=1, description="adaptive: anchors every candidate gets first")
-    adaptive_round_anchors: int = Field(default=10, ge=1, description="adaptive: anchors added per round")
-    adaptive_seed: int = Field(default=0, description="adaptive: seed of the order anchors are scored in")
+    adaptive_first_anchors: int = Field(
+        default=AdaptiveConfig.first_anchors, ge=1, description="adaptive: anchors every candidate gets first"
+    )
+    adaptive_round_anchors: int = Field(
+        default=AdaptiveConfig.round_anchors, ge=1, description="adaptive: anchors added per round"
+    )
+    adaptive_calibration_share: float = Field(
+        default=AdaptiveConfig.calibration_share,
+        ge=0,
+        le=1,
+        description="adaptive: share of each shard scored on every anchor at screening (the pool model's sample)",
+    )
+    adaptive_seed: int = Field(
+        default=AdaptiveConfig.seed, description="adaptive: seed of the order anchors are scored in"
+    )
     adaptive_threshold: float | None = Field(
         default=None, ge=0, lt=1, description="adaptive: the cut is this threshold (select with the same threshold)"
     )
@@ -152,6 +168,7 @@ class ScoringResource(dg.ConfigurableResource):
             first_anchors=self.adaptive_first_anchors,
             round_anchors=self.adaptive_round_anchors,
             seed=self.adaptive_seed,
+            calibration_share=self.adaptive_calibration_share,
         )
 
     def adaptive_rule(self) -> SelectionRule:

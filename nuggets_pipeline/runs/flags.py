@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from nuggets_pipeline.core.adaptive import AdaptiveConfig
 from nuggets_pipeline.defs.partitions import TRAINING_VARIANTS
 from nuggets_pipeline.runs import presets
 from nuggets_pipeline.runs.presets import Anchors, Preset, Selection, Training, in_stage_order
@@ -91,9 +92,25 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         help="exact (default): every anchor; decision: stop at a certain verdict for --threshold; adaptive: screen "
         "every candidate, then more anchors only where the selection is still in doubt",
     )
-    scoring.add_argument("--adaptive-confidence", type=float, default=None, help="adaptive: interval confidence (0.95)")
-    scoring.add_argument("--adaptive-first-anchors", type=int, default=None, help="adaptive: screening anchors (10)")
-    scoring.add_argument("--adaptive-round-anchors", type=int, default=None, help="adaptive: anchors per round (10)")
+    adaptive = AdaptiveConfig()  # the defaults the help states are the core's, which the scoring resource takes
+    scoring.add_argument(
+        "--adaptive-confidence",
+        type=float,
+        default=None,
+        help=f"adaptive: interval confidence ({adaptive.confidence})",
+    )
+    scoring.add_argument(
+        "--adaptive-first-anchors",
+        type=int,
+        default=None,
+        help=f"adaptive: screening anchors ({adaptive.first_anchors})",
+    )
+    scoring.add_argument(
+        "--adaptive-round-anchors",
+        type=int,
+        default=None,
+        help=f"adaptive: anchors per round ({adaptive.round_anchors})",
+    )
 
     anchors = parser.add_argument_group("anchors (asset `anchor_set`) and candidates")
     anchors.add_argument("--anchor-method", choices=["random", "kmeans", "file"], default=RUN.anchors.method)
