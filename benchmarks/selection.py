@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/selection.py score            # resumable: re-run to continue
     .venv/bin/python benchmarks/selection.py --pairs FILE     # readout + adaptive replay on any pair table
     .venv/bin/python benchmarks/selection.py --synthetic      # the replay on generated pools (defaults chosen here)
+    .venv/bin/python benchmarks/selection.py --live HOME      # a home's live adaptive scoring beside its replay
 
 ``score`` scores the study's pool (the first ``--pool`` candidates by content id of the shipped Alpaca set, the
 same slice ``candidates(limit=...)`` takes) against the paper's 100 KMeans anchors (data/nuggets) with the real
@@ -15,6 +16,13 @@ hash, CPU and torch threads of every sitting; a sitting whose model, dtype or an
 ``--synthetic`` replays the same comparison on pools generated here (``synthetic_pairs``: abilities, anchor easiness
 with a share of nearly-always-won-or-lost anchors, a second latent dimension and pair noise the adaptive rule's
 Rasch model does not know). The adaptive defaults were chosen on these, never on a scored matrix.
+
+``--live HOME`` sets the live adaptive scoring of a home (the study's: ``NUGGETS_HOME=.nuggets_study``) beside the
+replay of the same rule, settings and shards on the committed exact matrix: the pairs both scored (do their wins
+agree?), the anchors each candidate got, the passes spent and the selections (live against replay, each against
+exact scoring's). Replay and engine share ``core.adaptive``, so where every shared pair's win agrees they must
+select the same candidates; a bfloat16 delta within rounding of zero may flip a win between two runs, and each such
+flip is counted.
 """
 
 from __future__ import annotations
@@ -35,13 +43,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from nuggets_pipeline.core.adaptive import AdaptiveConfig, compare_with_exact
+from nuggets_pipeline.core.adaptive import AdaptiveConfig, agreement, compare_with_exact, quality, replay
 from nuggets_pipeline.core.anchors import candidate_pool, file_anchors
 from nuggets_pipeline.core.data import ingest
 from nuggets_pipeline.core.ids import ids_hash
 from nuggets_pipeline.core.modeling import SMOLLM2, load_model
 from nuggets_pipeline.core.paths import ALPACA_CLEANED, KMEANS_100_ANCHORS, shipped
-from nuggets_pipeline.core.reliability import SelectionRule, pair_matrix, readout
+from nuggets_pipeline.core.reliability import SelectionRule, pair_matrix, readout, select_mask
 from nuggets_pipeline.core.scoring import ScoringConfig, score_one_shot, score_zero_shot
 from nuggets_pipeline.core.storage import write_parquet_atomic
 
@@ -307,6 +315,106 @@ def replay_pairs(args: argparse.Namespace) -> int:
     return 0
 
 
+def compare_live(args: argparse.Namespace) -> int:
+    """A home's live adaptive scoring beside the replay of its rule on the exact matrix; ends with one JSON line."""
+    from nuggets_pipeline.core.storage import Warehouse
+
+    store = Warehouse(args.live / "warehouse")
+    try:
+        scores = store.read("one_shot_scores")
+        screening = store.read("one_shot_screening")
+        live_pairs = store.read("one_shot_pair_deltas")
+        selected_ids = set(store.read("golden_subset")["id"].astype(str))
+        matrix = pair_matrix(read_pairs(args.matrix))
+    except (OSError, ValueError) as error:
+        print(f"error: {error}; score the home in adaptive mode through golden_subset first", file=sys.stderr)
+        return 2
+    if scores.empty or "adaptive_rule" not in scores or scores["adaptive_rule"].isna().all():
+        print(f"error: {args.live} holds no adaptive one_shot_scores", file=sys.stderr)
+        return 2
+    rule = SelectionRule(**json.loads(scores["adaptive_rule"].iloc[0]))
+    config = AdaptiveConfig(
+        confidence=float(scores["adaptive_confidence"].iloc[0]),
+        first_anchors=int(screening["first_anchors"].iloc[0]),
+        round_anchors=args.round_anchors,  # not stored with the scores: the run's setting, by default the core's
+        seed=int(screening["order_seed"].iloc[0]),
+        calibration_share=float(screening["calibration_share"].iloc[0]),
+    )
+    ids = matrix.candidate_ids
+    live = scores.drop_duplicates("candidate_id", keep="last").set_index(scores["candidate_id"].astype(str))
+    if set(live.index) != set(ids):
+        print(
+            f"error: the home scored {len(live)} candidates, the matrix holds {len(ids)} complete ones "
+            f"({len(set(live.index) ^ set(ids))} differ): not the same pool",
+            file=sys.stderr,
+        )
+        return 2
+    live = live.reindex(ids)
+    replayed = replay(
+        matrix.wins,
+        rule,
+        config,
+        deltas=matrix.deltas,
+        candidate_ids=ids,
+        anchor_ids=matrix.anchor_ids,
+        shards=live["shard"].astype(str).tolist(),
+    )
+    golden = matrix.golden_scores()
+    exact = select_mask(golden, matrix.mean_delta(), ids, rule)
+    live_selected = np.isin(ids, sorted(selected_ids))
+    exact_pairs = pd.DataFrame(
+        {
+            "candidate_id": np.repeat(ids, matrix.shape[1]),
+            "anchor_id": np.tile(matrix.anchor_ids, matrix.shape[0]),
+            "exact_delta": matrix.deltas.ravel(),
+        }
+    )
+    shared = live_pairs.astype({"candidate_id": str, "anchor_id": str}).merge(
+        exact_pairs, on=["candidate_id", "anchor_id"]
+    )
+    flips = int(((shared["delta"] > 0) != (shared["exact_delta"] > 0)).sum())
+    live_scored = live["anchors_scored"].to_numpy(dtype=np.int64)
+    passes_exact = matrix.shape[0] * matrix.shape[1]
+    summary = {
+        "home": str(args.live),
+        "candidates": matrix.shape[0],
+        "anchors": matrix.shape[1],
+        "selection": rule.describe(),
+        "confidence": config.confidence,
+        "first_anchors": config.first_anchors,
+        "round_anchors": config.round_anchors,
+        "calibration_share": config.calibration_share,
+        "shared_pairs": len(shared),
+        "win_flips": flips,
+        "max_abs_delta_difference": round(float((shared["delta"] - shared["exact_delta"]).abs().max()), 5)
+        if len(shared)
+        else None,
+        "live_passes_fraction": round(float(live_scored.sum() / passes_exact), 4),
+        "replay_passes_fraction": round(replayed.passes_fraction, 4),
+        "same_anchor_count": round(float(np.mean(live_scored == replayed.anchors_scored)), 4),
+        "selected_live": int(live_selected.sum()),
+        "selected_replay": int(replayed.selected.sum()),
+        "live_vs_replay_agreement": round(agreement(live_selected, replayed.selected), 4),
+        "live_vs_exact_agreement": round(agreement(live_selected, exact), 4),
+        "replay_vs_exact_agreement": round(agreement(replayed.selected, exact), 4),
+        "live_quality": round(quality(live_selected, exact, golden), 4),
+        "replay_quality": round(quality(replayed.selected, exact, golden), 4),
+    }
+    print(
+        f"live adaptive scoring of {args.live} beside its replay on {args.matrix} ({rule.describe()}, confidence "
+        f"{config.confidence}, first {config.first_anchors} anchors then rounds of {config.round_anchors}):\n"
+        f"  pairs scored by both: {len(shared):,}, wins that differ: {flips} "
+        f"(largest delta difference {summary['max_abs_delta_difference']} nats)\n"
+        f"  anchor passes: live {summary['live_passes_fraction']:.1%}, replay {summary['replay_passes_fraction']:.1%} "
+        f"of exact; same anchor count for {summary['same_anchor_count']:.1%} of candidates\n"
+        f"  selections: live vs replay {summary['live_vs_replay_agreement']:.3f}; against exact: live "
+        f"{summary['live_vs_exact_agreement']:.3f} (quality {summary['live_quality']:.3f}), replay "
+        f"{summary['replay_vs_exact_agreement']:.3f} (quality {summary['replay_quality']:.3f})"
+    )
+    print(json.dumps(summary, allow_nan=False))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
@@ -314,6 +422,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--synthetic", action="store_true", help="replay mode on generated pools (synthetic_pairs) instead of a table"
+    )
+    parser.add_argument(
+        "--live", type=Path, default=None, help="a home (NUGGETS_HOME): its live adaptive scoring beside the replay"
+    )
+    parser.add_argument(
+        "--matrix", type=Path, default=MATRIX_DIR, help="live mode: the exact pair table the replay runs on"
     )
     parser.add_argument("--top-fraction", type=float, default=0.25, help="replay mode: the selection replayed")
     parser.add_argument("--confidences", type=float, nargs="+", default=list(CONFIDENCES))
@@ -340,6 +454,8 @@ def main(argv: list[str] | None = None) -> int:
         return replay_pairs(args)
     if args.synthetic:
         return replay_synthetic(args)
+    if args.live is not None:
+        return compare_live(args)
     if args.command == "score":
         return score(args)
 
