@@ -26,45 +26,30 @@ DEMO = presets.preset("demo")
 def add_demo_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     d, e = DEMO, DEMO.evaluation
     demo = sub.add_parser("demo", help=f"run the whole graph on the embedded default: {DEMO.summary}")
-    demo.add_argument("--candidates", type=int, default=d.pool, help="candidates to score (0: the whole pool)")
-    demo.add_argument("--anchors", type=int, default=d.anchors.n, help="KMeans anchors")
-    demo.add_argument("--kmeans-pool", type=int, default=d.anchors.kmeans_pool, help="pool rows embedded for KMeans")
-    demo.add_argument(
-        "--embed-max-tokens",
-        type=int,
-        default=d.anchors.embed_max_tokens,
-        help="tokens of each pool text embedded for KMeans",
+    # Every flag but --until is a number that starts at the demo preset's value: one row each (flag, type, default,
+    # help), in the order `demo --help` lists them.
+    numbers: tuple[tuple[str, type, int | float | None, str], ...] = (
+        ("--candidates", int, d.pool, "candidates to score (0: the whole pool)"),
+        ("--anchors", int, d.anchors.n, "KMeans anchors"),
+        ("--kmeans-pool", int, d.anchors.kmeans_pool, "pool rows embedded for KMeans"),
+        ("--embed-max-tokens", int, d.anchors.embed_max_tokens, "tokens of each pool text embedded for KMeans"),
+        ("--shards", int, d.shards, "candidate shards"),
+        ("--threshold", float, None, "select golden_score > threshold instead"),
+        ("--top-fraction", float, d.selection.top_fraction, "select the best fraction of candidates"),
+        ("--train-steps", int, d.training.overrides["max_steps"], "optimizer steps per variant (batch 4 x 2)"),
+        ("--mt-bench-questions", int, e.mt_bench_questions, "MT-Bench questions (of 80)"),
+        ("--alpaca-eval-instructions", int, e.alpaca_eval_instructions, "AlpacaEval instructions (of 805)"),
+        ("--max-new-tokens", int, e.max_new_tokens, "generation length for both benchmarks"),
+        (
+            "--likelihood-items",
+            int,
+            e.likelihood_alpaca_eval_items,
+            "reference answers per source for the judge-free signal",
+        ),
+        ("--calibration-pairs", int, e.calibration_pairs, "GPT-4-decided pairs to calibrate the judge"),
     )
-    demo.add_argument("--shards", type=int, default=d.shards, help="candidate shards")
-    demo.add_argument("--threshold", type=float, default=None, help="select golden_score > threshold instead")
-    demo.add_argument(
-        "--top-fraction", type=float, default=d.selection.top_fraction, help="select the best fraction of candidates"
-    )
-    demo.add_argument(
-        "--train-steps",
-        type=int,
-        default=d.training.overrides["max_steps"],
-        help="optimizer steps per variant (batch 4 x 2)",
-    )
-    demo.add_argument("--mt-bench-questions", type=int, default=e.mt_bench_questions, help="MT-Bench questions (of 80)")
-    demo.add_argument(
-        "--alpaca-eval-instructions",
-        type=int,
-        default=e.alpaca_eval_instructions,
-        help="AlpacaEval instructions (of 805)",
-    )
-    demo.add_argument(
-        "--max-new-tokens", type=int, default=e.max_new_tokens, help="generation length for both benchmarks"
-    )
-    demo.add_argument(
-        "--likelihood-items",
-        type=int,
-        default=e.likelihood_alpaca_eval_items,
-        help="reference answers per source for the judge-free signal",
-    )
-    demo.add_argument(
-        "--calibration-pairs", type=int, default=e.calibration_pairs, help="GPT-4-decided pairs to calibrate the judge"
-    )
+    for flag, kind, default, text in numbers:
+        demo.add_argument(flag, type=kind, default=default, help=text)
     demo.add_argument("--until", default=None, help="stop after this stage")
 
 

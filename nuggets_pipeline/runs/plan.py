@@ -370,35 +370,40 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("--model", default="smollm2-135m-instruct", help="scoring model: preset, HF id or local path")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
     parser.add_argument("--dtype", default="auto", help="float32, bfloat16, float16 or auto")
-    parser.add_argument(
-        "--sample-candidates",
-        type=int,
-        default=2,
-        help=f"candidates scored to measure throughput; from 10 on, also the ranking's reliability (a pilot: "
-        f"{PILOT_CANDIDATES} x {PILOT_ANCHORS} anchors tells how many anchors the pool needs)",
+    # The numeric flags, one row each (flag, type, default, help), in the order `plan --help` lists them.
+    numbers: tuple[tuple[str, type, int | float | None, str], ...] = (
+        (
+            "--sample-candidates",
+            int,
+            2,
+            f"candidates scored to measure throughput; from 10 on, also the ranking's reliability (a pilot: "
+            f"{PILOT_CANDIDATES} x {PILOT_ANCHORS} anchors tells how many anchors the pool needs)",
+        ),
+        ("--sample-anchors", int, 8, "anchors scored per sample candidate"),
+        (
+            "--gpu-tokens-per-s",
+            float,
+            None,
+            "anchor tokens/s of one target GPU, measured (`make gpu-check`, or a first shard's tokens_per_s). The "
+            "GPU-hours are only as good as this figure: the project has measured none yet, so any figure it states "
+            "(the README's 26,000 tokens/s on an H100 and the GPU-hours from it) is assumed, not measured",
+        ),
+        ("--gpus", int, 1, "GPUs to spread the job over (wall-clock estimate)"),
+        (
+            "--trainee-parameters",
+            float,
+            None,
+            "parameters of the model the selection is for, when larger than the scoring model (weak-to-strong; "
+            "e.g. 6.7e9 for a 7B)",
+        ),
+        ("--trainee-epochs", float, 3.0, "epochs of that fine-tune (the paper's 3)"),
+        ("--shard-size", int, DEFAULT_SHARD_SIZE, "candidates per shard"),
+        ("--candidates", int, None, "plan for only this many candidates"),
+        ("--max-length", int, None, "scoring max_length (default: no cut)"),
+        ("--threads", int, None, "torch threads (default: torch's)"),
     )
-    parser.add_argument("--sample-anchors", type=int, default=8, help="anchors scored per sample candidate")
-    parser.add_argument(
-        "--gpu-tokens-per-s",
-        type=float,
-        default=None,
-        help="anchor tokens/s of one target GPU, measured (`make gpu-check`, or a first shard's tokens_per_s). The "
-        "GPU-hours are only as good as this figure: the project has measured none yet, so any figure it states (the "
-        "README's 26,000 tokens/s on an H100 and the GPU-hours from it) is assumed, not measured",
-    )
-    parser.add_argument("--gpus", type=int, default=1, help="GPUs to spread the job over (wall-clock estimate)")
-    parser.add_argument(
-        "--trainee-parameters",
-        type=float,
-        default=None,
-        help="parameters of the model the selection is for, when larger than the scoring model (weak-to-strong; "
-        "e.g. 6.7e9 for a 7B)",
-    )
-    parser.add_argument("--trainee-epochs", type=float, default=3.0, help="epochs of that fine-tune (the paper's 3)")
-    parser.add_argument("--shard-size", type=int, default=DEFAULT_SHARD_SIZE, help="candidates per shard")
-    parser.add_argument("--candidates", type=int, default=None, help="plan for only this many candidates")
-    parser.add_argument("--max-length", type=int, default=None, help="scoring max_length (default: no cut)")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    for flag, kind, default, text in numbers:
+        parser.add_argument(flag, type=kind, default=default, help=text)
     parser.add_argument("--json", action="store_true", help="print the plan as JSON")
 
 
