@@ -16,7 +16,7 @@ sent, so the asset's (or its profile's) own default applies.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from nuggets_pipeline.defs.jobs import STAGES
@@ -179,39 +179,44 @@ STUDY_TRAINING = {
     "random_seed": 0,  # seed of `random`; `random-N` uses random_seed + N
 }
 
+# The demo's judged-benchmark slices and calibration pairs, which both studies keep: a study differs from the demo's
+# evaluation in the judge-free signal only.
+DEMO_BENCHMARKS = Evaluation(mt_bench_questions=2, alpaca_eval_instructions=8, max_new_tokens=96, calibration_pairs=12)
+# What both studies share: the one pinned model, the 600-candidate pool in 6 shards, golden = the top quarter (every
+# baseline the same size), the study's training fields, and a run that resumes what is done.
+STUDY_FIELDS: dict[str, Any] = {
+    "model": "smollm2-135m-instruct",
+    "pool": 600,
+    "shards": 6,
+    "selection": Selection(top_fraction=0.25),
+    "training": Training("cpu-demo", STUDY_TRAINING),
+    "resume": True,
+}
+
+# The demo keeps the best quarter: SmolLM2 with 8 anchors rarely gets a candidate above the paper's 0.8
+# (benchmarks/RESULTS.md, the demo), which would leave nothing to train on; `--threshold 0.8` gives the
+# paper's rule.
+DEMO = Preset(
+    name="demo",
+    summary="the whole graph on the embedded default (SmolLM2, a small slice), in minutes on a CPU",
+    pool=96,
+    shards=4,
+    anchors=Anchors(),
+    selection=Selection(),
+    training=Training("cpu-demo", {"max_steps": 4, "max_length": 192}),
+    evaluation=replace(DEMO_BENCHMARKS, likelihood_alpaca_eval_items=16, likelihood_mt_bench_items=16),
+    variants=DEMO_VARIANTS,
+)
+
 PRESETS: dict[str, Preset] = {
-    # The demo keeps the best quarter: SmolLM2 with 8 anchors rarely gets a candidate above the paper's 0.8
-    # (benchmarks/RESULTS.md, the demo), which would leave nothing to train on; `--threshold 0.8` gives the
-    # paper's rule.
-    "demo": Preset(
-        name="demo",
-        summary="the whole graph on the embedded default (SmolLM2, a small slice), in minutes on a CPU",
-        pool=96,
-        shards=4,
-        anchors=Anchors(),
-        selection=Selection(),
-        training=Training("cpu-demo", {"max_steps": 4, "max_length": 192}),
-        evaluation=Evaluation(
-            mt_bench_questions=2,
-            alpaca_eval_instructions=8,
-            max_new_tokens=96,
-            likelihood_alpaca_eval_items=16,
-            likelihood_mt_bench_items=16,
-            calibration_pairs=12,
-        ),
-        variants=DEMO_VARIANTS,
-    ),
+    "demo": DEMO,
     # `nuggets run`'s defaults: the demo's slice, with the training and evaluation profiles' own sizes.
-    "run": Preset(
+    "run": replace(
+        DEMO,
         name="run",
         summary="your data and your models, the demo's slice and the cpu-demo profiles unless flags say otherwise",
-        pool=96,
-        shards=4,
-        anchors=Anchors(),
-        selection=Selection(),
         training=Training("cpu-demo"),
         evaluation=Evaluation(profile="cpu-demo"),
-        variants=DEMO_VARIANTS,
     ),
     # The second study (issue 20), sized in docs/study.md (study.sizing.estimate_seconds): the paper's 100 KMeans
     # anchors (shipped) instead of 16, scored in the adaptive mode, so a golden score is no longer 16 coin flips and
@@ -223,48 +228,27 @@ PRESETS: dict[str, Preset] = {
         name="study",
         summary="the second study (docs/study.md): golden against random (two seeds), length, IFD and the base "
         "model; several sittings on 2 cores, resumable",
-        model="smollm2-135m-instruct",
-        pool=600,
-        shards=6,
         anchors=Anchors(method="file", n=None),  # data/nuggets/alpaca_gpt4_kmeans_100.json, every row
-        selection=Selection(top_fraction=0.25),  # golden = the top quarter; every baseline the same size
-        training=Training("cpu-demo", STUDY_TRAINING),
-        evaluation=Evaluation(
-            mt_bench_questions=2,
-            alpaca_eval_instructions=8,
-            max_new_tokens=96,
-            likelihood_profile="paper",
-            likelihood_alpaca_eval_items=300,
-            likelihood_sample_seed=0,
-            calibration_pairs=12,
+        evaluation=replace(
+            DEMO_BENCHMARKS, likelihood_profile="paper", likelihood_alpaca_eval_items=300, likelihood_sample_seed=0
         ),
         variants=STUDY_VARIANTS,
         scoring_dtype="auto",  # bfloat16 on a CPU with native bfloat16 (3x float32's speed), float32 elsewhere
         scoring={"mode": "adaptive", "adaptive_top_fraction": 0.25},
-        resume=True,
+        **STUDY_FIELDS,
     ),
     # The first study (docs/study/results.json until the second replaces it): 16 KMeans anchors, exact scoring,
     # four variants; kept so its committed record stays reproducible (`nuggets study --size study-1`).
     "study-1": Preset(
         name="study-1",
         summary="the first golden-vs-random study: 16 anchors, exact scoring, about 2.8 hours on 2 cores",
-        model="smollm2-135m-instruct",
-        pool=600,
-        shards=6,
         anchors=Anchors(n=16, seed=0, kmeans_pool=800, embed_max_tokens=128),
-        selection=Selection(top_fraction=0.25),  # golden = the top quarter; bottom = the lowest, same size
-        training=Training("cpu-demo", STUDY_TRAINING),
-        evaluation=Evaluation(
-            mt_bench_questions=2,
-            alpaca_eval_instructions=8,
-            max_new_tokens=96,
-            likelihood_profile="paper",  # every AlpacaEval and MT-Bench reference answer
-            calibration_pairs=12,
-        ),
-        # A second random seed (random-1, the noise floor of the training sample) does not fit the 3 hours on
-        # 2 cores beside the four the issue requires: add it here to run it (~35 min more, nothing re-scored).
+        evaluation=replace(DEMO_BENCHMARKS, likelihood_profile="paper"),  # every AlpacaEval and MT-Bench reference
+        # bottom = the lowest quarter, golden's size. A second random seed (random-1, the noise floor of the training
+        # sample) does not fit the 3 hours on 2 cores beside the four the issue requires: add it here to run it
+        # (~35 min more, nothing re-scored).
         variants=("golden", "bottom", "random", "full"),
-        resume=True,
+        **STUDY_FIELDS,
     ),
     # The study's path at a size the tiny random model runs in a minute or two (the end-to-end test).
     "tiny": Preset(
