@@ -280,6 +280,19 @@ def check(plan: RunPlan, until: str | None, defs: dg.Definitions | None = None) 
         raise RunRefused(f"--until {until!r} is no stage; use one of {names}")
 
 
+def cpu_name() -> str:
+    """The CPU model (Linux's /proc/cpuinfo), else what the platform says."""
+    import platform
+
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def _keep_time(
     plan: RunPlan,
     ledger: dict[str, dict[str, Any]],
@@ -300,6 +313,8 @@ def _keep_time(
         ledger.setdefault(stage, {"wall_s": None, "key": key, "units": units, "ran_units": 0})
     ledger[stage]["skipped_last_run"] = not ran_units
     ledger[stage]["finished"] = finished
+    if ran_units:  # where the time was spent (a study's sittings may run on different CPUs)
+        ledger[stage]["cpu"] = cpu_name()
     if plan.ledger is not None:
         plan.ledger.parent.mkdir(parents=True, exist_ok=True)
         plan.ledger.write_text(json.dumps(ledger, indent=1))

@@ -69,6 +69,15 @@ def run(
     )
     if estimate:
         return 0
+    if scored_pool is not None and preset.scoring.get("mode", "exact") != "exact":
+        # An adaptive pool has no score on every anchor to import; its pairs are what a sitting commits.
+        print(
+            f"nuggets study: --scored-pool imports exact scores, and the {size} study scores in "
+            f"{preset.scoring['mode']} mode; it resumes from {progress / 'pairs.parquet'} instead (run without "
+            "--scored-pool)",
+            file=sys.stderr,
+        )
+        return 2
 
     from nuggets_pipeline.core.incoming import file_digest
     from nuggets_pipeline.defs.definitions import default_resources

@@ -53,12 +53,13 @@ def render_blocks(results: dict[str, Any]) -> dict[str, str]:
     s = results["settings"]
     timings = results["stage_wall_s"]
     estimated = results["estimated_stage_s"]
-    lines = ["| stage | measured (s) | estimated (s) |", "|---|---:|---:|"]
+    lines = ["| stage | measured (s) | estimated (s) | CPU |", "|---|---:|---:|---|"]
     for stage, est in estimated.items():
         measured = timings.get(stage, {}).get("wall_s")
-        lines.append(f"| {stage} | {'–' if measured is None else f'{measured:,.0f}'} | {est:,} |")
-    total = sum(t.get("wall_s", 0.0) for t in timings.values())
-    lines.append(f"| **total** | **{total:,.0f}** ({total / 3600:.2f} h) | {sum(estimated.values()):,} |")
+        cpu = timings.get(stage, {}).get("cpu", results["machine"].get("cpu", "–"))
+        lines.append(f"| {stage} | {'–' if measured is None else f'{measured:,.0f}'} | {est:,} | {cpu} |")
+    total = sum(t.get("wall_s") or 0.0 for t in timings.values())
+    lines.append(f"| **total** | **{total:,.0f}** ({total / 3600:.2f} h) | {sum(estimated.values()):,} | |")
     comparison = [
         "| comparison | source | answers | difference (nats/token) | 95% interval | verdict | beyond seed spread | "
         "MT-Bench Δ | AlpacaEval win-rate Δ |",
@@ -100,6 +101,7 @@ def render_blocks(results: dict[str, Any]) -> dict[str, str]:
             f"whole pool {means['pool']:,.0f} characters."
         )
     settings = "```json\n" + json.dumps(s, indent=1) + "\n```"
+    scoring = _scoring_lines(results.get("scoring"))
     machine_line = ", ".join(f"{k} {v}" for k, v in results["machine"].items())
     return {
         "headline": results["headline"],
@@ -109,7 +111,28 @@ def render_blocks(results: dict[str, Any]) -> dict[str, str]:
         "comparisons": "\n".join(comparison),
         "variants": "\n".join(variants),
         "length": length,
+        "scoring": scoring,
     }
+
+
+def _scoring_lines(scoring: dict[str, Any] | None) -> str:
+    """How the pool was scored, how far its ranking is signal, and what selection cost against tuning."""
+    if not scoring:
+        return "_Not recorded (a study before the scoring figures were kept)._"
+    passes = scoring.get("passes_fraction")
+    lines = [
+        f"- Mode: {scoring['mode']} ({scoring['dtype']}); anchor passes "
+        + (
+            f"{scoring['anchor_passes']:,} of exact scoring's {scoring['anchor_passes_exact']:,} ({passes:.1%}), "
+            f"{scoring['settled_early']:,} candidates settled before their last anchor."
+            if passes is not None
+            else "not recorded."
+        ),
+        f"- Reliability of the ranking: {scoring.get('reliability') or 'not recorded'}.",
+    ]
+    if scoring.get("selection_to_tuning"):
+        lines.append(f"- Cost: {scoring['selection_to_tuning']}.")
+    return "\n".join(lines)
 
 
 def _yes_no(value: bool | None) -> str:

@@ -31,16 +31,10 @@ from nuggets_pipeline.study.sizing import estimate_seconds, settings_record
 def machine() -> dict[str, Any]:
     import torch
 
-    model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    from nuggets_pipeline.runs.runner import cpu_name
+
     return {
-        "cpu": model,
+        "cpu": cpu_name(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "python": platform.python_version(),
@@ -74,6 +68,50 @@ def variant_figures(instance: dg.DagsterInstance, variants: Sequence[str]) -> di
             if k in metadata
         }
     return out
+
+
+def scoring_figures(
+    preset: Preset, instance: dg.DagsterInstance, timings: dict[str, dict[str, Any]], full: dict[str, Any]
+) -> dict[str, Any]:
+    """How the pool was scored and what that cost: the mode and its anchor passes, the reliability readout of the
+    golden subset, and the selection-to-tuning ratio (STR), measured where the full-pool fine-tune ran (scoring
+    wall time over its wall time), else the selection's own estimate from forward-pass FLOPs."""
+    import torch
+
+    from nuggets_pipeline.core.modeling import resolve_dtype
+    from nuggets_pipeline.defs.metadata import latest_value
+
+    def selection(key: str) -> Any:
+        return latest_value(instance, "golden_subset", key)
+
+    scoring_s = sum((timings.get(stage, {}).get("wall_s") or 0.0) for stage in ("zero-shot", "one-shot"))
+    full_s = full.get("wall_s")
+    measured = bool(scoring_s and full_s)
+    return {
+        "mode": str(preset.scoring.get("mode", "exact")),
+        "settings": dict(preset.scoring),
+        "dtype": str(resolve_dtype(preset.scoring_dtype, torch.device("cpu"))).removeprefix("torch."),
+        "anchor_passes": selection("anchor_passes"),
+        "anchor_passes_exact": selection("anchor_passes_exact"),
+        "passes_fraction": selection("passes_fraction"),
+        "settled_early": selection("settled_early"),
+        "reliability": selection("reliability"),
+        "reliability_figures": selection("reliability_figures"),
+        "scoring_wall_s": scoring_s or None,
+        "full_finetune_wall_s": full_s,
+        "selection_to_tuning_ratio": scoring_s / full_s if measured else selection("selection_to_tuning_ratio"),
+        "selection_to_tuning": (
+            f"selection-to-tuning ratio {scoring_s / full_s:.2f} (measured: scoring {scoring_s:,.0f} s over the "
+            f"full-pool fine-tune's {full_s:,.0f} s); "
+            + (
+                "selection costs more than fine-tuning on the whole pool"
+                if scoring_s > full_s
+                else "selection is cheaper"
+            )
+            if measured
+            else selection("selection_to_tuning")
+        ),
+    }
 
 
 def length_check(pool: pd.DataFrame, quarter: int) -> dict[str, Any]:
@@ -164,6 +202,9 @@ def collect_results(
     if scored_pool is None:
         pool.to_parquet(out / "scored_pool.parquet", index=False)
     golden = pool.sort_values("golden_score", ascending=False)
+    variants = {
+        v: {**variant_figures(instance, [v]).get(v, {}), **likelihood_means(report, v)} for v in preset.variants
+    }
     quarter = int(len(pool) * (preset.selection.top_fraction or 0.0))
     results = {
         "question": "Does fine-tuning on the golden subset (top quarter by NUGGETS golden score) train a better "
@@ -182,9 +223,8 @@ def collect_results(
             "bottom_max_score": float(golden["golden_score"].iloc[-quarter]) if quarter else None,
             **(length_check(pool, quarter) if quarter else {}),
         },
-        "variants": {
-            v: {**variant_figures(instance, [v]).get(v, {}), **likelihood_means(report, v)} for v in preset.variants
-        },
+        "variants": variants,
+        "scoring": scoring_figures(preset, instance, timings, variants.get("full", {})),
         "judge": report["judge"],
         "comparisons": comparisons,
         "headline": headline(comparisons, str(preset.model)),

@@ -166,6 +166,10 @@ def test_the_tiny_study_runs_end_to_end_resumes_and_reruns_from_its_scored_pool(
     assert set(sizes.values()) == {6}  # a quarter of 24, the same for every control
     assert results["variants"]["full"]["examples"] == 24
     assert results["settings"] == settings_record(presets.preset("tiny"))
+    scoring = results["scoring"]  # the mode, its passes, the ranking's reliability and the measured cost
+    assert scoring["mode"] == "exact" and scoring["passes_fraction"] == 1.0 and scoring["dtype"] == "float32"
+    assert scoring["reliability"] and scoring["selection_to_tuning_ratio"] > 0
+    assert "(measured: scoring" in scoring["selection_to_tuning"]  # the full-pool fine-tune ran beside it
     assert all(results["stage_wall_s"][stage]["wall_s"] > 0 for stage in estimate_seconds(presets.preset("tiny")))
     assert (out / "differences.png").stat().st_size > 0
     table = pd.read_csv(out / "comparisons.csv")
