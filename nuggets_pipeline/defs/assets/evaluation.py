@@ -151,12 +151,26 @@ def judge_calibration(
 BenchmarkEvaluate = Callable[..., tuple[pd.DataFrame, Any]]
 
 
+class JudgedBenchmarkConfig(dg.Config):
+    """The fields MT-Bench and AlpacaEval both take: the size profile, the generation length and batch, the seed."""
+
+    profile: EvaluationProfileName = profile_field()
+    max_new_tokens: int | None = Field(default=None, gt=0)
+    batch_size: int = Field(default=8, gt=0)
+    seed: int = 0
+
+    def settings(self) -> tuple[int | None, int]:
+        """(items, None for all; max new tokens): set fields win over the profile's. Each benchmark's own."""
+        raise NotImplementedError
+
+
 @dataclass(frozen=True)
 class JudgedBenchmark:
     """The shape MT-Bench and AlpacaEval share, for the partition's variant: ``evaluate`` runs the benchmark,
     ``results`` checks its judgments, exports it and yields the asset's output and check."""
 
     context: dg.AssetExecutionContext
+    config: JudgedBenchmarkConfig
     judge: JudgeResource
     training_model: ModelResource
     warehouse: WarehouseResource
@@ -164,8 +178,11 @@ class JudgedBenchmark:
     def evaluate(
         self, what: str, decoding: dict[str, Any], evaluate: BenchmarkEvaluate, **options: Any
     ) -> tuple[pd.DataFrame, Any]:
-        """Load the variant on the training model's device, run ``evaluate`` with ``options`` and the judge there
-        (judgments cached in the home), stamp every row with the variant, model and decoding."""
+        """Load the variant on the training model's device, run ``evaluate`` with the config's sizes, batch and
+        seed, ``options`` and the judge there (judgments cached in the home), stamp every row with the variant,
+        model and decoding (the generation length, then ``decoding``)."""
+        limit, max_new_tokens = self.config.settings()
+        decoding = {"max_new_tokens": max_new_tokens, **decoding}
         variant = self.context.partition_key
         device = self.training_model.torch_device()
         loaded = variant_model(self.warehouse.warehouse(), variant, device, self.training_model.model)
@@ -174,6 +191,10 @@ class JudgedBenchmark:
             self.judge.build(device),
             cache=judgment_cache(self.warehouse),
             progress=md.progress_logger(self.context.log.info, what + ": {done}/{total}", parts=5),
+            limit=limit,
+            max_new_tokens=max_new_tokens,
+            batch_size=self.config.batch_size,
+            seed=self.config.seed,
             **options,
         )
         rows = rows.assign(variant=variant, model_fingerprint=loaded.fingerprint, decoding=json.dumps(decoding))
@@ -184,16 +205,24 @@ class JudgedBenchmark:
         rows: pd.DataFrame,
         judged: pd.Series,
         export: Callable[[Path], dict[str, Path]],
+        summary: mt_bench.MTBenchSummary | alpaca_eval.AlpacaEvalSummary,
         **figures: Any,
     ) -> Iterator[dg.Output[pd.DataFrame] | dg.AssetCheckResult]:
         """The judgments check of ``rows`` (``judged``: the rows a judge was asked about) first: a benchmark whose
         judge failed raises before ``export`` writes anything a reader could take for a result. Then the rows, with
-        the exported files, the device and ``figures`` as metadata, and the check."""
+        the exported files, the device, the judge's figures of ``summary`` and ``figures`` as metadata, and the
+        check."""
         asset = self.context.asset_key.to_user_string()
         check = judgment_failures(asset, rows, judged, self.judge.max_failed_fraction)
         written = export(exports_dir(self.warehouse))
         yield dg.Output(
-            rows, metadata={**md.paths_metadata(written), "device": self.training_model.device_used(), **figures}
+            rows,
+            metadata={
+                **md.paths_metadata(written),
+                "device": self.training_model.device_used(),
+                **judgment_figures(summary),
+                **figures,
+            },
         )
         yield check
 
@@ -260,12 +289,8 @@ def judgment_failures(
     )
 
 
-class MTBenchConfig(dg.Config):
-    profile: EvaluationProfileName = profile_field()
+class MTBenchConfig(JudgedBenchmarkConfig):
     questions: int | None = Field(default=None, gt=0, description="first N of the 80 questions (80: all)")
-    max_new_tokens: int | None = Field(default=None, gt=0)
-    batch_size: int = Field(default=8, gt=0)
-    seed: int = 0
 
     def settings(self) -> tuple[int | None, int]:
         """(questions, None for all; max new tokens): set fields win over the profile's."""
@@ -285,24 +310,15 @@ def mt_bench_results(
     training_model: ModelResource,
     warehouse: WarehouseResource,
 ) -> Iterator[dg.Output[pd.DataFrame] | dg.AssetCheckResult]:
-    questions, max_new_tokens = config.settings()
-    benchmark = JudgedBenchmark(context, judge, training_model, warehouse)
-    rows, summary = benchmark.evaluate(
-        "MT-Bench answers",
-        {"max_new_tokens": max_new_tokens, "temperatures": "fastchat"},
-        mt_bench.evaluate,
-        limit=questions,
-        max_new_tokens=max_new_tokens,
-        batch_size=config.batch_size,
-        seed=config.seed,
-    )
+    benchmark = JudgedBenchmark(context, config, judge, training_model, warehouse)
+    rows, summary = benchmark.evaluate("MT-Bench answers", {"temperatures": "fastchat"}, mt_bench.evaluate)
     categories = pd.DataFrame(sorted(summary.per_category.items()), columns=["category", "mean_rating"])
     yield from benchmark.results(
         rows,
         pd.Series(True, index=rows.index),
         # FastChat's files: show_result reads the grades, gen_judgment can re-grade the answers with GPT-4.
         lambda folder: exports.export_mt_bench(rows, context.partition_key, folder),
-        **judgment_figures(summary),
+        summary,
         score=summary.score,
         turn_1=summary.turn_1,
         turn_2=summary.turn_2,
@@ -311,8 +327,7 @@ def mt_bench_results(
     )
 
 
-class AlpacaEvalConfig(dg.Config):
-    profile: EvaluationProfileName = profile_field()
+class AlpacaEvalConfig(JudgedBenchmarkConfig):
     instructions: int | None = Field(default=None, gt=0, description="first N of the 805 instructions (805: all)")
     version: Literal["alpaca_eval_1", "alpaca_eval_2"] = Field(
         default="alpaca_eval_1", description="reference: text-davinci-003 (1, the paper's) or gpt-4-1106 (2)"
@@ -320,9 +335,6 @@ class AlpacaEvalConfig(dg.Config):
     protocol: Literal["pairwise", "pointwise"] = Field(
         default="pairwise", description="pointwise rates each output 1-10 (the route for weak judges)"
     )
-    max_new_tokens: int | None = Field(default=None, gt=0)
-    batch_size: int = Field(default=8, gt=0)
-    seed: int = 0
 
     def settings(self) -> tuple[int | None, int]:
         """(instructions, None for all; max new tokens): set fields win over the profile's."""
@@ -345,19 +357,14 @@ def alpaca_eval_results(
     training_model: ModelResource,
     warehouse: WarehouseResource,
 ) -> Iterator[dg.Output[pd.DataFrame] | dg.AssetCheckResult]:
-    instructions, max_new_tokens = config.settings()
-    benchmark = JudgedBenchmark(context, judge, training_model, warehouse)
+    benchmark = JudgedBenchmark(context, config, judge, training_model, warehouse)
     annotations, summary = benchmark.evaluate(
         "AlpacaEval outputs",
-        {"max_new_tokens": max_new_tokens, "temperature": 0},
+        {"temperature": 0},
         alpaca_eval.evaluate,
         version=config.version,
-        limit=instructions,
         generator=exports.model_id(context.partition_key),
         protocol=config.protocol,
-        max_new_tokens=max_new_tokens,
-        batch_size=config.batch_size,
-        seed=config.seed,
     )
     datasets = pd.DataFrame(sorted(summary.per_dataset.items()), columns=["dataset", "win_rate"])
     yield from benchmark.results(
@@ -365,7 +372,7 @@ def alpaca_eval_results(
         # An output identical to the reference is a tie without asking the judge (no prompt hash): not counted.
         annotations["prompt_hash"].notna(),
         lambda folder: exports.export_alpaca_eval(annotations, folder),
-        **judgment_figures(summary),
+        summary,
         lc_glm=summary.lc_glm,
         reference=summary.reference,
         win_rate=summary.win_rate,
