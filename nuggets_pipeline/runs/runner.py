@@ -11,7 +11,8 @@ run config its assets take:
 - ``train`` and ``evaluate``: one run per variant.
 
 The resume rule (plans made from a preset with ``resume``): every run is tagged with a settings key that hashes
-what the plan starts from, the stage's name, assets and config, its partition, and the key of the stage before.
+what the plan starts from, the stage's name, assets, config and the config of the resources they use, its
+partition, and the key of the stage before.
 A unit (a stage, or one partition of it) whose assets' latest materialisations all come from a run with its key
 is skipped; anything else runs (a killed scoring shard or training run resumes from its own checkpoints). A
 changed setting re-runs that stage and every stage after it, never the ones before.
@@ -144,6 +145,13 @@ def stages(plan: RunPlan, defs: dg.Definitions | None = None) -> list[Stage]:
         for spec in STAGES
         if spec.needed(plan.variants)
     ]
+
+
+def _resources(stage: Stage, defs: dg.Definitions) -> dict[str, Any]:
+    """The run config of the resources the stage's assets use (e.g. the scoring mode): a part of its settings as
+    much as its op config, so changing it re-runs the stage."""
+    used = set().union(*(defs.resolve_assets_def(asset).required_resource_keys for asset in stage.spec.assets))
+    return {k: v for k, v in stage.run_config.get("resources", {}).items() if k in used}
 
 
 def _definitions() -> dg.Definitions:
@@ -334,7 +342,9 @@ def run(
     chain = _hash(dict(plan.resume_from or {}))
     for stage in stages(plan, defs):
         identity = dict(plan.identities.get(stage.name, {}))
-        key = _hash([chain, stage.name, list(stage.spec.assets), stage.run_config["ops"], identity])
+        key = _hash(
+            [chain, stage.name, list(stage.spec.assets), stage.run_config["ops"], _resources(stage, defs), identity]
+        )
         if not stage.spec.only_for:
             # A stage only some variants need stays out of the chain: dropping those variants must not re-run the
             # stages after it. (The `ifd` stage's settings are the scoring model, already in the chain's root, and

@@ -84,3 +84,14 @@ def test_a_stage_the_plan_lacks_is_refused_before_anything_runs() -> None:
     plan = runner.preset_plan(presets.preset("demo"), default_resources())
     with pytest.raises(runner.RunRefused, match="--until 'selct' is no stage"):
         runner.check(plan, "selct")
+
+
+def test_a_resource_setting_belongs_to_the_settings_of_exactly_the_stages_that_use_it() -> None:
+    """The scoring mode is resource config, not op config: a study switched from exact to adaptive must re-score,
+    and must not re-ingest."""
+    from nuggets_pipeline.defs.definitions import defs
+
+    plan = runner.preset_plan(presets.preset("study"), default_resources())
+    used = {stage.name: runner._resources(stage, defs) for stage in runner.stages(plan, defs)}
+    assert used["one-shot"]["scoring"]["config"]["mode"] == "adaptive"
+    assert used["ingest"] == {} and "scoring" not in used["train"] and "scoring_model" in used["zero-shot"]
