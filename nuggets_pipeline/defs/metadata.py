@@ -8,6 +8,7 @@ import io
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 import numpy as np
@@ -33,6 +34,12 @@ def preview(frame: pd.DataFrame, columns: Sequence[str], rows: int = 5) -> dg.Me
 
 def table(frame: pd.DataFrame, floatfmt: str = ".4f") -> dg.MetadataValue:
     return dg.MetadataValue.md(frame.to_markdown(index=False, floatfmt=floatfmt) if len(frame) else "_(empty)_")
+
+
+def table_output(frame: pd.DataFrame, metadata: Mapping[str, Any], **options: Any) -> dg.Output[pd.DataFrame]:
+    """A table asset's output (``options``: ``dg.Output``'s output_name, data_version): ``metadata`` after the row
+    count, which every table reports the same way so that the UI shows it for each."""
+    return dg.Output(frame, metadata={"dagster/row_count": len(frame), **metadata}, **options)
 
 
 def histogram_md(values: Sequence[float], bins: int | Sequence[float] = 10, label: str = "value") -> dg.MetadataValue:

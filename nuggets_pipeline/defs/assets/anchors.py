@@ -90,10 +90,9 @@ def anchor_set(
         )
     anchors = choice.anchors
     AnchorSetSchema.validate(anchors)
-    return dg.Output(
+    return md.table_output(
         anchors,
-        metadata={
-            "dagster/row_count": len(anchors),
+        {
             "method": choice.method,
             "anchor_set_hash": ids_hash(anchors["id"]),
             "preview": md.preview(anchors, ["id", "cluster", "cluster_size", "instruction", "output"], rows=10),
@@ -132,10 +131,9 @@ def candidates(
         context.instance.add_dynamic_partitions(CANDIDATE_SHARDS, new)
     sizes = pool.groupby("shard").size().rename("candidates").reset_index()
     context.log.info(f"{len(pool)} candidates in {len(shards)} shards ({len(new)} new shard partitions)")
-    return dg.Output(
+    return md.table_output(
         pool,
-        metadata={
-            "dagster/row_count": len(pool),
+        {
             "anchors_removed": int(instructions["id"].isin(set(anchor_set["id"])).sum()),
             "shards": md.table(sizes),
             "preview": md.preview(pool, ["id", "shard", "instruction"]),

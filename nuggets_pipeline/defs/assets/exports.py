@@ -68,10 +68,9 @@ def scored_pool_exports(
         context.log.info(f"removed {legacy}, an old copy of {written['golden_subset_alpaca']}")
     context.log.info(f"exported {len(pool)} scored rows ({int(pool['selected'].sum())} selected) to {written}")
     sizes = pd.DataFrame({"threshold": list(by_threshold), "rows": [len(s) for s in by_threshold.values()]})
-    return dg.Output(
+    return md.table_output(
         pool,
-        metadata={
-            "dagster/row_count": len(pool),
+        {
             "selected": int(pool["selected"].sum()),
             "per_threshold": md.table(sizes) if len(sizes) else "none asked",
             "top_examples": md.preview(pool, ["golden_score", "instruction", "output"], rows=5),

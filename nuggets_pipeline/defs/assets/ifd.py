@@ -53,10 +53,9 @@ def ifd_scores(
     rho = spearmanr(frame["ifd"], response_lengths(pool).to_numpy()).statistic if len(frame) > 2 else float("nan")
     tokens = int(2 * frame["response_tokens"].sum() + frame["prompt_tokens"].sum())
     context.log.info(f"IFD of {len(frame)} candidates in {seconds:.1f}s")
-    return dg.Output(
+    return md.table_output(
         frame,
-        metadata={
-            "dagster/row_count": len(frame),
+        {
             "model": loaded.name,
             "scoring_fingerprint": str(frame["model_fingerprint"].iloc[0]) if len(frame) else "",
             "ifd_histogram": md.histogram_md(frame["ifd"], bins=10, label="IFD"),
@@ -109,10 +108,9 @@ def ifd_subset(
     subset["model_fingerprint"] = chosen["model_fingerprint"].to_numpy()
     lengths = response_lengths(subset)
     context.log.info(f"IFD selected {len(subset)} of {len(ifd_scores)} candidates")
-    return dg.Output(
+    return md.table_output(
         subset,
-        metadata={
-            "dagster/row_count": len(subset),
+        {
             "pool": len(ifd_scores),
             "dropped_at_or_above_max_ifd": int((ifd_scores["ifd"] >= config.max_ifd).sum()),
             "mean_response_chars": float(lengths.mean()) if len(subset) else 0.0,

@@ -184,7 +184,5 @@ def ingest_increment_file(
 
 def batch_output(frame: pd.DataFrame, table: str, path: Path, **metadata: Any) -> dg.Output[pd.DataFrame]:
     """One of a batch's two tables (its new candidates, its quarantined rows), with what both record: the row
-    count and the file the batch was read from."""
-    return dg.Output(
-        frame, output_name=table, metadata={"dagster/row_count": len(frame), "source_file": str(path), **metadata}
-    )
+    count (``md.table_output``) and the file the batch was read from."""
+    return md.table_output(frame, {"source_file": str(path), **metadata}, output_name=table)

@@ -84,11 +84,9 @@ def ingest_instructions(context: dg.AssetExecutionContext, config: IngestConfig)
     lengths = instructions["instruction"].str.len() + instructions["input"].str.len() + instructions["output"].str.len()
     reasons = pd.DataFrame(sorted(result.reasons.items()), columns=["reason", "rows"])
     context.log.info(f"ingested {len(instructions)} rows, quarantined {len(quarantined)} from {sources}")
-    yield dg.Output(
+    yield md.table_output(
         instructions,
-        output_name="instructions",
-        metadata={
-            "dagster/row_count": len(instructions),
+        {
             "quarantined": len(quarantined),
             "sources": ", ".join(sources),
             # What the re-scoring schedule re-reads: each local file with its size, mtime and content hash.
@@ -97,13 +95,13 @@ def ingest_instructions(context: dg.AssetExecutionContext, config: IngestConfig)
             "length_histogram_chars": md.histogram_md(lengths, bins=12, label="characters"),
             "with_input_fraction": float((instructions["input"] != "").mean()),
         },
+        output_name="instructions",
     )
-    yield dg.Output(
+    yield md.table_output(
         quarantined,
-        output_name="quarantined_instructions",
-        metadata={
-            "dagster/row_count": len(quarantined),
+        {
             "by_reason": md.table(reasons),
             "preview": md.preview(quarantined, ["source", "row_number", "reason", "raw"]),
         },
+        output_name="quarantined_instructions",
     )

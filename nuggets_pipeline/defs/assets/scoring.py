@@ -73,10 +73,9 @@ def zero_shot_losses(
     ZeroShotSchema.validate(frame)
     tokens = int(frame["response_tokens"].sum() + frame["prompt_tokens"].sum())
     context.log.info(f"zero-shot scored {len(frame)} anchors in {seconds:.1f}s")
-    return dg.Output(
+    return md.table_output(
         frame,
-        metadata={
-            "dagster/row_count": len(frame),
+        {
             "dagster/column_schema": column_schema(ZeroShotSchema),
             "model": loaded.name,
             "device": scoring_model.device_used(),
@@ -493,10 +492,9 @@ def golden_subset(
         "fraction of anchors helped",
         bins=20,
     )
-    return dg.Output(
+    return md.table_output(
         subset,
-        metadata={
-            "dagster/row_count": len(subset),
+        {
             "criterion": json.dumps(criterion),
             "candidates_scored": len(current),
             # What scoring cost against exact scoring (every candidate on every anchor): decision and adaptive save.
