@@ -112,7 +112,66 @@ def render_blocks(results: dict[str, Any]) -> dict[str, str]:
         "variants": "\n".join(variants),
         "length": length,
         "scoring": scoring,
+        "objections": _objections(results),
     }
+
+
+def _comparison(results: dict[str, Any], name: str, source: str = "alpaca_eval") -> dict[str, Any] | None:
+    found = [c for c in results["comparisons"] if c["comparison"] == name and c["source"] == source]
+    return found[0] if found else None
+
+
+def _said(results: dict[str, Any], name: str) -> str:
+    """A comparison's sentence (AlpacaEval references) with whether it clears the seed spread, or 'not measured'."""
+    c = _comparison(results, name)
+    if c is None:
+        return f"{name}: not measured"
+    beyond = c.get("beyond_seed_spread")
+    spread = (
+        ""
+        if beyond is None or c["verdict"] == "within noise"
+        else ("; beyond the seed spread" if beyond else "; but within the seed spread")
+    )
+    sentence = c.get("sentence") or (
+        f"{name}: {c['difference']:+.4f} nats/token, 95% interval [{c['ci_low']:+.4f}, {c['ci_high']:+.4f}], "
+        f"{c['verdict']}"
+    )
+    return sentence.removeprefix("alpaca_eval: ") + spread
+
+
+def _objections(results: dict[str, Any]) -> str:
+    """The five objections to a golden-vs-random verdict, each answered from the results in one line."""
+    scoring = results.get("scoring") or {}
+    # The exact matrix of the same pool where one is committed (adaptive scores leave most rows incomplete).
+    figures = scoring.get("exact_matrix_readout") or scoring.get("reliability_figures") or {}
+    reliability = figures.get("reliability")
+    noise = (
+        f"{figures.get('line')} ({figures.get('candidates')} candidates scored on every anchor; "
+        f"{figures.get('anchors_for_reliability_0_8')} anchors would reach a reliability of 0.8)"
+        if reliability is not None
+        else f"{scoring.get('reliability') or 'not measured'}"
+    )
+    pool = results.get("scored_pool", {})
+    rho = pool.get("spearman_golden_score_vs_response_chars")
+    base = [c for c in results["comparisons"] if c["source"] == "alpaca_eval" and c.get("second") == "base"]
+    ahead = [c["first"] for c in base if c["verdict"] == "ahead"]
+    lines = [
+        f"1. **Noise** (is the ranking more than the draw of anchors?): {noise}.",
+        f"2. **Seed spread** (how far apart are two random draws?): {_said(results, 'random vs random-1')}.",
+        "3. **Length** (does the score only pick long answers?): "
+        + (f"golden score vs response length, Spearman {rho:+.2f}; " if rho is not None else "")
+        + f"{_said(results, 'golden vs length-matched')}; {_said(results, 'golden vs longest')}.",
+        "4. **Base** (did fine-tuning move the model at all?): "
+        + (
+            f"{len(ahead)} of {len(base)} variants ahead of the untouched model ({', '.join(ahead) or 'none'}); "
+            f"{_said(results, 'golden vs base')}."
+            if base
+            else "not measured."
+        ),
+        f"5. **IFD** (the cheap competitor): {_said(results, 'golden vs ifd')}; "
+        f"{_said(results, 'ifd vs random (pooled random+random-1)')}.",
+    ]
+    return "\n".join(lines)
 
 
 def _scoring_lines(scoring: dict[str, Any] | None) -> str:

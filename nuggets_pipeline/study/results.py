@@ -21,7 +21,7 @@ from typing import Any
 import dagster as dg
 import pandas as pd
 
-from nuggets_pipeline.core.paths import nuggets_home
+from nuggets_pipeline.core.paths import REPO_ROOT, nuggets_home
 from nuggets_pipeline.runs.presets import Preset
 from nuggets_pipeline.study.render import difference_plot
 from nuggets_pipeline.study.scored_pool import scored_pool_frame, warehouse
@@ -112,6 +112,24 @@ def scoring_figures(
             else selection("selection_to_tuning")
         ),
     }
+
+
+EXACT_MATRIX = REPO_ROOT / "benchmarks" / "selection" / "pairs.parquet"  # the selection benchmark's, same pool
+
+
+def exact_matrix_readout(preset: Preset, pool_ids: set[str], path: Path = EXACT_MATRIX) -> dict[str, Any] | None:
+    """The reliability readout on the exact matrix of the same pool (every candidate on every anchor), where one
+    is committed: adaptive scoring leaves most candidates without every anchor, and the readout of the live
+    scores covers only the complete ones (the calibration sample and the candidates refined to the end)."""
+    from nuggets_pipeline.core.reliability import SelectionRule, pair_matrix, readout
+
+    if not path.exists():
+        return None
+    matrix = pair_matrix(pd.read_parquet(path, columns=["candidate_id", "anchor_id", "delta"]))
+    if set(matrix.candidate_ids.astype(str)) != pool_ids:
+        return None  # another pool: its readout says nothing about this one
+    figures = readout(matrix, SelectionRule(top_fraction=preset.selection.top_fraction)).as_metadata()
+    return {"file": str(path.relative_to(REPO_ROOT)), **figures}
 
 
 def length_check(pool: pd.DataFrame, quarter: int) -> dict[str, Any]:
@@ -224,7 +242,10 @@ def collect_results(
             **(length_check(pool, quarter) if quarter else {}),
         },
         "variants": variants,
-        "scoring": scoring_figures(preset, instance, timings, variants.get("full", {})),
+        "scoring": {
+            **scoring_figures(preset, instance, timings, variants.get("full", {})),
+            "exact_matrix_readout": exact_matrix_readout(preset, set(pool["candidate_id"].astype(str))),
+        },
         "judge": report["judge"],
         "comparisons": comparisons,
         "headline": headline(comparisons, str(preset.model)),

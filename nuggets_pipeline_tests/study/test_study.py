@@ -114,9 +114,13 @@ def test_the_doc_is_rendered_from_results_and_only_inside_its_blocks() -> None:
     }
     text = (
         "# Study\nkept\n<!-- study:headline -->\nSTALE\n<!-- /study:headline -->\n"
-        "<!-- study:comparisons -->\n<!-- /study:comparisons -->\nend\n"
+        "<!-- study:comparisons -->\n<!-- /study:comparisons -->\n<!-- study:objections -->\n<!-- /study:objections -->"
+        "\nend\n"
     )
     rendered = render_study_doc(text, results)
+    # The five objections, each answered from the results, or saying it was not measured.
+    assert "1. **Noise**" in rendered and "5. **IFD**" in rendered
+    assert "golden vs ifd: not measured" in rendered and "not measured." in rendered
     assert "<!-- study:headline -->\nGolden is ahead.\n<!-- /study:headline -->" in rendered
     row = "| golden vs random | alpaca_eval | 805 | +0.0123 | [+0.0040, +0.0200] | ahead | yes | +0.010 | – |"
     assert row in rendered
