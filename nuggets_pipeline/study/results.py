@@ -169,11 +169,25 @@ def headline(comparisons: Sequence[dict[str, Any]], model: str) -> str:
             if chosen["beyond_seed_spread"]
             else f", but no larger than the {spread:.4f} between two random seeds, so not clearly the selection's doing"
         )
-    return (
+    sentence = (
         f"Fine-tuned on the golden quarter, {model} {words} the same model fine-tuned on {chosen['second']}: "
         f"{chosen['difference']:+.4f} nats/token, 95% interval [{chosen['ci_low']:+.4f}, {chosen['ci_high']:+.4f}] "
-        f"over {chosen['n']} reference answers{caveat}."
+        f"over {chosen['n']} reference answers{caveat}"
     )
+    # The cheap alternatives a user would pick instead, in the same breath (where the study measured them).
+    others = {c["second"]: c for c in candidates}
+    short = {"ahead": "ahead of", "behind": "behind", "within noise": "indistinguishable from"}
+    against = [
+        f"{short[others[name]['verdict']]} {label} ({others[name]['difference']:+.4f}, "
+        f"[{others[name]['ci_low']:+.4f}, {others[name]['ci_high']:+.4f}])"
+        for name, label in (
+            ("length-matched", "a length-matched sample"),
+            ("longest", "the longest answers"),
+            ("ifd", "IFD's selection"),
+        )
+        if name in others
+    ]
+    return sentence + ("; it is " + ", ".join(against) if against else "") + "."
 
 
 def _difference(row: dict[str, Any]) -> Any:

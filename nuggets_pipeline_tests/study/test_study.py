@@ -256,6 +256,15 @@ def test_the_headline_does_not_credit_the_selection_with_a_gap_two_random_seeds_
     assert "not clearly the selection's doing" in text
     assert "larger than the 0.0050" in headline([{**row, "seed_spread": 0.005, "beyond_seed_spread": True}], "m")
     assert "cannot be told apart" in headline([{**row, "verdict": "within noise", "ci_low": -0.001}], "m")
+    # Length and IFD in the same sentence, each with its interval.
+    rows = [
+        row,
+        {**row, "second": "length-matched", "verdict": "within noise", "difference": 0.001, "ci_low": -0.002},
+        {**row, "second": "ifd", "verdict": "behind", "difference": -0.003, "ci_low": -0.005, "ci_high": -0.001},
+    ]
+    both = headline(rows, "m")
+    assert "indistinguishable from a length-matched sample (+0.0010, [-0.0020, +0.0150])" in both
+    assert "behind IFD's selection (-0.0030, [-0.0050, -0.0010])" in both and "longest" not in both
 
 
 def _damaged_pool(kind: str) -> pd.DataFrame:
