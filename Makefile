@@ -54,7 +54,7 @@ $(VENV)/.installed: pyproject.toml
 demo: install
 	$(PY) -m nuggets_pipeline.cli demo $(ARGS)
 
-# The golden-vs-random study (docs/study.md): about 2.8 hours on 2 cores, resumable (re-run to continue). Its own
+# The second study (docs/study.md): about 3.8 hours on 2 cores, several sittings, resumable (re-run to continue). Its own
 # home, so `make demo` never overwrites its pool; `make ui NUGGETS_HOME=$(STUDY_HOME)` browses it.
 STUDY_HOME ?= $(CURDIR)/.nuggets_study
 study: install

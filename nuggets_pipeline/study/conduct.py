@@ -38,6 +38,13 @@ from nuggets_pipeline.study.results import collect_results
 from nuggets_pipeline.study.scored_pool import import_scored_pool
 from nuggets_pipeline.study.sizing import estimate_seconds, settings_record
 
+# The sizes whose record is committed: (results folder, pages whose study blocks it renders). The first edition
+# keeps its own page and folder, so the second never overwrites it.
+COMMITTED = {
+    "study": ("docs/study", ("docs/study.md", "README.md")),
+    "study-1": ("docs/study-1", ("docs/study-1.md",)),
+}
+
 
 def run(
     size: str,
@@ -51,13 +58,14 @@ def run(
     """The study of ``size``: print its settings and estimate, run its stages, write and render the results;
     ``save_only``: write the progress files from the home (``study.progress``) and stop."""
     preset = presets.preset(size)
-    out = out or (REPO_ROOT / "docs" / "study" if size == "study" else nuggets_home() / "study" / size)
+    committed = COMMITTED.get(size)
+    out = out or (REPO_ROOT / committed[0] if committed else nuggets_home() / "study" / size)
     progress, ledger = out / "progress", nuggets_home() / "study" / size / "timings.json"
     if save_only:
         print(f"=== progress: {save_progress(progress, ledger)}")
         return 0
     if render is None:
-        render = [REPO_ROOT / "docs" / "study.md", REPO_ROOT / "README.md"] if size == "study" else []
+        render = [REPO_ROOT / page for page in committed[1]] if committed else []
     expected = estimate_seconds(preset)
     settings = json.dumps(settings_record(preset), indent=1)
     print("=== study settings (fixed before anything runs)\n" + settings, flush=True)

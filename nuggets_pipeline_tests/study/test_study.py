@@ -62,10 +62,16 @@ def test_the_second_study_meets_the_issue_and_says_how_many_sittings_it_takes() 
 
 def test_the_committed_results_record_the_settings_of_their_preset_row() -> None:
     """results.json keeps its schema: the preset table's row it names, written as the settings record it had."""
-    committed = json.loads((REPO_ROOT / "docs" / "study" / "results.json").read_text())
-    row = presets.preset(committed["settings"]["size"])
-    assert committed["settings"] == settings_record(row)
-    assert committed["estimated_stage_s"] == {k: round(v) for k, v in estimate_seconds(row).items()}
+    from nuggets_pipeline.study.conduct import COMMITTED
+
+    records = [REPO_ROOT / folder / "results.json" for folder, _ in COMMITTED.values()]
+    assert records[1].exists()  # the first edition's record, kept as it ran
+    for path in (p for p in records if p.exists()):
+        committed = json.loads(path.read_text())
+        row = presets.preset(committed["settings"]["size"])
+        assert path.parent == REPO_ROOT / COMMITTED[row.name][0]  # each record in its own size's folder
+        assert committed["settings"] == settings_record(row)
+        assert committed["estimated_stage_s"] == {k: round(v) for k, v in estimate_seconds(row).items()}
 
 
 @pytest.mark.parametrize("size", presets.STUDY_SIZES)
@@ -268,7 +274,7 @@ def test_the_headline_does_not_credit_the_selection_with_a_gap_two_random_seeds_
 
 
 def _damaged_pool(kind: str) -> pd.DataFrame:
-    pool = pd.read_parquet(REPO_ROOT / "docs" / "study" / "scored_pool.parquet").head(12)
+    pool = pd.read_parquet(REPO_ROOT / "docs" / "study-1" / "scored_pool.parquet").head(12)
     if kind == "conflicting duplicate":  # a forged row for a real candidate: a dict kept whichever came last
         forged = pool.iloc[[3, 8]].assign(golden_score=1.0, wins=pool["n_anchors"].iloc[0])
         return pd.concat([pool, forged], ignore_index=True)
