@@ -340,6 +340,10 @@ def run(
         ledger = json.loads(plan.ledger.read_text())
     resume = plan.resume_from is not None
     chain = _hash(dict(plan.resume_from or {}))
+    # The key as it was before resource config joined it (2026-12-03): a ledger kept under it still counts as the
+    # same settings' time, so a study begun under the old rule keeps the hours it spent (times only, never the
+    # skipping, which the resource config must decide).
+    legacy_chain = chain
     for stage in stages(plan, defs):
         identity = dict(plan.identities.get(stage.name, {}))
         key = _hash(
@@ -350,6 +354,9 @@ def run(
             # stages after it. (The `ifd` stage's settings are the scoring model, already in the chain's root, and
             # ifd_subset's size, which no training variant reads.)
             chain = key
+        legacy = _hash([legacy_chain, stage.name, list(stage.spec.assets), stage.run_config["ops"], identity])
+        if not stage.spec.only_for:
+            legacy_chain = legacy
         started = time.perf_counter()
         found = units(stage, plan, instance, key, defs)
         todo = [unit for unit in found if not (resume and is_done(instance, stage, unit))]
@@ -363,7 +370,7 @@ def run(
             plan.before[stage.name]()
         previous = ledger.get(stage.name, {})
         # A resumed stage adds to the time it had already spent; a fresh one starts from zero.
-        spent = (previous.get("wall_s") or 0.0) if resume and previous.get("key") == key else 0.0
+        spent = (previous.get("wall_s") or 0.0) if resume and previous.get("key") in (key, legacy) else 0.0
 
         kept = functools.partial(_keep_time, plan, ledger, stage.name, key, len(found), len(todo), started, spent)
         run_units(stage, todo, instance, defs, after_each=functools.partial(kept, finished=False))

@@ -95,3 +95,20 @@ def test_a_resource_setting_belongs_to_the_settings_of_exactly_the_stages_that_u
     used = {stage.name: runner._resources(stage, defs) for stage in runner.stages(plan, defs)}
     assert used["one-shot"]["scoring"]["config"]["mode"] == "adaptive"
     assert used["ingest"] == {} and "scoring" not in used["train"] and "scoring_model" in used["zero-shot"]
+
+
+def test_a_ledger_kept_under_the_key_without_resource_config_still_counts_its_time(
+    tmp_path: Path, isolated_home: Path
+) -> None:
+    """A study begun before resource config joined the settings key keeps the hours its ledger holds."""
+    from nuggets_pipeline.defs.definitions import defs
+
+    source, ledger = pool_file(tmp_path), tmp_path / "timings.json"
+    plan = resuming_plan(source, 3, ledger)
+    ingest = runner.stages(plan, defs)[0]
+    old_key = runner._hash(
+        [runner._hash(dict(plan.resume_from or {})), "ingest", list(ingest.spec.assets), ingest.run_config["ops"], {}]
+    )
+    ledger.write_text(json.dumps({"ingest": {"wall_s": 1000.0, "key": old_key, "units": 1, "ran_units": 1}}))
+    found = runner.run(plan, dg.DagsterInstance.ephemeral(), until="ingest")
+    assert found["ingest"]["wall_s"] > 1000.0 and found["ingest"]["key"] != old_key
