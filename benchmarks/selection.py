@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -46,6 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from nuggets_pipeline.core.adaptive import AdaptiveConfig, agreement, compare_with_exact, quality, replay
 from nuggets_pipeline.core.anchors import candidate_pool, file_anchors
 from nuggets_pipeline.core.data import ingest
+from nuggets_pipeline.core.devices import cpu_name
 from nuggets_pipeline.core.ids import ids_hash
 from nuggets_pipeline.core.modeling import SMOLLM2, load_model
 from nuggets_pipeline.core.paths import ALPACA_CLEANED, KMEANS_100_ANCHORS, shipped
@@ -55,16 +55,6 @@ from nuggets_pipeline.core.storage import write_parquet_atomic
 
 MATRIX_DIR = Path(__file__).resolve().parent / "selection"
 PAIRS_FILE = "pairs.parquet"
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def git_commit() -> str:

@@ -35,6 +35,20 @@ POLL_S = 0.5
 Log = Callable[[str], None]
 
 
+def cpu_name() -> str:
+    """The CPU model (Linux's /proc/cpuinfo), else what the platform says: recorded beside every figure, because
+    the project's machines vary (AVX2-only or with native bfloat16)."""
+    import platform
+
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def _settings() -> Any:
     from nuggets_pipeline.core.settings import get_settings  # late: the core imports without pydantic-settings
 
@@ -233,6 +247,7 @@ __all__ = [
     "available_devices",
     "candidates_for",
     "claim",
+    "cpu_name",
     "lock_dir",
     "simulated_devices",
 ]

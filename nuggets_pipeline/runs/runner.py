@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 import dagster as dg
 
+from nuggets_pipeline.core.devices import cpu_name
 from nuggets_pipeline.core.paths import REPO_ROOT, nuggets_home
 from nuggets_pipeline.defs.jobs import STAGES, StageSpec
 from nuggets_pipeline.runs import flags, presets
@@ -286,19 +287,6 @@ def check(plan: RunPlan, until: str | None, defs: dg.Definitions | None = None) 
     names = [spec.name for spec in STAGES]
     if until is not None and until not in names:
         raise RunRefused(f"--until {until!r} is no stage; use one of {names}")
-
-
-def cpu_name() -> str:
-    """The CPU model (Linux's /proc/cpuinfo), else what the platform says."""
-    import platform
-
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _keep_time(

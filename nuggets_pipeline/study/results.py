@@ -31,7 +31,7 @@ from nuggets_pipeline.study.sizing import estimate_seconds, settings_record
 def machine() -> dict[str, Any]:
     import torch
 
-    from nuggets_pipeline.runs.runner import cpu_name
+    from nuggets_pipeline.core.devices import cpu_name
 
     return {
         "cpu": cpu_name(),
