@@ -111,6 +111,12 @@ def add_study_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[t
         help="write the pairs scored so far and the stage times to <out>/progress (for a commit), then stop; "
         "safe while a study runs",
     )
+    study.add_argument(
+        "--collect",
+        action="store_true",
+        help="write results.json and render the pages from what the home holds (its report and stage times), "
+        "running no stage: after a study finished under other code, or to re-render",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -131,7 +137,14 @@ def main(argv: list[str] | None = None) -> int:
         from nuggets_pipeline.study import conduct
 
         return conduct.run(
-            args.size, args.out, args.scored_pool, args.render, args.until, args.estimate, args.save_progress
+            args.size,
+            args.out,
+            args.scored_pool,
+            args.render,
+            args.until,
+            args.estimate,
+            args.save_progress,
+            args.collect,
         )
 
     from nuggets_pipeline.defs.definitions import default_resources

@@ -14,7 +14,8 @@ tuned on the evaluation set, because no setting reads it.
 
 Across sittings and machines (``study.progress``): the pairs scored so far and the stage times are written to
 ``<out>/progress`` whenever the study stops (and by ``--save-progress``), and a later run on a fresh home adds
-those pairs to its pair stores before scoring, so a committed sitting is never scored again.
+those pairs to its pair stores before scoring, so a committed sitting is never scored again. ``--collect``
+writes the results up from what a home holds without running a stage (stages finished under older code).
 
 Outputs (``--out``, docs/study for the real study): results.json (settings, machine, stage wall times,
 per-variant figures, every comparison with its interval and verdict), comparisons.csv, differences.png and the
@@ -27,6 +28,7 @@ import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 
@@ -54,9 +56,11 @@ def run(
     until: str | None = None,
     estimate: bool = False,
     save_only: bool = False,
+    collect_only: bool = False,
 ) -> int:
     """The study of ``size``: print its settings and estimate, run its stages, write and render the results;
-    ``save_only``: write the progress files from the home (``study.progress``) and stop."""
+    ``save_only``: write the progress files from the home (``study.progress``) and stop; ``collect_only``: write
+    and render the results from what the home holds (its report and ledger), running no stage."""
     preset = presets.preset(size)
     committed = COMMITTED.get(size)
     out = out or (REPO_ROOT / committed[0] if committed else nuggets_home() / "study" / size)
@@ -77,6 +81,21 @@ def run(
     )
     if estimate:
         return 0
+    command = f"python -m nuggets_pipeline.cli study --size {size}" + (
+        f" --scored-pool {scored_pool}" if scored_pool else ""
+    )
+    if collect_only:
+        # The home's stages finished under other code (or the report code changed): its report and ledger are
+        # what the study measured, and nothing needs to run again to write them up.
+        runner.use_project_instance()
+        if not (nuggets_home() / "exports" / "evaluation_report.json").exists():
+            print(f"nuggets study: {nuggets_home()} holds no evaluation report; run the study first", file=sys.stderr)
+            return 2
+        restore_ledger(progress, ledger)
+        timings = json.loads(ledger.read_text()) if ledger.exists() else {}
+        return write_results(
+            preset, dg.DagsterInstance.get(), timings, out, command, scored_pool, render, "collected from the home"
+        )
     if scored_pool is not None and preset.scoring.get("mode", "exact") != "exact":
         # An adaptive pool has no score on every anchor to import; its pairs are what a sitting commits.
         print(
@@ -123,15 +142,27 @@ def run(
         print(f"=== progress: {save_progress(progress, ledger)}", flush=True)
     if until is not None:
         return 0
-    command = f"python -m nuggets_pipeline.cli study --size {size}" + (
-        f" --scored-pool {scored_pool}" if scored_pool else ""
-    )
     ran_any = not all(timing.get("skipped_last_run") for timing in timings.values())
+    how = "ran" if ran_any else "nothing left to run"
+    return write_results(preset, instance, timings, out, command, scored_pool, render, how)
+
+
+def write_results(
+    preset: presets.Preset,
+    instance: dg.DagsterInstance,
+    timings: dict[str, dict[str, Any]],
+    out: Path,
+    command: str,
+    scored_pool: Path | None,
+    render: list[Path],
+    how: str,
+) -> int:
+    """results.json and its files under ``out``, the study blocks of the ``render`` pages, the headline printed."""
     results = collect_results(preset, instance, timings, out, command, scored_pool)
     for path in render:
         if path.exists():
             path.write_text(render_study_doc(path.read_text(), results))
-    print(f"\n=== results ({'ran' if ran_any else 'nothing left to run'}): {out / 'results.json'}")
+    print(f"\n=== results ({how}): {out / 'results.json'}")
     print(results["headline"])
     for comparison in results["comparisons"]:
         print("  " + comparison["sentence"])

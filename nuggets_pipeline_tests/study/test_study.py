@@ -198,6 +198,13 @@ def test_the_tiny_study_runs_end_to_end_resumes_and_reruns_from_its_scored_pool(
     assert second.count("skipped: every unit materialised earlier") == 9  # ifd too: tiny trains its variant
     assert json.loads((out / "results.json").read_text())["comparisons"] == results["comparisons"]
 
+    # --collect writes the same results from what the home holds, running no stage at all.
+    assert main(["study", "--size", "tiny", "--out", str(tmp_path / "collected"), "--render", "--collect"]) == 0
+    collected = capsys.readouterr().out
+    assert "=== ingest" not in collected and "(collected from the home)" in collected
+    written = json.loads((tmp_path / "collected" / "results.json").read_text())
+    assert written["comparisons"] == results["comparisons"] and written["stage_wall_s"]["train"]["wall_s"] > 0
+
     # Fewer variants change only the report: nothing is scored, trained or evaluated again.
     original = presets.preset("tiny")
     fewer = dataclasses.replace(original, variants=("golden", "bottom", "random", "full"))
@@ -217,6 +224,8 @@ def test_the_tiny_study_runs_end_to_end_resumes_and_reruns_from_its_scored_pool(
 
     # A fresh home trains from the committed scored pool without scoring: same pool, same golden subset.
     _use_home(monkeypatch, tmp_path / "second")
+    assert main(["study", "--size", "tiny", "--out", str(tmp_path / "none"), "--render", "--collect"]) == 2
+    assert "holds no evaluation report" in capsys.readouterr().err
     args = [
         "study",
         "--size",
