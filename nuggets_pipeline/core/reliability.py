@@ -312,7 +312,13 @@ def readout(
     binomial_sd = math.sqrt(float(np.mean(golden * (1 - golden))) / (n - 1))
     noise_share = min(1.0, binomial_sd**2 / observed_sd**2) if observed_sd > 0 else 1.0
 
-    left_out = f"; {matrix.incomplete} candidates without every anchor left out" if matrix.incomplete else ""
+    left_out = (
+        f"; {matrix.incomplete} candidates without every anchor left out: adaptive and decision scoring give "
+        "every anchor only to the candidates nearest the cut, whose close scores are the hardest to order, so "
+        "this likely understates the whole pool's reliability"
+        if matrix.incomplete
+        else ""
+    )
     measured = "" if anchors == n else f", measured on {n}"
     if math.isnan(reliability):
         verdict = "cannot say"
