@@ -18,7 +18,8 @@ those pairs to its pair stores before scoring, so a committed sitting is never s
 writes the results up from what a home holds without running a stage (stages finished under older code).
 
 Outputs (``--out``, docs/study for the real study): results.json (settings, machine, stage wall times,
-per-variant figures, every comparison with its interval and verdict), comparisons.csv, differences.png and the
+per-variant figures, every comparison with its interval and verdict), comparisons.csv, differences.png, every
+reference answer's log-likelihood under every variant (reference_likelihood.parquet) and the
 scored pool (scored_pool.parquet), which ``--scored-pool FILE`` trains and evaluates from without re-scoring.
 """
 

@@ -121,17 +121,19 @@ def _comparison(results: dict[str, Any], name: str, source: str = "alpaca_eval")
     return found[0] if found else None
 
 
-def _said(results: dict[str, Any], name: str) -> str:
-    """A comparison's sentence (AlpacaEval references) with whether it clears the seed spread, or 'not measured'."""
+def _said(results: dict[str, Any], name: str, floor: bool = False) -> str:
+    """A comparison's sentence (AlpacaEval references) with whether it clears the seed spread, or 'not measured';
+    ``floor``: the comparison that is the seed spread."""
     c = _comparison(results, name)
     if c is None:
         return f"{name}: not measured"
     beyond = c.get("beyond_seed_spread")
-    spread = (
-        ""
-        if beyond is None or c["verdict"] == "within noise"
-        else ("; beyond the seed spread" if beyond else "; but within the seed spread")
-    )
+    if floor:
+        spread = "; this gap is the seed spread, which every other verdict must clear"
+    elif beyond is None or c["verdict"] == "within noise":
+        spread = ""
+    else:
+        spread = "; beyond the seed spread" if beyond else "; but within the seed spread"
     sentence = c.get("sentence") or (
         f"{name}: {c['difference']:+.4f} nats/token, 95% interval [{c['ci_low']:+.4f}, {c['ci_high']:+.4f}], "
         f"{c['verdict']}"
@@ -157,7 +159,8 @@ def _objections(results: dict[str, Any]) -> str:
     ahead = [c["first"] for c in base if c["verdict"] == "ahead"]
     lines = [
         f"1. **Noise** (is the ranking more than the draw of anchors?): {noise}.",
-        f"2. **Seed spread** (how far apart are two random draws?): {_said(results, 'random vs random-1')}.",
+        "2. **Seed spread** (how far apart are two random draws?): "
+        + f"{_said(results, 'random vs random-1', floor=True)}.",
         "3. **Length** (does the score only pick long answers?): "
         + (f"golden score vs response length, Spearman {rho:+.2f}; " if rho is not None else "")
         + f"{_said(results, 'golden vs length-matched')}; {_said(results, 'golden vs longest')}.",

@@ -215,6 +215,9 @@ def study_comparisons(report: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
+ANSWER_COLUMNS = ["variant", "source", "anchor_id", "logprob_sum", "logprob_mean", "response_tokens", "truncated"]
+
+
 def collect_results(
     preset: Preset,
     instance: dg.DagsterInstance,
@@ -223,13 +226,20 @@ def collect_results(
     command: str,
     scored_pool: Path | None,
 ) -> dict[str, Any]:
-    """results.json, comparisons.csv, differences.png and scored_pool.parquet under ``out``."""
+    """results.json, comparisons.csv, differences.png, reference_likelihood.parquet (per answer) and
+    scored_pool.parquet under ``out``."""
     report = json.loads((nuggets_home() / "exports" / "evaluation_report.json").read_text())
     comparisons = study_comparisons(report)
     out.mkdir(parents=True, exist_ok=True)
     frame = pd.DataFrame(comparisons)
     frame.to_csv(out / "comparisons.csv", index=False, float_format="%.6f")
     difference_plot(frame, out / "differences.png")
+    # Every reference answer's log-likelihood under every variant (a few thousand rows): the comparisons can be
+    # recomputed, or tested another way, without training anything again.
+    answers = warehouse().read("reference_likelihood")
+    answers[[c for c in ANSWER_COLUMNS if c in answers]].rename(columns={"anchor_id": "item_id"}).to_parquet(
+        out / "reference_likelihood.parquet", index=False
+    )
     pool = scored_pool_frame()
     if scored_pool is None:
         pool.to_parquet(out / "scored_pool.parquet", index=False)

@@ -182,6 +182,8 @@ def test_the_tiny_study_runs_end_to_end_resumes_and_reruns_from_its_scored_pool(
     assert "(measured: scoring" in scoring["selection_to_tuning"]  # the full-pool fine-tune ran beside it
     assert all(results["stage_wall_s"][stage]["wall_s"] > 0 for stage in estimate_seconds(presets.preset("tiny")))
     assert (out / "differences.png").stat().st_size > 0
+    answers = pd.read_parquet(out / "reference_likelihood.parquet")  # per answer, per variant
+    assert set(answers["variant"]) == set(presets.preset("tiny").variants) and answers["item_id"].notna().all()
     table = pd.read_csv(out / "comparisons.csv")
     assert set(table["comparison"]) == COMPARISONS
     pool = pd.read_parquet(out / "scored_pool.parquet")
