@@ -170,6 +170,7 @@ def score(args: argparse.Namespace) -> int:
 
 
 PAIR_COLUMNS = ["candidate_id", "anchor_id", "delta"]
+NOISE_REPEATS = 3  # noise draws of the live comparison's noisy replay
 # Generated pools for choosing the adaptive defaults: a base pool, a tightly clustered one, and one far from the
 # Rasch model (strong second dimension and pair noise).
 SYNTHETIC_POOLS = {
@@ -363,6 +364,23 @@ def compare_live(args: argparse.Namespace) -> int:
         exact_pairs, on=["candidate_id", "anchor_id"]
     )
     flips = int(((shared["delta"] > 0) != (shared["exact_delta"] > 0)).sum())
+    # Two runs of a low-precision engine differ by the rounding of each: their deltas' difference has sd
+    # sqrt(2) times one run's noise. Replaying on the matrix with that much noise added to every delta says
+    # whether the engine's noise explains the live run's departure from the replay, or something else does.
+    noise_sd = float((shared["delta"] - shared["exact_delta"]).std() / np.sqrt(2)) if len(shared) > 1 else 0.0
+    noisy = []
+    for seed in range(NOISE_REPEATS if noise_sd > 0 else 0):
+        deltas = matrix.deltas + np.random.default_rng(seed).normal(0.0, noise_sd, matrix.shape)
+        again = replay(
+            deltas > 0,
+            rule,
+            config,
+            deltas=deltas,
+            candidate_ids=ids,
+            anchor_ids=matrix.anchor_ids,
+            shards=live["shard"].astype(str).tolist(),
+        )
+        noisy.append((agreement(again.selected, exact), quality(again.selected, exact, golden)))
     live_scored = live["anchors_scored"].to_numpy(dtype=np.int64)
     passes_exact = matrix.shape[0] * matrix.shape[1]
     summary = {
@@ -389,6 +407,9 @@ def compare_live(args: argparse.Namespace) -> int:
         "replay_vs_exact_agreement": round(agreement(replayed.selected, exact), 4),
         "live_quality": round(quality(live_selected, exact, golden), 4),
         "replay_quality": round(quality(replayed.selected, exact, golden), 4),
+        "engine_noise_sd": round(noise_sd, 4),
+        "noisy_replay_vs_exact_agreement": round(float(np.mean([a for a, _ in noisy])), 4) if noisy else None,
+        "noisy_replay_quality": round(float(np.mean([q for _, q in noisy])), 4) if noisy else None,
     }
     print(
         f"live adaptive scoring of {args.live} beside its replay on {args.matrix} ({rule.describe()}, confidence "
@@ -401,6 +422,13 @@ def compare_live(args: argparse.Namespace) -> int:
         f"{summary['live_vs_exact_agreement']:.3f} (quality {summary['live_quality']:.3f}), replay "
         f"{summary['replay_vs_exact_agreement']:.3f} (quality {summary['replay_quality']:.3f})"
     )
+    if noisy:
+        print(
+            f"  the replay with the engine's noise (sd {noise_sd:.3f} nats on every delta, {NOISE_REPEATS} draws): "
+            f"against exact {summary['noisy_replay_vs_exact_agreement']:.3f} "
+            f"(quality {summary['noisy_replay_quality']:.3f}), beside the live run's "
+            f"{summary['live_vs_exact_agreement']:.3f}"
+        )
     print(json.dumps(summary, allow_nan=False))
     return 0
 

@@ -48,6 +48,8 @@ def test_the_live_adaptive_scoring_is_what_the_replay_of_its_rule_selects(
     assert figures["live_passes_fraction"] == figures["replay_passes_fraction"] < 1
     assert figures["live_vs_replay_agreement"] == 1.0 and figures["selected_live"] == figures["selected_replay"] == 3
     assert 0 < figures["live_vs_exact_agreement"] <= 1
+    # The replay with the engine's own noise: float32's is ~1e-5 nats, so it selects what the replay does.
+    assert figures["engine_noise_sd"] < 1e-3 and 0 < figures["noisy_replay_vs_exact_agreement"] <= 1
 
     # A home without adaptive scores says so instead of comparing.
     refused = run("--live", str(exact_home), "--matrix", str(matrix))
