@@ -89,6 +89,12 @@ class ModelResource(dg.ConfigurableResource):
         return load_shared(self.model, self.dtype, self.torch_device())
 
 
+def core_default(setting: str, **field: Any) -> Any:
+    """A ``Field`` of an ``adaptive_*`` setting whose default is the core's ``AdaptiveConfig.<setting>`` (chosen on
+    synthetic pools), so the resource and the core never disagree on it: one source of truth."""
+    return Field(default=getattr(AdaptiveConfig, setting), **field)
+
+
 class ScoringResource(dg.ConfigurableResource):
     """How scores are computed. Shared by the zero-shot and one-shot assets so both use identical settings."""
 
@@ -112,28 +118,20 @@ class ScoringResource(dg.ConfigurableResource):
         "adaptive_first_anchors anchors of every candidate, then one_shot_scores gives more, adaptive_round_anchors "
         "at a time, only to candidates whose interval still straddles the cut of the adaptive_* criterion",
     )
-    # The defaults are the core's (core.adaptive.AdaptiveConfig, chosen on synthetic pools): one source of truth.
-    adaptive_confidence: float = Field(
-        default=AdaptiveConfig.confidence,
-        gt=0,
-        le=1,
-        description="adaptive: confidence of each interval (1: exact, decision-mode bounds)",
+    adaptive_confidence: float = core_default(
+        "confidence", gt=0, le=1, description="adaptive: confidence of each interval (1: exact, decision-mode bounds)"
     )
-    adaptive_first_anchors: int = Field(
-        default=AdaptiveConfig.first_anchors, ge=1, description="adaptive: anchors every candidate gets first"
+    adaptive_first_anchors: int = core_default(
+        "first_anchors", ge=1, description="adaptive: anchors every candidate gets first"
     )
-    adaptive_round_anchors: int = Field(
-        default=AdaptiveConfig.round_anchors, ge=1, description="adaptive: anchors added per round"
-    )
-    adaptive_calibration_share: float = Field(
-        default=AdaptiveConfig.calibration_share,
+    adaptive_round_anchors: int = core_default("round_anchors", ge=1, description="adaptive: anchors added per round")
+    adaptive_calibration_share: float = core_default(
+        "calibration_share",
         ge=0,
         le=1,
         description="adaptive: share of each shard scored on every anchor at screening (the pool model's sample)",
     )
-    adaptive_seed: int = Field(
-        default=AdaptiveConfig.seed, description="adaptive: seed of the order anchors are scored in"
-    )
+    adaptive_seed: int = core_default("seed", description="adaptive: seed of the order anchors are scored in")
     adaptive_threshold: float | None = Field(
         default=None, ge=0, lt=1, description="adaptive: the cut is this threshold (select with the same threshold)"
     )
