@@ -5,7 +5,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Generic, Literal, TypeVar
 
 import dagster as dg
 import pandas as pd
@@ -164,13 +164,16 @@ class JudgedBenchmarkConfig(dg.Config):
         raise NotImplementedError
 
 
+ConfigT = TypeVar("ConfigT", bound=JudgedBenchmarkConfig)
+
+
 @dataclass(frozen=True)
-class JudgedBenchmark:
+class JudgedBenchmark(Generic[ConfigT]):
     """The shape MT-Bench and AlpacaEval share, for the partition's variant: ``evaluate`` runs the benchmark,
     ``results`` checks its judgments, exports it and yields the asset's output and check."""
 
     context: dg.AssetExecutionContext
-    config: JudgedBenchmarkConfig
+    config: ConfigT
     judge: JudgeResource
     training_model: ModelResource
     warehouse: WarehouseResource
@@ -225,6 +228,37 @@ class JudgedBenchmark:
             },
         )
         yield check
+
+
+JudgedResults = Iterator[dg.Output[pd.DataFrame] | dg.AssetCheckResult]
+
+
+def judged_benchmark(
+    config_type: type[ConfigT], code_version: str
+) -> Callable[[Callable[[JudgedBenchmark[ConfigT]], JudgedResults]], dg.AssetsDefinition]:
+    """The asset of a judged benchmark (``variant_evaluation``), named and described, as ``dg.asset`` does, by the
+    decorated function and its docstring. The function gets the partition's ``JudgedBenchmark``, built from the
+    context, the config and the resources every judged benchmark takes, so each benchmark states only what it
+    evaluates and reports. ``config_type`` is the asset's config class (Dagster reads the config schema off the
+    parameter's annotation)."""
+
+    def decorate(run: Callable[[JudgedBenchmark[ConfigT]], JudgedResults]) -> dg.AssetsDefinition:
+        if not run.__doc__:
+            raise TypeError(f"{run.__name__}: a judged benchmark's docstring is its asset's description")
+
+        @variant_evaluation(run.__name__, code_version=code_version, description=run.__doc__)
+        def judged(
+            context: dg.AssetExecutionContext,
+            config: config_type,  # type: ignore[valid-type]
+            judge: JudgeResource,
+            training_model: ModelResource,
+            warehouse: WarehouseResource,
+        ) -> JudgedResults:
+            yield from run(JudgedBenchmark(context, config, judge, training_model, warehouse))
+
+        return judged
+
+    return decorate
 
 
 def judgment_figures(summary: mt_bench.MTBenchSummary | alpaca_eval.AlpacaEvalSummary) -> dict[str, Any]:
@@ -298,26 +332,16 @@ class MTBenchConfig(JudgedBenchmarkConfig):
         return self.questions or profile.mt_bench_questions, self.max_new_tokens or profile.mt_bench_max_new_tokens
 
 
-@variant_evaluation(
-    "mt_bench_results",
-    code_version="mt-bench-v1",
-    description="MT-Bench: two-turn answers graded 1-10 by the judge; one row per (question, turn).",
-)
-def mt_bench_results(
-    context: dg.AssetExecutionContext,
-    config: MTBenchConfig,
-    judge: JudgeResource,
-    training_model: ModelResource,
-    warehouse: WarehouseResource,
-) -> Iterator[dg.Output[pd.DataFrame] | dg.AssetCheckResult]:
-    benchmark = JudgedBenchmark(context, config, judge, training_model, warehouse)
+@judged_benchmark(MTBenchConfig, code_version="mt-bench-v1")
+def mt_bench_results(benchmark: JudgedBenchmark[MTBenchConfig]) -> JudgedResults:
+    """MT-Bench: two-turn answers graded 1-10 by the judge; one row per (question, turn)."""
     rows, summary = benchmark.evaluate("MT-Bench answers", {"temperatures": "fastchat"}, mt_bench.evaluate)
     categories = pd.DataFrame(sorted(summary.per_category.items()), columns=["category", "mean_rating"])
     yield from benchmark.results(
         rows,
         pd.Series(True, index=rows.index),
         # FastChat's files: show_result reads the grades, gen_judgment can re-grade the answers with GPT-4.
-        lambda folder: exports.export_mt_bench(rows, context.partition_key, folder),
+        lambda folder: exports.export_mt_bench(rows, benchmark.context.partition_key, folder),
         summary,
         score=summary.score,
         turn_1=summary.turn_1,
@@ -345,25 +369,16 @@ class AlpacaEvalConfig(JudgedBenchmarkConfig):
         )
 
 
-@variant_evaluation(
-    "alpaca_eval_results",
-    code_version="alpaca-eval-v1",
-    description="AlpacaEval: the variant's outputs judged against the reference model's; one row each.",
-)
-def alpaca_eval_results(
-    context: dg.AssetExecutionContext,
-    config: AlpacaEvalConfig,
-    judge: JudgeResource,
-    training_model: ModelResource,
-    warehouse: WarehouseResource,
-) -> Iterator[dg.Output[pd.DataFrame] | dg.AssetCheckResult]:
-    benchmark = JudgedBenchmark(context, config, judge, training_model, warehouse)
+@judged_benchmark(AlpacaEvalConfig, code_version="alpaca-eval-v1")
+def alpaca_eval_results(benchmark: JudgedBenchmark[AlpacaEvalConfig]) -> JudgedResults:
+    """AlpacaEval: the variant's outputs judged against the reference model's; one row each."""
+    config = benchmark.config
     annotations, summary = benchmark.evaluate(
         "AlpacaEval outputs",
         {"temperature": 0},
         alpaca_eval.evaluate,
         version=config.version,
-        generator=exports.model_id(context.partition_key),
+        generator=exports.model_id(benchmark.context.partition_key),
         protocol=config.protocol,
     )
     datasets = pd.DataFrame(sorted(summary.per_dataset.items()), columns=["dataset", "win_rate"])
