@@ -85,6 +85,18 @@ class ShardRun(TypedDict):
     warn: NotRequired[Log | None]
 
 
+@dataclass(frozen=True, eq=False)
+class ShardInputs:
+    """What a shard's adaptive scoring scores with, in screening and refinement alike: the model, the anchors and
+    their zero-shot rows, the shard's candidates and the scoring settings."""
+
+    loaded: LoadedModel
+    anchor_set: pd.DataFrame
+    zero_shot: pd.DataFrame
+    candidates: pd.DataFrame
+    config: ScoringConfig
+
+
 class ScreeningIncompleteError(ValueError):
     """Refinement needs every shard of the pool screened with this scoring version and order."""
 
@@ -217,14 +229,7 @@ def prefix_counts(
 
 
 def _score_to_targets(
-    loaded: LoadedModel,
-    anchor_set: pd.DataFrame,
-    zero_shot: pd.DataFrame,
-    candidates: pd.DataFrame,
-    targets: pd.Series,
-    order: Sequence[str],
-    config: ScoringConfig,
-    store: _PairStore,
+    inputs: ShardInputs, targets: pd.Series, order: Sequence[str], store: _PairStore
 ) -> tuple[int, int, float]:
     """Score what each candidate lacks of its first ``targets[id]`` anchors; returns (pairs, tokens, seconds)."""
     have = set(zip(store.pairs["candidate_id"].astype(str), store.pairs["anchor_id"].astype(str), strict=True))
@@ -235,10 +240,12 @@ def _score_to_targets(
             wanted[str(candidate)] = missing
     if not wanted:
         return 0, 0, 0.0
-    todo = candidates[candidates["id"].astype(str).isin(wanted)]
+    todo = inputs.candidates[inputs.candidates["id"].astype(str).isin(wanted)]
     pairs = tokens = 0
     seconds = 0.0
-    for chunk in score_one_shot(loaded, anchor_set, zero_shot, todo, config, anchors_for=wanted):
+    for chunk in score_one_shot(
+        inputs.loaded, inputs.anchor_set, inputs.zero_shot, todo, inputs.config, anchors_for=wanted
+    ):
         store.append(chunk.pair_deltas)  # one atomic file per chunk: a kill loses at most this chunk
         pairs += len(chunk.pair_deltas)
         tokens += chunk.anchor_tokens
@@ -246,24 +253,16 @@ def _score_to_targets(
     return pairs, tokens, seconds
 
 
-def screen_shard(
-    loaded: LoadedModel,
-    anchor_set: pd.DataFrame,
-    zero_shot: pd.DataFrame,
-    candidates: pd.DataFrame,
-    config: ScoringConfig,
-    adaptive: AdaptiveConfig,
-    **run: Unpack[ShardRun],
-) -> pd.DataFrame:
+def screen_shard(inputs: ShardInputs, adaptive: AdaptiveConfig, **run: Unpack[ShardRun]) -> pd.DataFrame:
     """Score the first ``first_anchors`` anchors of the order for every candidate, and every anchor for the
     shard's calibration sample; return the screening rows."""
-    opened = _open_shard(anchor_set, zero_shot, adaptive, run)
+    opened = _open_shard(inputs.anchor_set, inputs.zero_shot, adaptive, run)
     order, n = opened.order, len(opened.order)
-    ids = candidates["id"].astype(str).tolist()
+    ids = inputs.candidates["id"].astype(str).tolist()
     calibration = calibration_members(ids, adaptive.calibration_share, adaptive.seed)
     first = min(adaptive.first_anchors, n)
     targets = pd.Series(np.where(calibration, n, first), index=ids)
-    done = _score_to_targets(loaded, anchor_set, zero_shot, candidates, targets, order, config, opened.store)
+    done = _score_to_targets(inputs, targets, order, opened.store)
     rate = f", {done[1] / done[2]:.0f} anchor tokens/s" if done[2] else ""
     run["log"](
         f"{run['shard']}: screened {len(ids)} candidates on {first} anchors, {int(calibration.sum())} of them on all "
@@ -401,11 +400,7 @@ def _counted_pairs(pairs: pd.DataFrame, counts: pd.DataFrame, order: Sequence[st
 
 
 def refine_shard(
-    loaded: LoadedModel,
-    anchor_set: pd.DataFrame,
-    zero_shot: pd.DataFrame,
-    candidates: pd.DataFrame,
-    config: ScoringConfig,
+    inputs: ShardInputs,
     adaptive: AdaptiveConfig,
     rule: SelectionRule,
     screening: pd.DataFrame,
@@ -413,8 +408,8 @@ def refine_shard(
 ) -> AdaptiveResult:
     """Refine the shard round by round against the pool's ``screening`` snapshot (every shard's screening rows);
     resumes a killed run from its pair store and round plans. Writes the shard's pairs to PAIR_DELTAS_TABLE."""
-    opened = _open_shard(anchor_set, zero_shot, adaptive, run)
-    shard, ids = run["shard"], candidates["id"].astype(str).tolist()
+    opened = _open_shard(inputs.anchor_set, inputs.zero_shot, adaptive, run)
+    shard, ids = run["shard"], inputs.candidates["id"].astype(str).tolist()
     state = _pool_state(screening, adaptive, run["fingerprint"], opened.anchors_hash)
     missing = sorted(set(ids) - set(state.index))
     if missing:
@@ -431,7 +426,7 @@ def refine_shard(
     # The current targets: the killed round's plan on resume, else the screening's counts.
     plan = pd.read_parquet(plans[-1]).set_index("candidate_id")["target"] if plans else state["anchors_scored"].loc[ids]
     while True:
-        done = _score_to_targets(loaded, anchor_set, zero_shot, candidates, plan, order, config, store)
+        done = _score_to_targets(inputs, plan, order, store)
         passes, tokens, seconds = passes + done[0], tokens + done[1], seconds + done[2]
         counts = prefix_counts(store.pairs, ids, order, limit=plan.loc[ids].to_numpy())
         pool = state[["wins", "anchors_scored"]].copy()
@@ -448,7 +443,9 @@ def refine_shard(
         more = int((own.to_numpy() > counts["anchors_scored"].to_numpy()).sum())
         run["log"](f"{shard}: round {rounds}: {more} candidates get more anchors")
     pairs = _counted_pairs(store.pairs[store.pairs["candidate_id"].astype(str).isin(set(ids))], counts, order)
-    scores = _scores_frame(loaded, candidates, zero_shot, pairs, counts, model, config, adaptive, rule)
+    scores = _scores_frame(
+        inputs.loaded, inputs.candidates, inputs.zero_shot, pairs, counts, model, inputs.config, adaptive, rule
+    )
     scores.insert(1, "shard", shard)
     scores["model_fingerprint"] = run["fingerprint"]
     scores["anchor_set_hash"] = opened.anchors_hash
@@ -475,6 +472,7 @@ __all__ = [
     "SCREENING_TABLE",
     "AdaptiveResult",
     "ScreeningIncompleteError",
+    "ShardInputs",
     "ShardRun",
     "pair_store",
     "pool_model",

@@ -13,7 +13,7 @@ import torch
 
 import nuggets_pipeline.core.adaptive_scoring as adaptive_scoring
 from nuggets_pipeline.core.adaptive import AdaptiveConfig, calibration_members, replay
-from nuggets_pipeline.core.adaptive_scoring import ScreeningIncompleteError, refine_shard, screen_shard
+from nuggets_pipeline.core.adaptive_scoring import ScreeningIncompleteError, ShardInputs, refine_shard, screen_shard
 from nuggets_pipeline.core.data import example_id
 from nuggets_pipeline.core.ids import ids_hash
 from nuggets_pipeline.core.modeling import LoadedModel
@@ -63,13 +63,9 @@ def run_all(
     anchors, candidates, zero = setting["anchors"], setting["candidates"], setting["zero"]
     kwargs = {"fingerprint": FINGERPRINT, "warehouse": warehouse, "log": lambda _: None}
     shards = dict(tuple(candidates.groupby("shard")))
-    screening = pd.concat(
-        [screen_shard(loaded, anchors, zero, rows, config, ADAPTIVE, shard=s, **kwargs) for s, rows in shards.items()]
-    )
-    results = [
-        refine_shard(loaded, anchors, zero, rows, config, ADAPTIVE, RULE, screening, shard=s, **kwargs)
-        for s, rows in shards.items()
-    ]
+    inputs = {s: ShardInputs(loaded, anchors, zero, rows, config) for s, rows in shards.items()}
+    screening = pd.concat([screen_shard(shard, ADAPTIVE, shard=s, **kwargs) for s, shard in inputs.items()])
+    results = [refine_shard(shard, ADAPTIVE, RULE, screening, shard=s, **kwargs) for s, shard in inputs.items()]
     return pd.concat([r.scores for r in results], ignore_index=True)
 
 
@@ -144,20 +140,16 @@ def test_refinement_refuses_a_pool_not_screened_or_stale_zero_shot(
     warehouse = Warehouse(tmp_path / "home" / "warehouse")
     kwargs = {"shard": "base-000", "fingerprint": FINGERPRINT, "warehouse": warehouse, "log": lambda _: None}
     first = candidates[candidates["shard"] == "base-000"]
-    screening = screen_shard(tiny_model, anchors, zero, first, CONFIG, ADAPTIVE, **kwargs)
+    screening = screen_shard(ShardInputs(tiny_model, anchors, zero, first, CONFIG), ADAPTIVE, **kwargs)
     second = candidates[candidates["shard"] == "base-001"].assign(shard="base-000")
     with pytest.raises(ScreeningIncompleteError, match="no screening row"):
-        refine_shard(tiny_model, anchors, zero, second, CONFIG, ADAPTIVE, RULE, screening, **kwargs)
+        refine_shard(ShardInputs(tiny_model, anchors, zero, second, CONFIG), ADAPTIVE, RULE, screening, **kwargs)
     other_order = AdaptiveConfig(confidence=0.8, first_anchors=3, round_anchors=3, seed=1)
     with pytest.raises(ScreeningIncompleteError, match="anchor order"):
-        refine_shard(tiny_model, anchors, zero, first, CONFIG, other_order, RULE, screening, **kwargs)
+        refine_shard(ShardInputs(tiny_model, anchors, zero, first, CONFIG), other_order, RULE, screening, **kwargs)
     with pytest.raises(StaleZeroShotError):
         refine_shard(
-            tiny_model,
-            anchors,
-            zero.assign(model_fingerprint="other"),
-            first,
-            CONFIG,
+            ShardInputs(tiny_model, anchors, zero.assign(model_fingerprint="other"), first, CONFIG),
             ADAPTIVE,
             RULE,
             screening,

@@ -13,6 +13,7 @@ from nuggets_pipeline.core.adaptive_scoring import (
     SCREENING_COLUMNS,
     SCREENING_TABLE,
     ScreeningIncompleteError,
+    ShardInputs,
     refine_shard,
     screen_shard,
 )
@@ -180,11 +181,7 @@ def one_shot_screening(
             in_shard = shard_or_fail(candidates, shard, store)
             try:
                 outputs[shard] = screen_shard(
-                    loaded,
-                    anchor_set,
-                    zero_shot_losses,
-                    in_shard,
-                    config,
+                    ShardInputs(loaded, anchor_set, zero_shot_losses, in_shard, config),
                     adaptive,
                     **shard_keywords(context, shard, fingerprint, store),
                 )
@@ -253,11 +250,7 @@ def one_shot_scores(
         if adaptive:
             try:
                 refined = refine_shard(
-                    loaded,
-                    anchor_set,
-                    zero_shot_losses,
-                    in_shard,
-                    config,
+                    ShardInputs(loaded, anchor_set, zero_shot_losses, in_shard, config),
                     scoring.adaptive_config(),
                     scoring.adaptive_rule(),
                     screening,
