@@ -341,6 +341,7 @@ def compare_live(args: argparse.Namespace) -> int:
         )
         return 2
     live = live.reindex(ids)
+    shards = live["shard"].astype(str).tolist()
     replayed = replay(
         matrix.wins,
         rule,
@@ -348,7 +349,7 @@ def compare_live(args: argparse.Namespace) -> int:
         deltas=matrix.deltas,
         candidate_ids=ids,
         anchor_ids=matrix.anchor_ids,
-        shards=live["shard"].astype(str).tolist(),
+        shards=shards,
     )
     golden = matrix.golden_scores()
     exact = select_mask(golden, matrix.mean_delta(), ids, rule)
@@ -378,7 +379,7 @@ def compare_live(args: argparse.Namespace) -> int:
             deltas=deltas,
             candidate_ids=ids,
             anchor_ids=matrix.anchor_ids,
-            shards=live["shard"].astype(str).tolist(),
+            shards=shards,
         )
         noisy.append((agreement(again.selected, exact), quality(again.selected, exact, golden)))
     live_scored = live["anchors_scored"].to_numpy(dtype=np.int64)

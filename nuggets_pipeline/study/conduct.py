@@ -37,7 +37,7 @@ from nuggets_pipeline.core.paths import REPO_ROOT, nuggets_home
 from nuggets_pipeline.runs import presets, runner
 from nuggets_pipeline.study.progress import restore_ledger, save_progress, seed_pairs
 from nuggets_pipeline.study.render import render_study_doc
-from nuggets_pipeline.study.results import collect_results
+from nuggets_pipeline.study.results import collect_results, report_file
 from nuggets_pipeline.study.scored_pool import import_scored_pool
 from nuggets_pipeline.study.sizing import estimate_seconds, settings_record
 
@@ -89,7 +89,7 @@ def run(
         # The home's stages finished under other code (or the report code changed): its report and ledger are
         # what the study measured, and nothing needs to run again to write them up.
         runner.use_project_instance()
-        if not (nuggets_home() / "exports" / "evaluation_report.json").exists():
+        if not report_file().exists():
             print(f"nuggets study: {nuggets_home()} holds no evaluation report; run the study first", file=sys.stderr)
             return 2
         restore_ledger(progress, ledger)

@@ -21,7 +21,8 @@ from typing import Any
 import dagster as dg
 import pandas as pd
 
-from nuggets_pipeline.core.paths import REPO_ROOT, nuggets_home
+from nuggets_pipeline.core.paths import REPO_ROOT
+from nuggets_pipeline.core.storage import write_parquet_atomic
 from nuggets_pipeline.runs.presets import Preset
 from nuggets_pipeline.study.render import difference_plot
 from nuggets_pipeline.study.scored_pool import scored_pool_frame, warehouse
@@ -218,6 +219,11 @@ def study_comparisons(report: dict[str, Any]) -> list[dict[str, Any]]:
 ANSWER_COLUMNS = ["variant", "source", "anchor_id", "logprob_sum", "logprob_mean", "response_tokens", "truncated"]
 
 
+def report_file() -> Path:
+    """The home's evaluation report figures (JSON beside the report's Markdown, where the storage owner puts it)."""
+    return warehouse().evaluation_report_path.with_suffix(".json")
+
+
 def collect_results(
     preset: Preset,
     instance: dg.DagsterInstance,
@@ -228,7 +234,7 @@ def collect_results(
 ) -> dict[str, Any]:
     """results.json, comparisons.csv, differences.png, reference_likelihood.parquet (per answer) and
     scored_pool.parquet under ``out``."""
-    report = json.loads((nuggets_home() / "exports" / "evaluation_report.json").read_text())
+    report = json.loads(report_file().read_text())
     comparisons = study_comparisons(report)
     out.mkdir(parents=True, exist_ok=True)
     frame = pd.DataFrame(comparisons)
@@ -236,10 +242,8 @@ def collect_results(
     difference_plot(frame, out / "differences.png")
     # Every reference answer's log-likelihood under every variant (a few thousand rows): the comparisons can be
     # recomputed, or tested another way, without training anything again.
-    answers = warehouse().read("reference_likelihood")
-    answers[[c for c in ANSWER_COLUMNS if c in answers]].rename(columns={"anchor_id": "item_id"}).to_parquet(
-        out / "reference_likelihood.parquet", index=False
-    )
+    answers = warehouse().read("reference_likelihood")[ANSWER_COLUMNS].rename(columns={"anchor_id": "item_id"})
+    write_parquet_atomic(answers, out / "reference_likelihood.parquet")
     pool = scored_pool_frame()
     if scored_pool is None:
         pool.to_parquet(out / "scored_pool.parquet", index=False)
