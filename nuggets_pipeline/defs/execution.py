@@ -3,6 +3,7 @@ tags that give every step running a model its GPU."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import dagster as dg
@@ -22,6 +23,13 @@ MODEL_POD_TAGS: dict[str, Any] = {
         }
     }
 }
+
+
+def model_step(**asset_options: Any) -> Callable[[Callable[..., Any]], dg.AssetsDefinition]:
+    """``dg.asset`` for a step that runs a model (embedding, scoring, fine-tuning, generating, judging): in the
+    ``model`` pool, so one instance runs one such step at a time on its machine, and with the GPU pod tags, so every
+    such step gets its GPU on Kubernetes. The other options are ``dg.asset``'s."""
+    return dg.asset(pool="model", op_tags=MODEL_POD_TAGS, **asset_options)
 
 
 def executor(settings: Settings) -> dg.ExecutorDefinition:

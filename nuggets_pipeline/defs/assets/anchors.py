@@ -19,6 +19,7 @@ from nuggets_pipeline.core.ids import ids_hash
 from nuggets_pipeline.core.paths import KMEANS_100_ANCHORS, data_dir
 from nuggets_pipeline.core.templates import get_template
 from nuggets_pipeline.defs import metadata as md
+from nuggets_pipeline.defs.execution import model_step
 from nuggets_pipeline.defs.partitions import CANDIDATE_SHARDS
 from nuggets_pipeline.defs.resources import ModelResource
 from nuggets_pipeline.defs.schemas import AnchorSetSchema, AnchorSetType, CandidatesSchema, CandidatesType
@@ -44,16 +45,15 @@ class AnchorConfig(dg.Config):
     embed_max_tokens: int = Field(default=256, gt=0, description="tokens of each text used for its embedding")
 
 
-@dg.asset(
+@model_step(  # KMeans embeds the pool with the scoring model
     group_name="anchors",
     dagster_type=AnchorSetType,
-    pool="model",  # KMeans embeds the pool with the scoring model
     code_version="anchors-v1",
-    description="A small, diverse set of examples whose log-probs measure each candidate's one-shot effect.",
 )
 def anchor_set(
     context: dg.AssetExecutionContext, config: AnchorConfig, instructions: pd.DataFrame, scoring_model: ModelResource
 ) -> dg.Output[pd.DataFrame]:
+    """A small, diverse set of examples whose log-probs measure each candidate's one-shot effect."""
     extra: dict[str, dg.RawMetadataValue] = {}
     n = config.n or DEFAULT_ANCHORS  # for random and KMeans; method=file takes every row unless n is set
     if config.method == "random":
@@ -117,11 +117,11 @@ class CandidatesConfig(dg.Config):
     group_name="anchors",
     dagster_type=CandidatesType,
     code_version="candidates-v1",
-    description="The pool minus the anchors, each candidate assigned to a stable shard (a scoring partition).",
 )
 def candidates(
     context: dg.AssetExecutionContext, config: CandidatesConfig, instructions: pd.DataFrame, anchor_set: pd.DataFrame
 ) -> dg.Output[pd.DataFrame]:
+    """The pool minus the anchors, each candidate assigned to a stable shard (a scoring partition)."""
     pool = candidate_pool(instructions, anchor_set, BASE_BATCH, config.shards, config.limit)
     CandidatesSchema.validate(pool)
     shards = sorted(pool["shard"].unique())

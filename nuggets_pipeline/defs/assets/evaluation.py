@@ -20,6 +20,7 @@ from nuggets_pipeline.core.report import JudgeInfo, VariantResults, build_report
 from nuggets_pipeline.core.settings import hide_userinfo
 from nuggets_pipeline.core.storage import Warehouse, write_text_atomic
 from nuggets_pipeline.defs import metadata as md
+from nuggets_pipeline.defs.execution import model_step
 from nuggets_pipeline.defs.partitions import UNTRAINED, training_variants
 from nuggets_pipeline.defs.resources import JudgeResource, ModelResource, WarehouseResource
 
@@ -53,12 +54,11 @@ def variant_evaluation(
 ) -> Callable[[Callable[..., Any]], dg.AssetsDefinition]:
     """The decorator of a per-variant evaluation: one partition per training variant, after its fine-tune, on
     the model pool; a judged benchmark also carries the judgments check."""
-    return dg.asset(
+    return model_step(
         name=name,
         group_name="evaluation",
         partitions_def=training_variants,
         deps=[FINETUNED_MODEL],
-        pool="model",
         code_version=code_version,
         description=description,
         check_specs=[judgments_check(name)] if judged else None,
@@ -118,15 +118,14 @@ class CalibrationConfig(dg.Config):
         return self.n or EVALUATION_PROFILES[self.profile].calibration_pairs
 
 
-@dg.asset(
+@model_step(
     group_name="evaluation",
-    pool="model",
     code_version="calibration-v1",
-    description="How far the judge agrees with GPT-4 on shipped AlpacaEval annotations: its trust figure.",
 )
 def judge_calibration(
     context: dg.AssetExecutionContext, config: CalibrationConfig, judge: JudgeResource, warehouse: WarehouseResource
 ) -> dg.Output[pd.DataFrame]:
+    """How far the judge agrees with GPT-4 on shipped AlpacaEval annotations: its trust figure."""
     result = calibrate_judge(
         judge.build(), n=config.pairs(), seed=config.seed, route=config.route, cache=judgment_cache(warehouse)
     )
@@ -518,7 +517,6 @@ def other_models(
         "reference_likelihood": dg.AssetIn(metadata=ALL_PARTITIONS),
     },
     code_version="report-v2",
-    description="Every variant side by side, with paired bootstrap comparisons: did the selection help?",
 )
 def evaluation_report(
     context: dg.AssetExecutionContext,
@@ -530,6 +528,7 @@ def evaluation_report(
     warehouse: WarehouseResource,
     judge: JudgeResource,
 ) -> dg.Output[pd.DataFrame]:
+    """Every variant side by side, with paired bootstrap comparisons: did the selection help?"""
     mt, ae, lk = by_variant(mt_bench_results), by_variant(alpaca_eval_results), by_variant(reference_likelihood)
     wanted = set(config.variants) if config.variants is not None else set(training_variants.get_partition_keys())
     variants = [v for v in training_variants.get_partition_keys() if v in wanted and (v in mt or v in ae or v in lk)]

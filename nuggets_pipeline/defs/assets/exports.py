@@ -31,8 +31,6 @@ class PoolExportConfig(dg.Config):
 @dg.asset(
     group_name="scoring",
     code_version="pool-exports-v1",
-    description="The whole scored pool ranked by golden score (JSONL, Parquet, `datasets` folder) and the golden "
-    "subset as Alpaca JSON, under <home>/exports/golden/: data any trainer loads.",
 )
 def scored_pool_exports(
     context: dg.AssetExecutionContext,
@@ -43,6 +41,8 @@ def scored_pool_exports(
     zero_shot_losses: pd.DataFrame,
     warehouse: WarehouseResource,
 ) -> dg.Output[pd.DataFrame]:
+    """The whole scored pool ranked by golden score (JSONL, Parquet, `datasets` folder) and the golden subset as Alpaca
+    JSON, under <home>/exports/golden/: data any trainer loads."""
     store = warehouse.warehouse()
     with md.failure_on(StaleVersionError):
         version = current_version(zero_shot_losses, anchor_set)

@@ -15,22 +15,18 @@ from nuggets_pipeline.core.incoming import INCREMENTS_TABLE
 from nuggets_pipeline.core.selection import response_lengths
 from nuggets_pipeline.core.versions import current_pool
 from nuggets_pipeline.defs import metadata as md
-from nuggets_pipeline.defs.execution import MODEL_POD_TAGS
+from nuggets_pipeline.defs.execution import model_step
 from nuggets_pipeline.defs.resources import ModelResource, ScoringResource, WarehouseResource
 from nuggets_pipeline.defs.schemas import CandidatesSchema, IFDScoresSchema, IFDScoresType, IFDSubsetType
 
 IFD_SCORES = "ifd_scores"  # the stored table the `ifd` training variant reads
 
 
-@dg.asset(
+@model_step(
     group_name="scoring",
     deps=[dg.AssetDep(INCREMENTS_TABLE)],  # incoming batches join the pool, as they do for golden
     dagster_type=IFDScoresType,
     code_version="ifd-v1",
-    pool="model",
-    op_tags=MODEL_POD_TAGS,
-    description="Instruction-following difficulty of every candidate with the scoring model: mean response NLL "
-    "given the prompt over the same response's NLL alone (Cherry LLM; Superfiltering with a small scorer).",
 )
 def ifd_scores(
     context: dg.AssetExecutionContext,
@@ -39,6 +35,8 @@ def ifd_scores(
     scoring: ScoringResource,
     warehouse: WarehouseResource,
 ) -> dg.Output[pd.DataFrame]:
+    """Instruction-following difficulty of every candidate with the scoring model: mean response NLL given the prompt
+    over the same response's NLL alone (Cherry LLM; Superfiltering with a small scorer)."""
     pool = current_pool(candidates, warehouse.warehouse(), CandidatesSchema)
     loaded = scoring_model.load()
     core = scoring.core_config(scoring_model.template)
@@ -91,7 +89,6 @@ class IFDSubsetConfig(dg.Config):
     group_name="scoring",
     dagster_type=IFDSubsetType,
     code_version="ifd-subset-v1",
-    description="The candidates with the highest IFD below the cap: the IFD selector's training set.",
 )
 def ifd_subset(
     context: dg.AssetExecutionContext,
@@ -100,6 +97,7 @@ def ifd_subset(
     candidates: pd.DataFrame,
     warehouse: WarehouseResource,
 ) -> dg.Output[pd.DataFrame]:
+    """The candidates with the highest IFD below the cap: the IFD selector's training set."""
     pool = current_pool(candidates, warehouse.warehouse(), CandidatesSchema).set_index("id")
     chosen = select_by_ifd(ifd_scores, top_k=config.top_k, top_fraction=config.top_fraction, max_ifd=config.max_ifd)
     subset = pool.loc[chosen["candidate_id"], ["instruction", "input", "output"]].reset_index()

@@ -2,6 +2,8 @@
 
 import json
 import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import dagster as dg
@@ -19,6 +21,7 @@ from nuggets_pipeline.core.adaptive_scoring import (
 )
 from nuggets_pipeline.core.cost import SelectionCost, estimated, measured
 from nuggets_pipeline.core.incoming import INCREMENTS_TABLE, shard_candidates
+from nuggets_pipeline.core.modeling import LoadedModel
 from nuggets_pipeline.core.reliability import SelectionRule, pair_matrix, readout
 from nuggets_pipeline.core.score_tables import current_pair_deltas, threshold_table
 from nuggets_pipeline.core.scoring import score_zero_shot
@@ -34,7 +37,7 @@ from nuggets_pipeline.core.versions import (
     current_version,
 )
 from nuggets_pipeline.defs import metadata as md
-from nuggets_pipeline.defs.execution import MODEL_POD_TAGS
+from nuggets_pipeline.defs.execution import model_step
 from nuggets_pipeline.defs.partitions import candidate_shards
 from nuggets_pipeline.defs.resources import ModelResource, ScoringResource, WarehouseResource
 from nuggets_pipeline.defs.schemas import (
@@ -52,12 +55,9 @@ def column_schema(schema: type[pa.DataFrameModel]) -> dg.TableSchema:
     )
 
 
-@dg.asset(
+@model_step(
     group_name="scoring",
     code_version="zero-shot-v1",
-    pool="model",
-    op_tags=MODEL_POD_TAGS,
-    description="log p(anchor response | BOS + anchor prompt) for every anchor: the baseline of each comparison.",
 )
 def zero_shot_losses(
     context: dg.AssetExecutionContext,
@@ -65,6 +65,7 @@ def zero_shot_losses(
     scoring_model: ModelResource,
     scoring: ScoringResource,
 ) -> dg.Output[pd.DataFrame]:
+    """log p(anchor response | BOS + anchor prompt) for every anchor: the baseline of each comparison."""
     loaded = scoring_model.load()
     started = time.perf_counter()
     frame = score_zero_shot(loaded, anchor_set, scoring.core_config(scoring_model.template))
@@ -105,18 +106,6 @@ def shard_or_fail(candidates: pd.DataFrame, shard: str, store) -> pd.DataFrame: 
     return in_shard
 
 
-def shard_keywords(context: dg.AssetExecutionContext, shard: str, fingerprint: str, store: Warehouse) -> dict[str, Any]:
-    """The keywords every core shard scorer takes (screen_shard, refine_shard, score_shard_resumable): the shard,
-    the scoring fingerprint its rows are stamped with, the warehouse its checkpoints go to, and the step's log."""
-    return {
-        "shard": shard,
-        "fingerprint": fingerprint,
-        "warehouse": store,
-        "log": context.log.info,
-        "warn": context.log.warning,
-    }
-
-
 def shard_row(
     shard: str,
     scores: pd.DataFrame,
@@ -147,44 +136,100 @@ def shard_outputs(outputs: dict[str, pd.DataFrame], metadata: dict[str, Any]) ->
     return dg.Output(outputs, metadata=metadata)
 
 
-@dg.asset(
-    group_name="scoring",
-    partitions_def=candidate_shards,
-    code_version="screening-v1",
-    pool="model",
-    op_tags=MODEL_POD_TAGS,
-    backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=1),
-    description="Adaptive mode's first pass: every candidate of a shard scored on the first anchors of one seeded "
-    "order. one_shot_scores refines against every shard's screening, so all shards are screened first. Nothing to "
-    "do in exact or decision mode.",
-)
-def one_shot_screening(
-    context: dg.AssetExecutionContext,
-    candidates: pd.DataFrame,
-    anchor_set: pd.DataFrame,
-    zero_shot_losses: pd.DataFrame,
-    scoring_model: ModelResource,
-    scoring: ScoringResource,
-    warehouse: WarehouseResource,
-):
-    store = warehouse.warehouse()
+@dataclass(frozen=True)
+class ShardStep:
+    """What a shard-scoring step (one_shot_screening, one_shot_scores) works with: its context, its inputs, its two
+    scoring resources and the warehouse its checkpoints go to."""
+
+    context: dg.AssetExecutionContext
+    candidates: pd.DataFrame
+    anchor_set: pd.DataFrame
+    zero_shot_losses: pd.DataFrame
+    scoring_model: ModelResource
+    scoring: ScoringResource
+    store: Warehouse
+
+    def shards(self) -> Iterator[tuple[str, pd.DataFrame]]:
+        """Each shard of the step's partitions with its candidates, or a Failure for a shard that has none."""
+        for shard in self.context.partition_keys:
+            yield shard, shard_or_fail(self.candidates, shard, self.store)
+
+    def inputs(self, loaded: LoadedModel, in_shard: pd.DataFrame) -> ShardInputs:
+        return ShardInputs(
+            loaded,
+            self.anchor_set,
+            self.zero_shot_losses,
+            in_shard,
+            self.scoring.core_config(self.scoring_model.template),
+        )
+
+    def keywords(self, shard: str, loaded: LoadedModel) -> dict[str, Any]:
+        """The keywords every core shard scorer takes (screen_shard, refine_shard, score_shard_resumable): the shard,
+        the scoring fingerprint its rows are stamped with, the warehouse its checkpoints go to, and the step's log."""
+        return {
+            "shard": shard,
+            "fingerprint": self.scoring.fingerprint(loaded.fingerprint, self.scoring_model.template),
+            "warehouse": self.store,
+            "log": self.context.log.info,
+            "warn": self.context.log.warning,
+        }
+
+
+def shard_scoring_step(
+    code_version: str, deps: Sequence[dg.AssetDep] = ()
+) -> Callable[[Callable[[ShardStep], dg.Output]], dg.AssetsDefinition]:
+    """The asset of a shard-scoring step, named and described, as ``dg.asset`` does, by the decorated function and
+    its docstring: partitioned by candidate shard, in the model pool, one run (pod) per shard of a backfill (the
+    definitions apply NUGGETS_SHARDS_PER_RUN, execution.backfill_policy). The function gets the step's
+    ``ShardStep``, so each step states only how it scores a shard."""
+
+    def decorate(run: Callable[[ShardStep], dg.Output]) -> dg.AssetsDefinition:
+        if not run.__doc__:
+            raise TypeError(f"{run.__name__}: a shard-scoring step's docstring is its asset's description")
+
+        @model_step(
+            name=run.__name__,
+            description=run.__doc__,
+            group_name="scoring",
+            partitions_def=candidate_shards,
+            deps=list(deps),
+            code_version=code_version,
+            backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=1),
+        )
+        def step(
+            context: dg.AssetExecutionContext,
+            candidates: pd.DataFrame,
+            anchor_set: pd.DataFrame,
+            zero_shot_losses: pd.DataFrame,
+            scoring_model: ModelResource,
+            scoring: ScoringResource,
+            warehouse: WarehouseResource,
+        ) -> dg.Output:
+            inputs = (candidates, anchor_set, zero_shot_losses)
+            return run(ShardStep(context, *inputs, scoring_model, scoring, warehouse.warehouse()))
+
+        return step
+
+    return decorate
+
+
+@shard_scoring_step(code_version="screening-v1")
+def one_shot_screening(step: ShardStep) -> dg.Output:
+    """Adaptive mode's first pass: every candidate of a shard scored on the first anchors of one seeded order.
+    one_shot_scores refines against every shard's screening, so all shards are screened first. Nothing to do in exact
+    or decision mode."""
+    scoring = step.scoring
     outputs: dict[str, pd.DataFrame] = {}
     if scoring.effective_mode != "adaptive":
-        context.log.info(f"scoring mode {scoring.effective_mode}: nothing to screen")
+        step.context.log.info(f"scoring mode {scoring.effective_mode}: nothing to screen")
         empty = pd.DataFrame({c: pd.Series(dtype="object") for c in SCREENING_COLUMNS})
-        outputs = {shard: empty for shard in context.partition_keys}
+        outputs = {shard: empty for shard in step.context.partition_keys}
     else:
-        loaded = scoring_model.load()
-        fingerprint = scoring.fingerprint(loaded.fingerprint, scoring_model.template)
-        config, adaptive = scoring.core_config(scoring_model.template), scoring.adaptive_config()
-        for shard in context.partition_keys:
-            in_shard = shard_or_fail(candidates, shard, store)
+        loaded = step.scoring_model.load()
+        adaptive = scoring.adaptive_config()
+        for shard, in_shard in step.shards():
             try:
-                outputs[shard] = screen_shard(
-                    ShardInputs(loaded, anchor_set, zero_shot_losses, in_shard, config),
-                    adaptive,
-                    **shard_keywords(context, shard, fingerprint, store),
-                )
+                outputs[shard] = screen_shard(step.inputs(loaded, in_shard), adaptive, **step.keywords(shard, loaded))
             except StaleZeroShotError as error:
                 raise dg.Failure(str(error)) from None
     frames = pd.concat(outputs.values(), ignore_index=True)
@@ -213,48 +258,27 @@ def pool_screening(store, pool: pd.DataFrame) -> pd.DataFrame:  # type: ignore[n
     return screening
 
 
-@dg.asset(
-    group_name="scoring",
-    partitions_def=candidate_shards,
-    # Adaptive mode reads every shard's screening (the cut is the pool's); exact and decision modes ignore it.
-    deps=[dg.AssetDep(one_shot_screening, partition_mapping=dg.AllPartitionMapping())],
-    code_version="one-shot-v1",
-    pool="model",
-    op_tags=MODEL_POD_TAGS,
-    # One run (pod) per shard of a backfill; the definitions apply NUGGETS_SHARDS_PER_RUN (execution.backfill_policy).
-    backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=1),
-    description="Golden score of every candidate in a shard: the fraction of anchors its one-shot prefix helps.",
+# Adaptive mode reads every shard's screening (the cut is the pool's); exact and decision modes ignore it.
+@shard_scoring_step(
+    code_version="one-shot-v1", deps=[dg.AssetDep(one_shot_screening, partition_mapping=dg.AllPartitionMapping())]
 )
-def one_shot_scores(
-    context: dg.AssetExecutionContext,
-    candidates: pd.DataFrame,
-    anchor_set: pd.DataFrame,
-    zero_shot_losses: pd.DataFrame,
-    scoring_model: ModelResource,
-    scoring: ScoringResource,
-    warehouse: WarehouseResource,
-):
+def one_shot_scores(step: ShardStep) -> dg.Output:
+    """Golden score of every candidate in a shard: the fraction of anchors its one-shot prefix helps."""
+    scoring, scoring_model = step.scoring, step.scoring_model
     outputs: dict[str, pd.DataFrame] = {}
     rows = []
-    store = warehouse.warehouse()
-    config = scoring.core_config(scoring_model.template)
     adaptive = scoring.effective_mode == "adaptive"
-    screening = pool_screening(store, current_pool(candidates, store, CandidatesSchema)) if adaptive else None
-    for shard in context.partition_keys:
-        in_shard = shard_or_fail(candidates, shard, store)
+    screening = (
+        pool_screening(step.store, current_pool(step.candidates, step.store, CandidatesSchema)) if adaptive else None
+    )
+    for shard, in_shard in step.shards():
         started = time.perf_counter()
         loaded = scoring_model.load()  # once per process (shared); the first shard's wall time includes it
-        keywords = shard_keywords(
-            context, shard, scoring.fingerprint(loaded.fingerprint, scoring_model.template), store
-        )
+        inputs, keywords = step.inputs(loaded, in_shard), step.keywords(shard, loaded)
         if adaptive:
             try:
                 refined = refine_shard(
-                    ShardInputs(loaded, anchor_set, zero_shot_losses, in_shard, config),
-                    scoring.adaptive_config(),
-                    scoring.adaptive_rule(),
-                    screening,
-                    **keywords,
+                    inputs, scoring.adaptive_config(), scoring.adaptive_rule(), screening, **keywords
                 )
             except (StaleZeroShotError, ScreeningIncompleteError) as error:
                 raise dg.Failure(str(error)) from None
@@ -273,7 +297,9 @@ def one_shot_scores(
         else:
             try:
                 # Checkpoints, resume, deduplication and the pair-delta write: the core's crash-safe shard scoring.
-                result = score_shard_resumable(loaded, anchor_set, zero_shot_losses, in_shard, config, **keywords)
+                result = score_shard_resumable(
+                    loaded, inputs.anchor_set, inputs.zero_shot, in_shard, inputs.config, **keywords
+                )
             except StaleZeroShotError as error:
                 raise dg.Failure(
                     str(error),
@@ -399,9 +425,6 @@ def selection_cost(instance: dg.DagsterInstance, current: pd.DataFrame) -> Selec
     dagster_type=GoldenSubsetType,
     code_version="golden-v2",
     # Rebuilt at NUGGETS_SELECTION_CRON after new scores: the definitions apply automation.selection_condition.
-    description="The candidates whose one-shot prefix helps the most anchors (exported as Alpaca JSON, with the "
-    "ranked pool, by scored_pool_exports). "
-    "Refuses scores that do not match the current model, template, separator and anchor set.",
 )
 def golden_subset(
     context: dg.AssetExecutionContext,
@@ -411,6 +434,8 @@ def golden_subset(
     zero_shot_losses: pd.DataFrame,
     warehouse: WarehouseResource,
 ) -> dg.Output[pd.DataFrame]:
+    """The candidates whose one-shot prefix helps the most anchors (exported as Alpaca JSON, with the ranked pool, by
+    scored_pool_exports). Refuses scores that do not match the current model, template, separator and anchor set."""
     store = warehouse.warehouse()
     pool = current_pool(candidates, store, CandidatesSchema)
     with md.failure_on(StaleVersionError):

@@ -38,6 +38,7 @@ from nuggets_pipeline.core.versions import (
     current_version,
 )
 from nuggets_pipeline.defs import metadata as md
+from nuggets_pipeline.defs.execution import model_step
 from nuggets_pipeline.defs.partitions import UNTRAINED, random_seed_offset, training_variants
 from nuggets_pipeline.defs.resources import ModelResource, WarehouseResource
 from nuggets_pipeline.defs.schemas import CandidatesSchema, IFDScoresSchema, OneShotScoresSchema
@@ -228,14 +229,12 @@ def training_examples(
     return variant_examples(variant, golden_subset, pool, config, scored)
 
 
-@dg.asset(
+@model_step(
     group_name="training",
     partitions_def=training_variants,
     # Read from the warehouse by the `ifd` variant only (the IFD stage runs only when a plan trains it).
     deps=[dg.AssetDep(IFD_SCORES_TABLE)],
-    pool="model",
     code_version="sft-trl-v1",
-    description="A Hugging Face checkpoint fine-tuned (Alpaca template, loss on the response) on one variant.",
 )
 def finetuned_model(
     context: dg.AssetExecutionContext,
@@ -248,6 +247,7 @@ def finetuned_model(
     warehouse: WarehouseResource,
     pipes_subprocess_client: dg.PipesSubprocessClient,
 ) -> dg.MaterializeResult:
+    """A Hugging Face checkpoint fine-tuned (Alpaca template, loss on the response) on one variant."""
     variant = context.partition_key
     if variant == UNTRAINED:
         return untrained(context, training_model)

@@ -69,14 +69,15 @@ def test_the_helm_values_run_these_definitions_on_k8s() -> None:
 
 def describe(defs: dg.Definitions) -> dict[str, object]:
     dg.Definitions.validate_loadable(defs)
-    pods = {
-        key: get_user_defined_k8s_config(defs.resolve_assets_def(key).node_def.tags).container_config
-        for key in ("one_shot_scores", "zero_shot_losses", "instructions")
+    # By asset key: a multi-asset's keys share its one step.
+    steps = {
+        spec.key.to_user_string(): defs.resolve_assets_def(spec.key).node_def for spec in defs.resolve_all_asset_specs()
     }
     return {
         "executor": defs.resolve_job_def("score_shards").executor_def.name,
         "shards_per_run": defs.resolve_assets_def("one_shot_scores").backfill_policy.max_partitions_per_run,
-        "pods": pods,
+        "pods": {name: get_user_defined_k8s_config(node.tags).container_config for name, node in steps.items()},
+        "model_pool": sorted(name for name, node in steps.items() if node.pool == "model"),
     }
 
 
@@ -93,9 +94,21 @@ def test_definitions_under_the_k8s_profile_put_each_model_step_in_a_gpu_pod(monk
     fanned_in = describe(build_defs())
     assert loaded["executor"] == "k8s"
     assert loaded["shards_per_run"] == 1 and fanned_in["shards_per_run"] == 16
-    for asset in ("one_shot_scores", "zero_shot_losses"):
-        resources = loaded["pods"][asset]["resources"]
-        assert resources["requests"]["nvidia.com/gpu"] == "1" and resources["limits"]["nvidia.com/gpu"] == "1"
+    # Every step that runs a model (the model pool) gets its GPU, fine-tuning and evaluation as well as scoring.
+    assert set(loaded["model_pool"]) >= {
+        "anchor_set",
+        "zero_shot_losses",
+        "ifd_scores",
+        "one_shot_screening",
+        "one_shot_scores",
+        "finetuned_model",
+        "mt_bench_results",
+        "alpaca_eval_results",
+        "judge_calibration",
+    }
+    for step in loaded["model_pool"]:
+        resources = loaded["pods"][step]["resources"]
+        assert resources["requests"]["nvidia.com/gpu"] == "1" and resources["limits"]["nvidia.com/gpu"] == "1", step
     assert loaded["pods"]["instructions"] == {}  # ingestion needs no GPU
 
 
