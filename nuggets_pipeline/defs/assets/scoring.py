@@ -205,8 +205,8 @@ def shard_scoring_step(
             scoring: ScoringResource,
             warehouse: WarehouseResource,
         ) -> dg.Output:
-            inputs = (candidates, anchor_set, zero_shot_losses)
-            return run(ShardStep(context, *inputs, scoring_model, scoring, warehouse.warehouse()))
+            store = warehouse.warehouse()
+            return run(ShardStep(context, candidates, anchor_set, zero_shot_losses, scoring_model, scoring, store))
 
         return step
 
@@ -298,7 +298,7 @@ def one_shot_scores(step: ShardStep) -> dg.Output:
             try:
                 # Checkpoints, resume, deduplication and the pair-delta write: the core's crash-safe shard scoring.
                 result = score_shard_resumable(
-                    loaded, inputs.anchor_set, inputs.zero_shot, in_shard, inputs.config, **keywords
+                    inputs.loaded, inputs.anchor_set, inputs.zero_shot, inputs.candidates, inputs.config, **keywords
                 )
             except StaleZeroShotError as error:
                 raise dg.Failure(
