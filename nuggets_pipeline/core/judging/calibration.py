@@ -52,7 +52,9 @@ class Calibration:
     reference_baseline: float
     near_chance: bool
     unparseable: int
-    failed: int
+    requests: int  # judgments asked for (two per pair in either route)
+    failed: int  # of those, requests that got no answer (not cached: asked again next time)
+    last_error: str | None  # the last failed request's error, already redacted by the judge backend
     seed: int
     elapsed_s: float
     summary: str
@@ -154,7 +156,9 @@ def calibrate_judge(
         reference_baseline=sum(p.gpt4_prefers_reference for p in decided) / len(decided),
         near_chance=low <= 0.5 <= high,
         unparseable=sum(j.unparseable for j in judgments),
+        requests=len(judgments),
         failed=sum(j.failed for j in judgments),
+        last_error=next((j.error for j in reversed(judgments) if j.failed), None),
         seed=seed,
         elapsed_s=time.perf_counter() - started,
     )

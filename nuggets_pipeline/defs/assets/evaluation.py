@@ -118,20 +118,85 @@ class CalibrationConfig(dg.Config):
         return self.n or EVALUATION_PROFILES[self.profile].calibration_pairs
 
 
+JUDGMENTS_CHECK = "judgments_answered"
+LAST_ERROR_LIMIT = 600  # characters of the judge's last error shown (each judgment's error is cut to ~300 already)
+
+
+def judgments_check(asset: str) -> dg.AssetCheckSpec:
+    return dg.AssetCheckSpec(
+        JUDGMENTS_CHECK,
+        asset=asset,
+        description="Warns when some judge requests failed (their rows carry no verdict and are left out of the "
+        "score); the asset itself fails when all failed, or more than the judge's max_failed_fraction.",
+    )
+
+
+def judgment_failures(
+    asset: str, rows: pd.DataFrame, judged: pd.Series, max_failed_fraction: float
+) -> dg.AssetCheckResult:
+    """The judgments check of ``rows`` (``judged``: the rows a judge was asked about): ``failed_judgments`` over
+    their ``failed`` and ``error`` columns."""
+    failed = rows["failed"].astype(bool) & judged
+    errors = rows.loc[failed, "error"].dropna()
+    last = str(errors.iloc[-1]) if len(errors) else None
+    return failed_judgments(asset, int(judged.sum()), int(failed.sum()), last, max_failed_fraction)
+
+
+def failed_judgments(
+    asset: str, n_judged: int, n_failed: int, last_error: str | None, max_failed_fraction: float
+) -> dg.AssetCheckResult:
+    """The judgments check of an asset whose judge was asked ``n_judged`` times; raises ``dg.Failure`` with the
+    count and the judge's last error when all of them failed, or more than ``max_failed_fraction``.
+
+    A score over the few judgments that got through (or over none: NaN) would otherwise be stored, exported and
+    reported as if the benchmark had run; the failures are not cached, so materialising again retries only them.
+    """
+    metadata: dict[str, Any] = {
+        "failed_judgments": n_failed,
+        "judgments": n_judged,
+        "max_failed_fraction": max_failed_fraction,
+    }
+    if n_failed:
+        # Each error was redacted by the judge backend when it was made; URL credentials are hidden once more here.
+        last = hide_userinfo(last_error)[:LAST_ERROR_LIMIT] if last_error else "no error text"
+        metadata["last_error"] = last
+        if n_failed == n_judged or n_failed > max_failed_fraction * n_judged:
+            raise dg.Failure(
+                description=f"{asset}: {n_failed} of {n_judged} judgments failed (allowed: at most "
+                f"{max_failed_fraction:.0%}, never all); the judge's last error: {last}. Fix the judge (server, "
+                f"key, timeout_s, max_retries) and materialise again: answered judgments are cached, failed ones "
+                f"are asked again",
+                metadata=metadata,
+            )
+    return dg.AssetCheckResult(
+        check_name=JUDGMENTS_CHECK,
+        asset_key=asset,
+        passed=n_failed == 0,
+        severity=dg.AssetCheckSeverity.WARN,
+        metadata=metadata,
+    )
+
+
 @model_step(
     group_name="evaluation",
     code_version="calibration-v1",
+    check_specs=[judgments_check("judge_calibration")],
 )
 def judge_calibration(
     context: dg.AssetExecutionContext, config: CalibrationConfig, judge: JudgeResource, warehouse: WarehouseResource
-) -> dg.Output[pd.DataFrame]:
-    """How far the judge agrees with GPT-4 on shipped AlpacaEval annotations: its trust figure."""
+) -> Iterator[dg.Output[pd.DataFrame] | dg.AssetCheckResult]:
+    """How far the judge agrees with GPT-4 on shipped AlpacaEval annotations: its trust figure. Fails, like the
+    benchmarks, when the judge's requests failed (all, or more than its ``max_failed_fraction``): a judge that
+    could not be reached is not a judge found untrustworthy."""
     result = calibrate_judge(
         judge.build(), n=config.pairs(), seed=config.seed, route=config.route, cache=judgment_cache(warehouse)
     )
+    check = failed_judgments(
+        "judge_calibration", result.requests, result.failed, result.last_error, judge.max_failed_fraction
+    )
     context.log.info(result.summary)
     row = pd.DataFrame([{k: v for k, v in result.__dict__.items()}])
-    return dg.Output(
+    yield dg.Output(
         row,
         metadata={
             "judge": result.judge,
@@ -143,6 +208,7 @@ def judge_calibration(
             "wall_s": result.elapsed_s,
         },
     )
+    yield check
 
 
 # A benchmark's core `evaluate` (mt_bench, alpaca_eval): the variant's model and the judge on its device, then as
@@ -269,57 +335,6 @@ def judgment_figures(summary: mt_bench.MTBenchSummary | alpaca_eval.AlpacaEvalSu
         "unparseable_judgments": summary.n_unparseable,
         "failed_judgments": summary.n_failed,
     }
-
-
-JUDGMENTS_CHECK = "judgments_answered"
-LAST_ERROR_LIMIT = 600  # characters of the judge's last error shown (each judgment's error is cut to ~300 already)
-
-
-def judgments_check(asset: str) -> dg.AssetCheckSpec:
-    return dg.AssetCheckSpec(
-        JUDGMENTS_CHECK,
-        asset=asset,
-        description="Warns when some judge requests failed (their rows carry no verdict and are left out of the "
-        "score); the asset itself fails when all failed, or more than the judge's max_failed_fraction.",
-    )
-
-
-def judgment_failures(
-    asset: str, rows: pd.DataFrame, judged: pd.Series, max_failed_fraction: float
-) -> dg.AssetCheckResult:
-    """The judgments check of ``rows`` (``judged``: the rows a judge was asked about); raises ``dg.Failure`` with
-    the count and the judge's last error when all of them failed, or more than ``max_failed_fraction``.
-
-    A score over the few judgments that got through (or over none: NaN) would otherwise be stored, exported and
-    reported as if the benchmark had run; the failures are not cached, so materialising again retries only them.
-    """
-    failed = rows["failed"].astype(bool) & judged
-    n_judged, n_failed = int(judged.sum()), int(failed.sum())
-    metadata: dict[str, Any] = {
-        "failed_judgments": n_failed,
-        "judgments": n_judged,
-        "max_failed_fraction": max_failed_fraction,
-    }
-    if n_failed:
-        errors = rows.loc[failed, "error"].dropna()
-        # Each error was redacted by the judge backend when it was made; URL credentials are hidden once more here.
-        last = hide_userinfo(str(errors.iloc[-1]))[:LAST_ERROR_LIMIT] if len(errors) else "no error text"
-        metadata["last_error"] = last
-        if n_failed == n_judged or n_failed > max_failed_fraction * n_judged:
-            raise dg.Failure(
-                description=f"{asset}: {n_failed} of {n_judged} judgments failed (allowed: at most "
-                f"{max_failed_fraction:.0%}, never all); the judge's last error: {last}. Fix the judge (server, "
-                f"key, timeout_s, max_retries) and materialise again: answered judgments are cached, failed ones "
-                f"are asked again",
-                metadata=metadata,
-            )
-    return dg.AssetCheckResult(
-        check_name=JUDGMENTS_CHECK,
-        asset_key=asset,
-        passed=n_failed == 0,
-        severity=dg.AssetCheckSeverity.WARN,
-        metadata=metadata,
-    )
 
 
 class MTBenchConfig(JudgedBenchmarkConfig):

@@ -149,7 +149,13 @@ def judge_server(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., Flak
         server.close()
 
 
-def evaluate_with(server: FlakyJudgeServer, asset: str, **judge: object) -> dg.ExecuteInProcessResult:
+def evaluate_with(
+    server: FlakyJudgeServer,
+    asset: str,
+    partition: str | None = "golden",
+    config: dict[str, object] | None = None,
+    **judge: object,
+) -> dg.ExecuteInProcessResult:
     resources = tiny_resources()
     resources["judge"] = JudgeResource(
         backend="openai", model="judge-model", base_url=server.base_url, api_key_env=KEY_ENV, **judge
@@ -159,8 +165,8 @@ def evaluate_with(server: FlakyJudgeServer, asset: str, **judge: object) -> dg.E
         selection=[asset],
         instance=dg.DagsterInstance.ephemeral(),
         resources=resources,
-        partition_key="golden",
-        run_config={"ops": {asset: SMALL[asset]}},
+        partition_key=partition,
+        run_config={"ops": {asset: {"config": {**SMALL[asset]["config"], **(config or {})}}}},
         raise_on_error=False,
     )
 
@@ -209,6 +215,36 @@ def test_a_partial_judge_failure_is_a_warning_check_and_more_than_the_share_fail
     assert not strict.success
     message = strict.get_step_failure_events()[0].step_failure_data.error.message
     assert "2 of 4 judgments failed" in message and "25%" in message
+
+
+def test_a_calibration_whose_judge_could_not_be_reached_fails_instead_of_reading_as_untrustworthy(
+    judge_server: Callable[..., FlakyJudgeServer], isolated_home: Path
+) -> None:
+    """Before: with every request refused, judge_calibration stored a row with no agreement, and the report read
+    it as a judge with "no readable verdict". 4 pairs, both orders: 8 requests."""
+    result = evaluate_with(judge_server(lambda n: True), "judge_calibration", partition=None, max_retries=0)
+    assert not result.success
+    message = result.get_step_failure_events()[0].step_failure_data.error.message
+    assert "judge_calibration: 8 of 8 judgments failed" in message and "HTTP 503: " in message, message
+    assert KEY[10:18] not in message
+    assert not (isolated_home / "warehouse" / "judge_calibration").exists()
+
+    # One refused request in eight is within the default share: stored, with a failed WARN check that counts it
+    # (pointwise, as the server answers with ratings; the pair left without both is not judged).
+    partial = evaluate_with(
+        judge_server(lambda n: n == 1, status=400),
+        "judge_calibration",
+        partition=None,
+        config={"route": "pointwise"},
+        max_retries=0,
+    )
+    assert partial.success
+    [check] = partial.get_asset_check_evaluations()
+    assert check.check_name == "judgments_answered" and not check.passed
+    assert check.metadata["failed_judgments"].value == 1 and check.metadata["judgments"].value == 8
+    row = partial.output_for_node("judge_calibration").iloc[0]
+    assert (row["requests"], row["failed"], row["judged"]) == (8, 1, 3)
+    assert "HTTP 400" in row["last_error"]
 
 
 def test_an_evaluation_whose_judgments_all_answered_passes_its_check(
