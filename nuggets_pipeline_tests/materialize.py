@@ -82,7 +82,9 @@ def select(instance: dg.DagsterInstance, **config: object) -> dg.ExecuteInProces
     )
 
 
-def execute(instance: dg.DagsterInstance, request: dg.RunRequest, **increment: Any) -> dg.ExecuteInProcessResult:
+def execute(
+    instance: dg.DagsterInstance, request: dg.RunRequest, raise_on_error: bool = True, **increment: Any
+) -> dg.ExecuteInProcessResult:
     """Run a sensor's (or schedule's) run request in process, as the daemon would; ``increment`` overrides the
     incoming batch's config."""
     run_config = json.loads(json.dumps(request.run_config or {}))
@@ -96,4 +98,5 @@ def execute(instance: dg.DagsterInstance, request: dg.RunRequest, **increment: A
         partition_key=request.partition_key,
         run_config=run_config,
         tags=request.tags,
+        raise_on_error=raise_on_error,
     )

@@ -6,7 +6,8 @@ the `rescore_new_source_rows` schedule.
 - `rescore_new_source_rows` (schedule, on by default, `NUGGETS_RESCORE_CRON`, default 02:00 UTC): re-reads the
   local files `instructions` was last built from; a file that grew becomes an increment of its new rows only
   (the ingestion run of sensors.py, `skip_known`), whose new shards `incoming_data` then sends to scoring. A tick
-  with nothing new compares sizes and mtimes only and requests nothing.
+  with nothing new compares sizes and mtimes only and requests nothing; an increment whose ingestion run failed is
+  requested again at the next tick.
 
 Each is built from the settings (docs/settings.md) when the definitions are built (definitions.build_defs).
 """
@@ -22,7 +23,14 @@ import dagster as dg
 from nuggets_pipeline.core.incoming import batch_key, file_digest
 from nuggets_pipeline.core.settings import Settings, SettingsError, env_name
 from nuggets_pipeline.defs.partitions import INCOMING_FILES
-from nuggets_pipeline.defs.sensors import INCREMENT_OP, INGEST_JOB, ingest_increments_job
+from nuggets_pipeline.defs.sensors import (
+    FINISHED,
+    INCREMENT_OP,
+    INGEST_JOB,
+    ingest_increments_job,
+    latest_batch_run,
+    stored_batches,
+)
 
 INSTRUCTIONS = dg.AssetKey("instructions")
 GOLDEN = dg.AssetKey("golden_subset")
@@ -79,6 +87,7 @@ def _rescore_new_source_rows(context: dg.ScheduleEvaluationContext) -> list[dg.R
     if not sources:
         return dg.SkipReason("`instructions` has not been built from a local file yet: nothing to re-read")
     seen = set(context.instance.get_dynamic_partitions(INCOMING_FILES))
+    stored: set[str] | None = None  # read once, and only when a file's batch is registered already
     requests, notes = [], []
     for name, recorded in sorted(sources.items()):
         path = Path(name)
@@ -91,13 +100,31 @@ def _rescore_new_source_rows(context: dg.ScheduleEvaluationContext) -> list[dg.R
             continue  # the cheap path: no byte is read
         digest = file_digest(path)
         batch = batch_key(digest)
-        if digest == recorded.get("sha256") or batch in seen:
+        if digest == recorded.get("sha256"):
             notes.append(f"{path.name}: content already ingested")
             continue
+        run_key = f"source-{batch}"
+        if batch in seen:
+            stored = stored_batches(context.instance) if stored is None else stored
+            if batch in stored:
+                notes.append(f"{path.name}: content already ingested")
+                continue
+            latest = latest_batch_run(context.instance, batch)
+            if latest is not None and latest.status not in FINISHED:
+                notes.append(f"{path.name}: its increment {batch} is being ingested (run {latest.run_id})")
+                continue
+            if latest is not None and latest.status == dg.DagsterRunStatus.SUCCESS:
+                notes.append(f"{path.name}: content already handled by run {latest.run_id}")
+                continue
+            if latest is not None:
+                # Registered, never stored, and its last run ended without storing it: asked again once per tick
+                # (a daily one by default), under a key per failed run, as the daemon runs each key only once.
+                context.log.info(f"{path.name}: requesting increment {batch} again, run {latest.run_id} failed")
+                run_key = f"source-{batch}-after-{latest.run_id[:8]}"
         context.instance.add_dynamic_partitions(INCOMING_FILES, [batch])
         requests.append(
             dg.RunRequest(
-                run_key=f"source-{batch}",
+                run_key=run_key,
                 job_name=INGEST_JOB,
                 partition_key=batch,
                 run_config={"ops": {INCREMENT_OP: {"config": {"path": str(path), "skip_known": True}}}},

@@ -116,7 +116,7 @@ def _new_files(context: dg.SensorEvaluationContext, state: SensorState) -> tuple
             # Registered before: stored, in flight, or failed. Only a failed batch whose content is now seen in
             # another way (renamed, put back, touched) is requested again: the same bytes seen the same way would
             # fail the same way every tick.
-            stored = _stored_batches(context.instance) if stored is None else stored
+            stored = stored_batches(context.instance) if stored is None else stored
             retry = _retry_key(context, batch, path, stat) if batch not in stored else None
             if retry is None:
                 continue
@@ -143,19 +143,25 @@ def _seen(path: Path, stat: os.stat_result) -> str:
     return ":".join([path.name, *map(str, _identity(stat))])
 
 
-def _stored_batches(instance: dg.DagsterInstance) -> set[str]:
+def stored_batches(instance: dg.DagsterInstance) -> set[str]:
     return set(instance.get_materialized_partitions(dg.AssetKey(INCREMENTS_TABLE)))
+
+
+def latest_batch_run(instance: dg.DagsterInstance, batch: str) -> dg.DagsterRun | None:
+    """The newest run of an incoming batch, whoever requested it (this sensor or the re-scoring schedule)."""
+    runs = instance.get_runs(filters=dg.RunsFilter(tags={"dagster/partition": batch}), limit=1)
+    return runs[0] if runs else None
 
 
 def _retry_key(context: dg.SensorEvaluationContext, batch: str, path: Path, stat: os.stat_result) -> str | None:
     """The run key to request a registered, never stored batch again with, or None to leave it for now: its
     latest run is still queued or running, or it failed on this very file as the sensor sees it now."""
-    runs = context.instance.get_runs(filters=dg.RunsFilter(tags={"dagster/partition": batch}), limit=1)
+    latest = latest_batch_run(context.instance, batch)
     seen = _seen(path, stat)
-    if runs and (runs[0].status not in FINISHED or runs[0].tags.get(SEEN_TAG) == seen):
+    if latest is not None and (latest.status not in FINISHED or latest.tags.get(SEEN_TAG) == seen):
         return None
-    if runs:
-        context.log.info(f"{path.name}: requesting batch {batch} again, its last run {runs[0].run_id} failed")
+    if latest is not None:
+        context.log.info(f"{path.name}: requesting batch {batch} again, its last run {latest.run_id} failed")
     # A new key per sighting: the daemon runs a run key once, and the first one (ingest-<batch>) has run.
     return f"ingest-{batch}-{hashlib.sha256(seen.encode()).hexdigest()[:8]}"
 

@@ -87,3 +87,25 @@ def test_the_schedule_is_registered_and_on() -> None:
     schedule = defs.get_schedule_def("rescore_new_source_rows")
     assert schedule.default_status == dg.DefaultScheduleStatus.RUNNING
     assert schedule.job_name == INGEST_JOB
+
+
+@pytest.mark.slow
+def test_an_increment_whose_ingestion_failed_is_requested_again_at_the_next_tick(
+    instance: dg.DagsterInstance, tmp_path: Path, isolated_home: Path
+) -> None:
+    """Before: the schedule registered the increment's partition, its run failed, and every later tick said
+    "content already ingested" while none of the new rows ever were."""
+    source = tmp_path / "grows.jsonl"
+    write_lines(source, [example(i) for i in range(8)])
+    assert materialize_pool(instance, source).success
+    write_lines(source, [example(i, "colour") for i in range(3)], mode="a")
+    [first] = schedule_tick(instance)
+
+    # The run fails (here: it is pointed at a file that is gone), so nothing is stored.
+    assert not execute(instance, first, raise_on_error=False, path=str(tmp_path / "gone.jsonl")).success
+    [again] = schedule_tick(instance)
+    assert again.partition_key == first.partition_key and again.run_key != first.run_key
+    assert again.run_config == first.run_config
+
+    assert execute(instance, again).success
+    assert "content already ingested" in schedule_tick(instance)
