@@ -216,6 +216,12 @@ class Settings(BaseSettings):
         description="shards one backfill run scores: 1 fans a backfill out (a run, a pod, per shard); "
         "N scores N shards in one run (one model load)",
     )
+    training_gpus: int = Field(
+        default=1,
+        ge=1,
+        description="GPUs of the `finetuned_model` pod with the k8s executor (a launched run, `launcher: "
+        "accelerate` or `torchrun`, starts one process per GPU it sees); every other model step gets one",
+    )
 
     @model_validator(mode="before")
     @classmethod

@@ -10,19 +10,24 @@ import dagster as dg
 
 from nuggets_pipeline.core.settings import Settings
 
+
 # A pod with one GPU for every step that runs a model, read by dagster-k8s's k8s_job_executor (the cluster
 # profile's executor, NUGGETS_EXECUTOR=k8s); ignored by the local executors. The memory request covers loading a
 # 7B model in bf16.
-MODEL_POD_TAGS: dict[str, Any] = {
-    "dagster-k8s/config": {
+def gpu_pod(gpus: int) -> dict[str, Any]:
+    """The container config of a pod with ``gpus`` GPUs, and CPU and memory in proportion."""
+    return {
         "container_config": {
             "resources": {
-                "requests": {"nvidia.com/gpu": "1", "cpu": "4", "memory": "32Gi"},
-                "limits": {"nvidia.com/gpu": "1", "memory": "48Gi"},
+                "requests": {"nvidia.com/gpu": str(gpus), "cpu": str(4 * gpus), "memory": f"{32 * gpus}Gi"},
+                "limits": {"nvidia.com/gpu": str(gpus), "memory": f"{48 * gpus}Gi"},
             }
         }
     }
-}
+
+
+MODEL_POD_TAGS: dict[str, Any] = {"dagster-k8s/config": gpu_pod(1)}
+TRAINING_STEP = "finetuned_model"
 
 
 def model_step(**asset_options: Any) -> Callable[[Callable[..., Any]], dg.AssetsDefinition]:
@@ -37,7 +42,14 @@ def executor(settings: Settings) -> dg.ExecutorDefinition:
     if settings.executor == "k8s":
         from dagster_k8s import k8s_job_executor
 
-        return k8s_job_executor
+        if settings.training_gpus == 1:
+            return k8s_job_executor
+        # The executor's per-step config is merged over the step's op tags: fine-tuning alone gets N GPUs, so a
+        # launched multi-GPU run is not squeezed into the one-GPU pod of every model step.
+        return k8s_job_executor.configured(
+            {"per_step_k8s_config": {TRAINING_STEP: gpu_pod(settings.training_gpus)}},
+            name=f"k8s_job_executor_training_{settings.training_gpus}_gpus",
+        )
     if settings.executor == "in_process":
         return dg.in_process_executor
     return dg.multiprocess_executor.configured(

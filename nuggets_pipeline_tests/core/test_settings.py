@@ -55,6 +55,7 @@ def test_the_defaults_are_the_values_the_modules_used_before() -> None:
         "executor": "multiprocess",
         "max_concurrent_steps": 2,
         "shards_per_run": 1,
+        "training_gpus": 1,
     }
 
 

@@ -9,7 +9,8 @@ import yaml
 from dagster._config import process_config, resolve_to_config_type
 from dagster._core.instance.config import dagster_instance_config
 from dagster_k8s import K8sRunLauncher
-from dagster_k8s.job import get_user_defined_k8s_config
+from dagster_k8s.container_context import K8sContainerContext
+from dagster_k8s.job import UserDefinedDagsterK8sConfig, get_user_defined_k8s_config
 from dagster_postgres import DagsterPostgresStorage
 
 from nuggets_pipeline.core.paths import REPO_ROOT
@@ -110,6 +111,35 @@ def test_definitions_under_the_k8s_profile_put_each_model_step_in_a_gpu_pod(monk
         resources = loaded["pods"][step]["resources"]
         assert resources["requests"]["nvidia.com/gpu"] == "1" and resources["limits"]["nvidia.com/gpu"] == "1", step
     assert loaded["pods"]["instructions"] == {}  # ingestion needs no GPU
+
+
+def step_pod(defs: dg.Definitions, step: str) -> dict:
+    """The container config the k8s executor gives ``step``'s pod: its op tags, then the executor's per-step
+    config merged over them, as K8sStepHandler does."""
+    executor = defs.resolve_job_def("stage_train").executor_def
+    resolved = executor.apply_config_mapping({})
+    assert resolved.success, resolved.errors
+    per_step = (resolved.value or {}).get("config", {}).get("per_step_k8s_config", {}).get(step, {})
+    node = defs.resolve_assets_def(step).node_def
+    merged = K8sContainerContext(run_k8s_config=get_user_defined_k8s_config(node.tags)).merge(
+        K8sContainerContext(run_k8s_config=UserDefinedDagsterK8sConfig.from_dict(per_step))
+    )
+    return merged.run_k8s_config.container_config
+
+
+def test_a_multi_gpu_training_pod_is_one_setting_away(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before: `launcher: accelerate` on 8 GPUs ran in the one-GPU pod of every model step (and so started one
+    process). NUGGETS_TRAINING_GPUS=8 gives fine-tuning alone 8 GPUs; scoring keeps its one."""
+    monkeypatch.setenv("NUGGETS_DEPLOYMENT", "cluster")
+    one = build_defs()
+    assert step_pod(one, "finetuned_model")["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    monkeypatch.setenv("NUGGETS_TRAINING_GPUS", "8")
+    eight = build_defs()
+    training = step_pod(eight, "finetuned_model")["resources"]
+    assert training["requests"]["nvidia.com/gpu"] == training["limits"]["nvidia.com/gpu"] == "8"
+    assert training["requests"]["cpu"] == "32"
+    assert step_pod(eight, "one_shot_scores")["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert describe(eight)["executor"] == "k8s_job_executor_training_8_gpus"
 
 
 def test_the_local_executor_is_bounded() -> None:
