@@ -1,6 +1,7 @@
 """How far a bfloat16 pair delta is from float32's, and how often the win it decides flips.
 
     .venv/bin/python benchmarks/dtype_noise.py --candidates 4
+    .venv/bin/python benchmarks/dtype_noise.py --model tiny-random-llama --candidates 2 --anchors 3  # a smoke run
 
 Candidates are a seeded sample of the study's pool (`benchmarks/selection.py`'s: the shipped Alpaca set without
 the paper's 100 KMeans anchors), scored on every one of those anchors by the engine, once in float32 and twice in
@@ -60,12 +61,14 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2-135m-instruct")
     parser.add_argument("--candidates", type=int, default=4)
+    parser.add_argument("--anchors", type=int, default=None, help="first N of the study's 100 anchors (default all)")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     anchors, pool = study_pool(600)
+    anchors = anchors.head(args.anchors) if args.anchors else anchors
     candidates = pool.sample(n=args.candidates, random_state=args.seed)
     default = ScoringConfig()
     budget = default.batch_tokens or 512
