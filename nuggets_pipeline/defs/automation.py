@@ -113,12 +113,10 @@ def _rescore_new_source_rows(context: dg.ScheduleEvaluationContext) -> list[dg.R
             if latest is not None and latest.status not in FINISHED:
                 notes.append(f"{path.name}: its increment {batch} is being ingested (run {latest.run_id})")
                 continue
-            if latest is not None and latest.status == dg.DagsterRunStatus.SUCCESS:
-                notes.append(f"{path.name}: content already handled by run {latest.run_id}")
-                continue
             if latest is not None:
-                # Registered, never stored, and its last run ended without storing it: asked again once per tick
-                # (a daily one by default), under a key per failed run, as the daemon runs each key only once.
+                # Registered, never stored, and its last run ended without storing it (a run that succeeds stores
+                # both of the increment's tables): asked again once per tick (a daily one by default), under a key
+                # per ended run, as the daemon runs each key only once.
                 context.log.info(f"{path.name}: requesting increment {batch} again, run {latest.run_id} failed")
                 run_key = f"source-{batch}-after-{latest.run_id[:8]}"
         context.instance.add_dynamic_partitions(INCOMING_FILES, [batch])

@@ -11,11 +11,9 @@ import dagster as dg
 from nuggets_pipeline.core.settings import Settings
 
 
-# A pod with one GPU for every step that runs a model, read by dagster-k8s's k8s_job_executor (the cluster
-# profile's executor, NUGGETS_EXECUTOR=k8s); ignored by the local executors. The memory request covers loading a
-# 7B model in bf16.
 def gpu_pod(gpus: int) -> dict[str, Any]:
-    """The container config of a pod with ``gpus`` GPUs, and CPU and memory in proportion."""
+    """The container config of a pod with ``gpus`` GPUs, and CPU and memory in proportion (a GPU's share covers
+    loading a 7B model in bf16)."""
     return {
         "container_config": {
             "resources": {
@@ -26,6 +24,8 @@ def gpu_pod(gpus: int) -> dict[str, Any]:
     }
 
 
+# A pod with one GPU for every step that runs a model, read by dagster-k8s's k8s_job_executor (the cluster
+# profile's executor, NUGGETS_EXECUTOR=k8s); ignored by the local executors.
 MODEL_POD_TAGS: dict[str, Any] = {"dagster-k8s/config": gpu_pod(1)}
 TRAINING_STEP = "finetuned_model"
 
