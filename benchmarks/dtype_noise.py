@@ -29,6 +29,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from arguments import positive_int
 from selection import study_pool  # the study's pool and anchors, one definition
 
 from nuggets_pipeline.core.devices import cpu_name
@@ -60,15 +61,17 @@ def differences(deltas: pd.Series, reference: pd.Series) -> dict[str, Any]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2-135m-instruct")
-    parser.add_argument("--candidates", type=int, default=4)
-    parser.add_argument("--anchors", type=int, default=None, help="first N of the study's 100 anchors (default all)")
+    parser.add_argument("--candidates", type=positive_int, default=4)
+    parser.add_argument(
+        "--anchors", type=positive_int, default=None, help="first N of the study's 100 anchors (default all)"
+    )
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    parser.add_argument("--threads", type=positive_int, default=None, help="torch intra-op threads (default: torch's)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     anchors, pool = study_pool(600)
-    anchors = anchors.head(args.anchors) if args.anchors else anchors
+    anchors = anchors.head(args.anchors) if args.anchors is not None else anchors
     candidates = pool.sample(n=args.candidates, random_state=args.seed)
     default = ScoringConfig()
     budget = default.batch_tokens or 512

@@ -7,7 +7,9 @@ Every figure counts the same numerator: anchor tokens (prompt + response) once p
 plain forwards run ``--repeats`` times, alternating, so both see the same load on a shared machine; their
 figures are medians over those repeats, and ``engine_vs_raw_per_repeat`` gives each repeat's ratio (its spread is
 the noise). ``raw_forward`` is random ids in unpadded rows of the anchors' mean length under the engine's budget;
-``same_rows`` is the engine's own anchor rows in its own batches, without the demonstration. ``peak_rss_mb`` is
+``same_rows`` is the engine's own anchor rows in its own batches, without the demonstration, so
+``same_rows_vs_raw`` is what these anchors' real lengths cost any forward (longer attention, padding, fewer
+tokens per forward) and ``engine_vs_same_rows`` what the engine adds to a forward of its rows. ``peak_rss_mb`` is
 the high-water mark before the reference port runs (its full-vocabulary logits need gigabytes). The last line
 printed is one JSON object.
 
@@ -37,11 +39,15 @@ from transformers import DynamicCache
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from arguments import positive_int  # benchmarks/, beside this script
+
 from nuggets_pipeline.core.data import ingest
+from nuggets_pipeline.core.devices import cpu_name
 from nuggets_pipeline.core.modeling import (
     PRESETS,
     SMOLLM2,
     LoadedModel,
+    cpu_has_native_bfloat16,
     encode,
     load_model,
     resolve_device,
@@ -155,9 +161,13 @@ def run_engine(
         "passes": sum(c.anchor_passes for c in chunks),
         "passes_total": sum(c.anchor_passes_total for c in chunks),
         "tokens_per_s": engine_tokens / seconds,
+        # Empty without the plain forwards (with_raw=False). Same numerator, so each ratio is a time ratio.
         "engine_vs_raw_per_repeat": [
             round((engine_tokens / e) / (raw_tokens / r), 3) for e, r in zip(engine_runs, raw_runs, strict=False)
-        ],  # empty without the plain forwards (with_raw=False)
+        ],
+        "engine_vs_same_rows_per_repeat": [
+            round((engine_tokens / e) / (tokens / r), 3) for e, r in zip(engine_runs, same_rows_runs, strict=False)
+        ],
         "raw_tokens_per_s": raw_tokens / raw_seconds,
         "same_rows_tokens_per_s": tokens / same_rows_seconds,
         "zero_shot_tokens_per_s": int(anchor_lengths.sum()) / zero_seconds,
@@ -266,8 +276,8 @@ def wins_matrix(pairs: pd.DataFrame, candidates: pd.DataFrame, anchors: pd.DataF
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=SMOLLM2, choices=PRESETS)
-    parser.add_argument("--candidates", type=int, default=2)
-    parser.add_argument("--anchors", type=int, default=16, help="first N of the 100 KMeans anchors")
+    parser.add_argument("--candidates", type=positive_int, default=2)
+    parser.add_argument("--anchors", type=positive_int, default=16, help="first N of the 100 KMeans anchors")
     parser.add_argument(
         "--dtype",
         default=DEFAULT_DTYPE,
@@ -275,13 +285,19 @@ def main() -> None:
         help="engine dtype measured besides float32 (auto: bfloat16 where the hardware has it natively, else float32)",
     )
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
-    parser.add_argument("--batch-tokens", type=int, default=None, help="engine token budget (default: by device)")
-    parser.add_argument("--candidates-per-pass", type=int, default=ScoringConfig.candidates_per_pass)
+    parser.add_argument("--threads", type=positive_int, default=None, help="torch intra-op threads (default: torch's)")
+    parser.add_argument(
+        "--batch-tokens", type=positive_int, default=None, help="engine token budget (default: by device)"
+    )
+    parser.add_argument("--candidates-per-pass", type=positive_int, default=ScoringConfig.candidates_per_pass)
     parser.add_argument("--threshold", type=float, default=0.8, help="decision-mode threshold")
-    parser.add_argument("--reference-batch", type=int, default=8, help="anchor rows per forward in the paper port")
-    parser.add_argument("--concat-pairs", type=int, default=32, help="one-shot pairs rechecked without a cache")
-    parser.add_argument("--repeats", type=int, default=3, help="interleaved engine / plain-forward repeats")
+    parser.add_argument(
+        "--reference-batch", type=positive_int, default=8, help="anchor rows per forward in the paper port"
+    )
+    parser.add_argument(
+        "--concat-pairs", type=positive_int, default=32, help="one-shot pairs rechecked without a cache"
+    )
+    parser.add_argument("--repeats", type=positive_int, default=3, help="interleaved engine / plain-forward repeats")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     if args.threads:
@@ -300,6 +316,7 @@ def main() -> None:
         "engine_vs_raw_fp32": exact["tokens_per_s"] / exact["raw_tokens_per_s"],
         "engine_vs_raw_per_repeat_fp32": exact["engine_vs_raw_per_repeat"],
         "engine_vs_same_rows_fp32": exact["tokens_per_s"] / exact["same_rows_tokens_per_s"],
+        "same_rows_vs_raw_fp32": exact["same_rows_tokens_per_s"] / exact["raw_tokens_per_s"],
         "max_abs_logprob_diff_vs_concat": max_diff_vs_concat(fp32, anchors, candidates, exact, args.concat_pairs),
     }
 
@@ -339,6 +356,8 @@ def main() -> None:
         "model": args.model,
         "dtype": dtype,
         "device": args.device,
+        "cpu": cpu_name(),
+        "cpu_native_bfloat16": cpu_has_native_bfloat16(),
         "threads": torch.get_num_threads(),
         "candidates": len(candidates),
         "anchors": len(anchors),
@@ -353,6 +372,9 @@ def main() -> None:
         # A plain forward of the engine's own padded rows, without the prefix (same_rows_forward).
         "same_rows_forward_tokens_per_s": engine["same_rows_tokens_per_s"],
         "engine_vs_same_rows": engine["tokens_per_s"] / engine["same_rows_tokens_per_s"],
+        "engine_vs_same_rows_per_repeat": engine["engine_vs_same_rows_per_repeat"],
+        # The ceiling these anchors set for any scorer: a plain forward of their own rows against uniform rows.
+        "same_rows_vs_raw": engine["same_rows_tokens_per_s"] / engine["raw_tokens_per_s"],
         **figures,
         "zero_shot_tokens_per_s": engine["zero_shot_tokens_per_s"],
         "reference_tokens_per_s": reference,

@@ -22,6 +22,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from arguments import positive_int  # benchmarks/, beside this script
+
 from nuggets_pipeline.core.data import ingest
 from nuggets_pipeline.core.paths import ALPACA_CLEANED, shipped
 from nuggets_pipeline.core.training import get_profile, train_sft
@@ -58,9 +60,9 @@ def run(model: str, examples: int, steps: int, repeats: int, seed: int) -> dict[
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2-135m-instruct")
-    parser.add_argument("--examples", type=int, default=48)
-    parser.add_argument("--steps", type=int, default=6)
-    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--examples", type=positive_int, default=48)
+    parser.add_argument("--steps", type=positive_int, default=6)
+    parser.add_argument("--repeats", type=positive_int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     print(json.dumps(run(args.model, args.examples, args.steps, args.repeats, args.seed)))
