@@ -1,26 +1,12 @@
 """`benchmarks/dtype_noise.py` on the tiny model: every figure it prints, in one JSON line last."""
 
 import json
-import os
-import subprocess
-import sys
 
-from nuggets_pipeline.core.paths import REPO_ROOT
+from nuggets_pipeline_tests.benchmarks.scripts import run_benchmark
 
 
 def test_a_smoke_run_reports_the_bfloat16_noise_of_every_pair() -> None:
-    done = subprocess.run(
-        [
-            sys.executable,
-            str(REPO_ROOT / "benchmarks" / "dtype_noise.py"),
-            *("--model", "tiny-random-llama", "--candidates", "2", "--anchors", "3"),
-        ],
-        cwd=REPO_ROOT,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    done = run_benchmark("dtype_noise.py", "--model", "tiny-random-llama", "--candidates", "2", "--anchors", "3")
     assert done.returncode == 0, done.stderr[-2000:]
     summary = json.loads(done.stdout.strip().splitlines()[-1])
     assert summary["pairs"] == 6 and summary["float32_mean_abs_delta"] > 0

@@ -4,30 +4,17 @@ concatenated forwards, every ratio it prints is there, and a count that would me
 import argparse
 import importlib.util
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 
 from nuggets_pipeline.core.paths import REPO_ROOT
-
-SCRIPT = str(REPO_ROOT / "benchmarks" / "scoring.py")
-
-
-def run(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, SCRIPT, *args],
-        cwd=REPO_ROOT,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+from nuggets_pipeline_tests.benchmarks.scripts import run_benchmark
 
 
 def test_a_smoke_run_reports_every_ratio_and_an_exact_engine() -> None:
-    done = run("--model", "tiny-random-llama", "--candidates", "2", "--anchors", "3", "--repeats", "2")
+    done = run_benchmark(
+        "scoring.py", "--model", "tiny-random-llama", "--candidates", "2", "--anchors", "3", "--repeats", "2"
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     figures = json.loads(done.stdout.strip().splitlines()[-1])
     assert figures["anchors"] == 3 and figures["candidates"] == 2 and figures["cpu"]
@@ -51,5 +38,5 @@ def test_counts_that_would_measure_nothing_are_refused_up_front() -> None:
         with pytest.raises(argparse.ArgumentTypeError, match=message):
             positive_int(text)
     # And the script uses it: one run, refused before any model loads (each run pays the torch import).
-    done = run("--anchors", "0")
+    done = run_benchmark("scoring.py", "--anchors", "0")
     assert done.returncode == 2 and "argument --anchors: must be at least 1, got 0" in done.stderr

@@ -9,7 +9,7 @@ import dagster as dg
 import pytest
 
 from nuggets_pipeline.core.storage import Warehouse
-from nuggets_pipeline_tests.benchmarks.test_selection_replay import run
+from nuggets_pipeline_tests.benchmarks.scripts import run_benchmark
 from nuggets_pipeline_tests.defs.assets import test_adaptive_assets as adaptive
 from nuggets_pipeline_tests.materialize import ASSETS, tiny_resources
 
@@ -38,7 +38,7 @@ def test_the_live_adaptive_scoring_is_what_the_replay_of_its_rule_selects(
     assert scored.success
     matrix = Warehouse(exact_home / "warehouse").table_dir("one_shot_pair_deltas")
 
-    done = run("--live", str(isolated_home), "--matrix", str(matrix), "--round-anchors", "2")
+    done = run_benchmark("selection.py", "--live", str(isolated_home), "--matrix", str(matrix), "--round-anchors", "2")
     assert done.returncode == 0, done.stderr
     figures = json.loads(done.stdout.strip().splitlines()[-1])
     assert figures["candidates"] == 15 and figures["anchors"] == 9 and figures["selection"] == "top 25%"
@@ -52,5 +52,5 @@ def test_the_live_adaptive_scoring_is_what_the_replay_of_its_rule_selects(
     assert figures["engine_noise_sd"] < 1e-3 and 0 < figures["noisy_replay_vs_exact_agreement"] <= 1
 
     # A home without adaptive scores says so instead of comparing.
-    refused = run("--live", str(exact_home), "--matrix", str(matrix))
+    refused = run_benchmark("selection.py", "--live", str(exact_home), "--matrix", str(matrix))
     assert refused.returncode == 2 and "adaptive" in refused.stderr

@@ -1,26 +1,12 @@
 """`benchmarks/selection.py --pairs FILE`: the readout and the replay of any stored pair table, one JSON line last."""
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from nuggets_pipeline.core.paths import REPO_ROOT
-
-
-def run(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, str(REPO_ROOT / "benchmarks" / "selection.py"), *args],
-        cwd=REPO_ROOT,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+from nuggets_pipeline_tests.benchmarks.scripts import run_benchmark
 
 
 def test_the_replay_of_a_pair_table_ends_with_one_json_line(tmp_path: Path) -> None:
@@ -39,7 +25,19 @@ def test_the_replay_of_a_pair_table_ends_with_one_json_line(tmp_path: Path) -> N
     folder.mkdir()
     pairs.to_parquet(folder / "chunk-0000.parquet")
     pd.DataFrame({"anchor_id": ["a00"], "logprob_sum": [0.0]}).to_parquet(folder / "zero_shot.parquet")  # skipped
-    done = run("--pairs", str(folder), "--confidences", "0.9", "1.0", "--seeds", "0", "1", "--first-anchors", "6")
+    done = run_benchmark(
+        "selection.py",
+        "--pairs",
+        str(folder),
+        "--confidences",
+        "0.9",
+        "1.0",
+        "--seeds",
+        "0",
+        "1",
+        "--first-anchors",
+        "6",
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     summary = json.loads(done.stdout.strip().splitlines()[-1])
     assert (summary["candidates"], summary["candidates_incomplete"], summary["anchors"]) == (79, 1, 24)
@@ -53,5 +51,5 @@ def test_the_replay_of_a_pair_table_ends_with_one_json_line(tmp_path: Path) -> N
 
     single = tmp_path / "pairs.parquet"
     pairs.drop(columns="delta").to_parquet(single)
-    refused = run("--pairs", str(single))
+    refused = run_benchmark("selection.py", "--pairs", str(single))
     assert refused.returncode == 2 and "missing ['delta']" in refused.stderr
